@@ -1,0 +1,2 @@
+"""pathstrat."""
+__version__ = "0.1.0"

@@ -1,0 +1,97 @@
+"""`pathstrat <command>`: a thin typer front end.
+
+Each pipeline stage registers its commands from ``pathstrat/commands/<stage>.py`` (a
+``register(app)`` function). Command modules import only typer and the standard library at
+module level; heavy libraries (torch, openslide, lifelines) are imported inside the command
+bodies so that ``pathstrat --help`` answers instantly.
+
+Exit status: 0 success, 1 unexpected error, 2 usage or input error, 3 finished but some
+slides failed (listed in ``failures.csv``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+import typer
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_PARTIAL = 3
+
+# One module per stage; order is the order in `pathstrat --help`.
+COMMAND_MODULES = (
+    "pathstrat.commands.slides",  # info, tile
+    "pathstrat.commands.embedding",  # embed, encoders
+    "pathstrat.commands.training",  # train, predict
+    "pathstrat.commands.decisions",  # stratify, select, heatmap, report
+    "pathstrat.commands.pipeline",  # run, demo, doctor
+    "pathstrat.commands.federated",  # federated ...
+)
+
+app = typer.Typer(
+    name="pathstrat",
+    help="Digital-pathology patient stratification: slides -> tiles -> embeddings -> MIL -> "
+    "survival, trial selection, heatmaps and an HTML report.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _root(
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More log output (-vv for debug)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings and errors."),
+) -> None:
+    """Configure logging once for every command."""
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    setup_logging(level)
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """Log to stderr with a compact format (idempotent)."""
+    root = logging.getLogger("pathstrat")
+    root.setLevel(level)
+    if not any(getattr(h, "_pathstrat", False) for h in root.handlers):
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+        h._pathstrat = True  # type: ignore[attr-defined]
+        root.addHandler(h)
+
+
+for _mod in COMMAND_MODULES:
+    importlib.import_module(_mod).register(app)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the app, turning pathstrat errors into one clear line and exit 2."""
+    from pathstrat.errors import PathstratError
+
+    try:
+        rv = app(args=argv, standalone_mode=False)
+    except PathstratError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        return EXIT_USAGE
+    except SystemExit as exc:  # click usage errors in non-standalone mode
+        return int(exc.code or 0) if isinstance(exc.code, int) else EXIT_ERROR
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - last-resort: one line, not a traceback wall
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            return exc.exit_code
+        if isinstance(exc, click.exceptions.Abort):
+            return 130
+        raise
+    return rv if isinstance(rv, int) else EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

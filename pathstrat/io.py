@@ -1,0 +1,236 @@
+"""Atomic, self-describing file output shared by every stage.
+
+Every artifact is written to a temporary name in the destination folder and renamed with
+``os.replace`` so a killed run never leaves a partial file under the final name. Reruns
+compare a parameters hash stored in the artifact to decide whether to skip.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pathstrat.errors import PathstratError
+
+log = logging.getLogger(__name__)
+
+TMP_PREFIX = ".tmp-"
+
+
+class OutputDirError(PathstratError, OSError):
+    """The output directory cannot be written (read-only, missing, or full)."""
+
+
+def ensure_writable_dir(path: str | os.PathLike, min_free_mb: float = 50.0) -> Path:
+    """Create ``path`` and check, before any work, that it is writable and has free space."""
+    p = Path(path)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        probe = p / f"{TMP_PREFIX}probe-{os.getpid()}"
+        probe.write_bytes(b"x")
+        probe.unlink()
+    except OSError as exc:
+        raise OutputDirError(
+            f"Output directory '{p}' is not writable ({exc.strerror or exc}). "
+            "Choose another --out or fix its permissions; nothing was processed."
+        ) from exc
+    free_mb = _free_mb(p)
+    if free_mb < min_free_mb:
+        raise OutputDirError(
+            f"Output directory '{p}' has only {free_mb:.0f} MiB free (need at least "
+            f"{min_free_mb:.0f} MiB). Free space or choose another --out; nothing was processed."
+        )
+    return p
+
+
+def _free_mb(path: Path) -> float:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize / 2**20
+
+
+@contextlib.contextmanager
+def atomic_path(dest: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside ``dest``; rename it onto ``dest`` only on success.
+
+    The temporary file lives in the same directory (same filesystem) so the final
+    ``os.replace`` is atomic. On any exception the temporary file is removed.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    sfx = suffix if suffix is not None else dest.suffix
+    fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{dest.stem}-", suffix=sfx, dir=dest.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        _fsync_file(tmp_path)
+        os.replace(tmp_path, dest)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp_path.unlink()
+        raise
+
+
+def _fsync_file(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_text_atomic(dest: str | os.PathLike, text: str) -> Path:
+    """Write text atomically."""
+    with atomic_path(dest) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(dest)
+
+
+def write_bytes_atomic(dest: str | os.PathLike, data: bytes) -> Path:
+    """Write bytes atomically."""
+    with atomic_path(dest) as tmp:
+        tmp.write_bytes(data)
+    return Path(dest)
+
+
+def write_json_atomic(dest: str | os.PathLike, obj: Any, indent: int = 2) -> Path:
+    """Write JSON atomically (NaN written as null so every JSON reader accepts it)."""
+    return write_text_atomic(dest, json.dumps(_json_safe(obj), indent=indent, sort_keys=False) + "\n")
+
+
+def _json_safe(obj: Any) -> Any:
+    import math
+
+    try:
+        import numpy as np
+    except ImportError:  # pragma: no cover
+        np = None
+    if isinstance(obj, Mapping):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if np is not None:
+        if isinstance(obj, np.ndarray):
+            return _json_safe(obj.tolist())
+        if isinstance(obj, np.generic):
+            obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def write_dataframe_atomic(dest: str | os.PathLike, df: Any, **to_csv_kwargs: Any) -> Path:
+    """Write a pandas DataFrame as CSV atomically (index off unless asked)."""
+    to_csv_kwargs.setdefault("index", False)
+    with atomic_path(dest) as tmp:
+        df.to_csv(tmp, **to_csv_kwargs)
+    return Path(dest)
+
+
+def params_hash(params: Mapping[str, Any]) -> str:
+    """Stable short hash of a parameter mapping (sorted keys, JSON-encoded)."""
+    blob = json.dumps(_json_safe(dict(params)), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """sha256 hex digest of a file, streamed."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def clean_stale_tmp(directory: str | os.PathLike) -> int:
+    """Remove temporary files a killed run left behind; return how many were removed."""
+    d = Path(directory)
+    if not d.is_dir():
+        return 0
+    n = 0
+    for p in d.glob(f"{TMP_PREFIX}*"):
+        with contextlib.suppress(OSError):
+            p.unlink()
+            n += 1
+    return n
+
+
+FAILURE_COLUMNS = ("stage", "slide_id", "path", "error_type", "reason")
+
+
+class FailureLog:
+    """Collects per-item failures of a batch and writes ``failures.csv`` atomically.
+
+    A batch records a failure and goes on; at the end ``write`` replaces the CSV with the
+    rows of this run (rows of other stages already in the file are kept).
+    """
+
+    def __init__(self, path: str | os.PathLike, stage: str) -> None:
+        self.path = Path(path)
+        self.stage = stage
+        self.rows: list[dict[str, str]] = []
+        self._lock = threading.Lock()
+
+    def add(self, slide_id: str, path: str | os.PathLike | None, exc: BaseException | str) -> None:
+        """Record one failed item with its error type and message."""
+        if isinstance(exc, BaseException):
+            etype, reason = type(exc).__name__, str(exc) or repr(exc)
+        else:
+            etype, reason = "Error", str(exc)
+        row = {"stage": self.stage, "slide_id": str(slide_id), "path": str(path or ""),
+               "error_type": etype, "reason": " ".join(reason.split())}
+        with self._lock:
+            self.rows.append(row)
+        log.warning("%s failed for slide '%s': %s: %s", self.stage, slide_id, etype, row["reason"])
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def write(self) -> Path:
+        """Merge this stage's rows into the CSV (replacing older rows of the same stage)."""
+        kept: list[dict[str, str]] = []
+        if self.path.exists():
+            with open(self.path, newline="", encoding="utf-8") as fh:
+                kept = [r for r in csv.DictReader(fh) if r.get("stage") != self.stage]
+        rows = kept + sorted(self.rows, key=lambda r: r["slide_id"])
+        with atomic_path(self.path) as tmp:
+            with open(tmp, "w", newline="", encoding="utf-8") as fh:
+                w = csv.DictWriter(fh, fieldnames=list(FAILURE_COLUMNS))
+                w.writeheader()
+                for r in rows:
+                    w.writerow({k: r.get(k, "") for k in FAILURE_COLUMNS})
+        return self.path
+
+
+def read_failures(path: str | os.PathLike) -> list[dict[str, str]]:
+    """Rows of a ``failures.csv`` (empty list when absent)."""
+    p = Path(path)
+    if not p.exists():
+        return []
+    with open(p, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def as_list(x: str | Sequence[str] | None) -> list[str]:
+    """Normalise a comma-separated string or sequence to a list of non-empty strings."""
+    if x is None:
+        return []
+    if isinstance(x, str):
+        return [s.strip() for s in x.split(",") if s.strip()]
+    return [str(s) for s in x]
