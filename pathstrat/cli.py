@@ -24,7 +24,8 @@ EXIT_PARTIAL = 3
 
 # One module per stage; order is the order in `pathstrat --help`.
 COMMAND_MODULES = (
-    "pathstrat.commands.slides",  # info, tile
+    "pathstrat.commands.slides",  # info
+    "pathstrat.commands.tiling",  # tile
     "pathstrat.commands.embedding",  # embed, encoders
     "pathstrat.commands.training",  # train, predict
     "pathstrat.commands.decisions",  # stratify, select, heatmap, report

@@ -47,3 +47,32 @@ def real_slide(slides_dir: Path):
 def rng() -> np.random.Generator:
     """Seeded random generator (tests never depend on global random state)."""
     return np.random.default_rng(12345)
+
+
+def write_aperio_tiff(path: Path, rgb: np.ndarray, *, mpp: float | None = 0.25,
+                      factors: tuple[int, ...] = (4, 4), tile: int = 256) -> Path:
+    """Small pyramidal JPEG-tiled TIFF with an Aperio description (OpenSlide reads its MPP)."""
+    import cv2
+    import tifffile
+
+    levels = [np.ascontiguousarray(rgb[..., :3], dtype=np.uint8)]
+    for f in factors:
+        p = levels[-1]
+        levels.append(cv2.resize(p, (max(1, p.shape[1] // f), max(1, p.shape[0] // f)),
+                                 interpolation=cv2.INTER_AREA))
+    h, w = rgb.shape[:2]
+    desc = f"Aperio Image Library v10.0.51\r\n{w}x{h} [0,0 {w}x{h}] ({tile}x{tile}) JPEG/RGB Q=90|AppMag = 40"
+    if mpp is not None:
+        desc += f"|MPP = {mpp}"
+    with tifffile.TiffWriter(path) as tw:
+        for i, lv in enumerate(levels):
+            tw.write(lv, tile=(tile, tile), compression="jpeg", compressionargs={"level": 90},
+                     photometric="rgb", description=desc if i == 0 else None,
+                     subfiletype=0 if i == 0 else 1, metadata=None)
+    return Path(path)
+
+
+@pytest.fixture(scope="session")
+def aperio_tiff():
+    """The :func:`write_aperio_tiff` writer (path, rgb, mpp=0.25, factors=(4, 4), tile=256)."""
+    return write_aperio_tiff

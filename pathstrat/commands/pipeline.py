@@ -1,9 +1,86 @@
-"""CLI commands of this stage (see pathstrat.cli for conventions)."""
+"""`pathstrat run`, `pathstrat demo`, `pathstrat doctor` (see pathstrat.cli for conventions)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
+
+DEMO_CONFIG = "demo.yaml"
+
+
+def find_config(name: str) -> Path:
+    """A shipped config: ``configs/<name>`` of the source tree, else packaged ``pathstrat/configs``."""
+    here = Path(__file__).resolve().parents[1]
+    for p in (here.parent / "configs" / name, here / "configs" / name):
+        if p.is_file():
+            return p
+    from pathstrat.errors import ConfigError
+
+    raise ConfigError(f"Shipped config '{name}' not found next to the package ({here}); "
+                      "reinstall pathstrat from its source tree.")
 
 
 def register(app: typer.Typer) -> None:
-    """Add this stage's commands to the app."""
+    """Add run, demo and doctor."""
+
+    @app.command("run")
+    def run_cmd(
+        config: Path = typer.Argument(..., help="Pipeline YAML (see configs/example_cohort.yaml)."),
+        set_: list[str] = typer.Option([], "--set", help="Override a key: --set train.folds=3 (repeatable)."),
+        executor: str = typer.Option(None, "--executor", help="local | slurm | ray (default: config)."),
+        address: str = typer.Option(None, "--address", help="Ray cluster address (with --executor ray)."),
+        stage: list[str] = typer.Option([], "--stage", help="Run only these stages (repeatable)."),
+        force: bool = typer.Option(False, "--force", help="Rerun stages even when outputs match."),
+    ) -> None:
+        """Run a whole study from one config: tile, embed, train, stratify, select, heatmaps, report."""
+        from pathstrat.config import load_config
+        from pathstrat.errors import ConfigError
+        from pathstrat.runner import run_pipeline
+
+        if executor is not None and executor not in ("local", "slurm", "ray"):
+            raise ConfigError(f"--executor must be local, slurm or ray, not '{executor}'")
+        cfg = load_config(config, set_)
+        summary = run_pipeline(cfg, executor=executor, address=address, stages=stage or None, force=force)
+        _print_summary(summary)
+        if summary.exit_code:
+            raise typer.Exit(summary.exit_code)
+
+    @app.command("demo")
+    def demo_cmd(
+        out: Path = typer.Option(Path("pathstrat-demo"), "--out", help="Folder for the cohort and the run."),
+        n_patients: int = typer.Option(60, "--n-patients", help="Synthetic patients."),
+        seed: int = typer.Option(0, "--seed"),
+        set_: list[str] = typer.Option([], "--set", help="Override a key of configs/demo.yaml."),
+    ) -> None:
+        """Generate a synthetic cohort with planted signal and run the whole pipeline on it."""
+        from pathstrat.runner.demo import run_demo
+
+        summary = run_demo(out, n_patients=n_patients, seed=seed, overrides=set_)
+        _print_summary(summary)
+        report = summary.run_dir / "report.html"
+        typer.echo(f"report: {report.resolve()}")
+        if summary.exit_code:
+            raise typer.Exit(summary.exit_code)
+
+    @app.command("doctor")
+    def doctor_cmd() -> None:
+        """Versions, OpenSlide, torch/CUDA/GPUs, encoder weights found, Slurm and Ray reachability."""
+        from pathstrat.doctor import run_checks
+
+        section = None
+        for c in run_checks():
+            if c.section != section:
+                section = c.section
+                typer.echo(f"[{section}]")
+            mark = "ok " if c.ok else "!! "
+            typer.echo(f"  {mark}{c.name:<22} {c.detail}")
+
+
+def _print_summary(summary) -> None:
+    for s in summary.stages:
+        extra = f", {s.n_failed} failed" if s.n_failed else ""
+        typer.echo(f"{s.name:<9} {s.status:<13} {s.seconds:7.1f} s{extra}")
+    typer.echo(f"run directory: {summary.run_dir}")
+    if summary.n_failed:
+        typer.echo(f"{summary.n_failed} slide(s) failed: see {summary.run_dir / 'failures.csv'}")

@@ -1,0 +1,155 @@
+"""The executor contract: run one stage's per-slide work over a cohort, somewhere.
+
+A :class:`SlideWork` wraps the stage's own per-slide function (tile one slide, embed one
+slide), so every executor produces the same files; the executor only decides where the
+calls run (this process, Slurm array tasks, Ray tasks/actors) and collects one
+:class:`SlideOutcome` per slide. Executors are thin layers over existing engines.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pathstrat.registry import Registry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SlideOutcome:
+    """What happened to one slide in one stage (``result`` is e.g. the tiling QC row)."""
+
+    slide_id: str
+    path: str
+    ok: bool
+    result: dict[str, Any] | None = None
+    error_type: str = ""
+    reason: str = ""
+    seconds: float = 0.0
+
+
+@dataclass
+class Resources:
+    """What one unit of work needs (mapped onto sbatch / Ray resource requests)."""
+
+    cpus: int = 1
+    gpus: float = 0
+    mem_gb: float | None = None
+
+
+class SlideWork(abc.ABC):
+    """A picklable per-slide job: ``setup`` once per process/actor, then ``process`` per slide.
+
+    ``__call__(rows)`` runs a chunk of manifest rows and never raises for a slide's own
+    failure: the exception becomes a failed :class:`SlideOutcome` and the chunk goes on.
+    """
+
+    stage: str = "stage"
+    resources: Resources = Resources()
+
+    def __init__(self) -> None:
+        self._ready = False
+
+    def setup(self) -> None:  # noqa: B027 - optional hook
+        """Load what every slide needs (an encoder); called once per process or actor."""
+
+    @abc.abstractmethod
+    def process(self, row: dict[str, Any]) -> dict[str, Any] | None:
+        """Do the stage's work for one manifest row; return a small result dict."""
+
+    def run_one(self, row: dict[str, Any]) -> SlideOutcome:
+        """Process one row, turning its exception into a failed outcome."""
+        if not self._ready:
+            self.setup()
+            self._ready = True
+        t0 = time.perf_counter()
+        sid, path = str(row["slide_id"]), str(row.get("path", ""))
+        try:
+            res = self.process(row)
+        except Exception as exc:  # noqa: BLE001 - per-slide isolation: record and go on
+            log.warning("%s failed for slide '%s': %s: %s", self.stage, sid, type(exc).__name__, exc)
+            return SlideOutcome(sid, path, False, None, type(exc).__name__, " ".join(str(exc).split()),
+                                time.perf_counter() - t0)
+        return SlideOutcome(sid, path, True, res, seconds=time.perf_counter() - t0)
+
+    def __call__(self, rows: Sequence[dict[str, Any]]) -> list[SlideOutcome]:
+        return [self.run_one(r) for r in rows]
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_ready"] = False
+        for k in self._transient:
+            state[k] = None
+        return state
+
+    _transient: tuple[str, ...] = ()
+
+
+def chunk_rows(rows: Sequence[dict[str, Any]], max_chunks: int) -> list[list[dict[str, Any]]]:
+    """Split rows into ``min(max_chunks, len(rows))`` contiguous chunks whose sizes differ by <= 1."""
+    n = len(rows)
+    if n == 0:
+        return []
+    k = max(1, min(int(max_chunks), n))
+    base, extra = divmod(n, k)
+    out, start = [], 0
+    for i in range(k):
+        size = base + (1 if i < extra else 0)
+        out.append(list(rows[start:start + size]))
+        start += size
+    return out
+
+
+@dataclass
+class MapResult:
+    """Outcomes of a distributed map plus what the engine reported about its tasks."""
+
+    outcomes: list[SlideOutcome]
+    failed_tasks: list[str] = field(default_factory=list)
+    n_tasks: int = 0
+    retried_tasks: int = 0
+
+
+class Executor(abc.ABC):
+    """Runs per-slide work over manifest rows and, optionally, a follow-up job after it."""
+
+    name: str = "executor"
+
+    @abc.abstractmethod
+    def map_slides(self, work: SlideWork, rows: Sequence[dict[str, Any]]) -> MapResult:
+        """Run ``work`` on every row; return one outcome per row (in any order)."""
+
+    def map_then(self, work: SlideWork, rows: Sequence[dict[str, Any]],
+                 then: Callable[[], Any] | None = None) -> tuple[MapResult, Any]:
+        """Map ``work`` over rows, then run ``then()`` once every task succeeded (or was retried).
+
+        Schedulers with dependencies (Slurm ``afterok``) submit ``then`` as a dependent job;
+        the default runs it here.
+        """
+        res = self.map_slides(work, rows)
+        return res, (then() if then is not None else None)
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release engine resources (e.g. a Ray instance this executor started)."""
+
+    def __enter__(self) -> Executor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+EXECUTORS: Registry[Callable[..., Executor]] = Registry("executor")
+
+
+def outcomes_for_missing(rows: Sequence[dict[str, Any]], outcomes: list[SlideOutcome],
+                         reason: str) -> list[SlideOutcome]:
+    """Failed outcomes for rows that have none (their task died without a result)."""
+    seen = {o.slide_id for o in outcomes}
+    return [SlideOutcome(str(r["slide_id"]), str(r.get("path", "")), False, None, "TaskFailed", reason)
+            for r in rows if str(r["slide_id"]) not in seen]

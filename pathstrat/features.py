@@ -1,0 +1,198 @@
+"""Feature files: write ours atomically; read ours, TRIDENT and CLAM layouts as one ``Bag``.
+
+Ours (``pathstrat.features/1``): ``features`` (N,D), ``coords`` (N,2) int64, optional
+``features_views`` (V,N,D) for augmented views; attrs = tiles attrs + encoder provenance.
+TRIDENT: ``features`` + ``coords`` whose dataset attrs describe the patches. CLAM: ``features``
++ ``coords`` and no attrs. All are checked for shape, row counts and (when asked) dim/encoder.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pathstrat.encoders.model import warn_if_random
+from pathstrat.errors import FeatureDimError, SchemaError
+from pathstrat.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+FEATURES_SCHEMA = "pathstrat.features/1"
+LAYOUTS = ("pathstrat", "trident", "clam")
+
+# TRIDENT coords attrs -> our names (same meaning, our units in the name)
+_TRIDENT_ATTRS = {"patch_size_level0": "tile_size_level0", "patch_size": "tile_px",
+                  "level0_width": "level0_width", "level0_height": "level0_height",
+                  "name": "slide_id"}
+
+__all__ = ["FEATURES_SCHEMA", "Bag", "read_bag", "warn_if_random", "write_features"]
+
+
+@dataclass
+class Bag:
+    """One slide's tile features: ``features`` (N,D), ``coords`` (N,2), ``attrs``.
+
+    ``views`` holds (V,N,D) augmented views when the file has them. ``layout`` says which
+    producer wrote the file (``pathstrat``, ``trident`` or ``clam``).
+    """
+
+    features: np.ndarray
+    coords: np.ndarray
+    attrs: dict[str, Any] = field(default_factory=dict)
+    views: np.ndarray | None = None
+    layout: str = "pathstrat"
+    path: Path | None = None
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    @property
+    def dim(self) -> int:
+        return int(self.features.shape[1])
+
+
+def _attr_value(v: Any) -> Any:
+    if isinstance(v, bytes):
+        return v.decode()
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    return v
+
+
+def _h5_attr(v: Any) -> Any:
+    """Convert a Python value to something h5py stores (None -> '' is avoided by skipping)."""
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    if isinstance(v, Path):
+        return str(v)
+    if isinstance(v, (list, tuple)):
+        return np.asarray(v)
+    return v
+
+
+def write_features(path: str | os.PathLike, features: np.ndarray, coords: np.ndarray,
+                   attrs: Mapping[str, Any], *, views: np.ndarray | None = None) -> Path:
+    """Write a ``pathstrat.features/1`` file atomically (never a partial file under ``path``)."""
+    import h5py
+
+    feats = np.asarray(features)
+    xy = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
+    if feats.ndim != 2 or len(feats) != len(xy):
+        raise FeatureDimError(f"Cannot write {path}: features {feats.shape} and coords "
+                              f"{xy.shape} do not have one row per tile.")
+    if views is not None and (views.ndim != 3 or views.shape[1:] != feats.shape):
+        raise FeatureDimError(f"Cannot write {path}: views {views.shape} must be (V,{len(feats)},"
+                              f"{feats.shape[1]}).")
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("features", data=feats)
+            f.create_dataset("coords", data=xy)
+            if views is not None:
+                f.create_dataset("features_views", data=views)
+            for k, v in {**attrs, "schema": FEATURES_SCHEMA, "n_tiles": len(xy),
+                         "encoder_dim": int(attrs.get("encoder_dim", feats.shape[1]))}.items():
+                if v is not None:
+                    f.attrs[k] = _h5_attr(v)
+    return Path(path)
+
+
+def read_attrs(path: str | os.PathLike) -> dict[str, Any]:
+    """File-level attrs only (cheap; used by resume checks). Empty dict when unreadable."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return {k: _attr_value(v) for k, v in f.attrs.items()}
+    except OSError:
+        return {}
+
+
+def _detect_layout(f, attrs: Mapping[str, Any]) -> str:
+    if attrs.get("schema") == FEATURES_SCHEMA:
+        return "pathstrat"
+    if "coords" in f and len(f["coords"].attrs) > 0:
+        return "trident"
+    return "clam"
+
+
+def read_bag(path: str | os.PathLike, *, expected_dim: int | None = None,
+             expected_encoder: str | None = None, load_views: bool = True) -> Bag:
+    """Read a feature file (ours, TRIDENT or CLAM) and check its shape and provenance.
+
+    Raises :class:`FeatureDimError` (naming the file) when the dim or encoder differs from
+    what is expected, and :class:`SchemaError` when datasets are missing or rows disagree.
+    """
+    import h5py
+
+    p = Path(path)
+    try:
+        f = h5py.File(p, "r")
+    except OSError as exc:
+        raise SchemaError(f"Feature file '{p}' cannot be opened ({exc}). Re-run `pathstrat "
+                          "embed` for this slide.") from exc
+    with f:
+        attrs = {k: _attr_value(v) for k, v in f.attrs.items()}
+        layout = _detect_layout(f, attrs)
+        if "features" not in f or "coords" not in f:
+            raise SchemaError(f"Feature file '{p}' needs datasets 'features' and 'coords' "
+                              f"(found {sorted(f.keys())}); it is not a pathstrat, TRIDENT or "
+                              "CLAM feature file.")
+        feats = np.asarray(f["features"][()])
+        coords = np.asarray(f["coords"][()])
+        if layout == "trident":
+            for k, v in f["coords"].attrs.items():
+                attrs.setdefault(_TRIDENT_ATTRS.get(k, k), _attr_value(v))
+        views = np.asarray(f["features_views"][()]) if load_views and "features_views" in f else None
+    feats, coords = _squeeze(feats, coords, p)
+    attrs.setdefault("slide_id", p.stem)
+    _check(p, feats, coords, attrs, layout, expected_dim, expected_encoder)
+    return Bag(feats, coords.astype(np.int64, copy=False), attrs, views, layout, p)
+
+
+def _squeeze(feats: np.ndarray, coords: np.ndarray, p: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Accept (1,N,D)/(1,N,2) batch-of-one layouts some tools write."""
+    if feats.ndim == 3 and feats.shape[0] == 1:
+        feats = feats[0]
+    if coords.ndim == 3 and coords.shape[0] == 1:
+        coords = coords[0]
+    if feats.ndim != 2:
+        raise SchemaError(f"Feature file '{p}': 'features' has shape {feats.shape}, expected "
+                          "(N, D).")
+    if coords.ndim != 2 or coords.shape[1] != 2:
+        raise SchemaError(f"Feature file '{p}': 'coords' has shape {coords.shape}, expected "
+                          "(N, 2).")
+    return feats, coords
+
+
+def _check(p: Path, feats: np.ndarray, coords: np.ndarray, attrs: Mapping[str, Any], layout: str,
+           expected_dim: int | None, expected_encoder: str | None) -> None:
+    if len(feats) != len(coords):
+        raise SchemaError(f"Feature file '{p}': {len(feats)} feature rows but {len(coords)} "
+                          "coords rows; the file is inconsistent, re-embed this slide.")
+    declared = attrs.get("encoder_dim")
+    if declared is not None and int(declared) != feats.shape[1]:
+        raise FeatureDimError(f"Feature file '{p}': attrs say encoder_dim={declared} but the "
+                              f"features have {feats.shape[1]} columns.")
+    if expected_dim is not None and feats.shape[1] != int(expected_dim):
+        raise FeatureDimError(
+            f"Feature file '{p}' has dim {feats.shape[1]} (encoder "
+            f"'{attrs.get('encoder_id', 'unknown')}', {layout} layout) but {expected_dim} is "
+            "expected: all slides must come from the same encoder; re-embed or point to the "
+            "right features folder.")
+    if expected_encoder is not None:
+        found = attrs.get("encoder_id")
+        if found is None:
+            log.warning("Feature file '%s' (%s layout) does not record its encoder; assuming "
+                        "'%s'.", p, layout, expected_encoder)
+        elif str(found) != str(expected_encoder):
+            raise FeatureDimError(f"Feature file '{p}' was made by encoder '{found}', not "
+                                  f"'{expected_encoder}'; use the matching features folder or "
+                                  "re-embed.")

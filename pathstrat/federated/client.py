@@ -1,0 +1,145 @@
+"""The Flower ClientApp that runs at every site (Message API: query/train/evaluate handlers).
+
+Message protocol (all payloads are model arrays, counts, histograms or metrics):
+
+* ``query.join``  in: federation config. out: ``site`` ConfigRecord (name, accepted, reason,
+  encoder id, feature dim, class names) + ``stats`` MetricRecord (training/held-out counts, label
+  counts, survival-time histograms on the shared grid).
+* ``train``       in: global ``arrays`` + ``config`` (federation, agreed state, round, optional
+  clipping norm / proximal mu). out: updated ``arrays`` + ``metrics`` (num-examples, train-loss).
+* ``evaluate``    in: global ``arrays`` + ``config``. out: ``metrics`` on held-out patients.
+
+Where a site's data live comes from its SuperNode's ``--node-config`` (deployment) or from the
+simulation's site list (``partition-id``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from pathstrat.errors import PathstratError
+from pathstrat.federated.config import FederationConfig, SiteConfig
+from pathstrat.federated.site import GlobalState, LocalSite, SiteRefusedError
+
+log = logging.getLogger(__name__)
+
+JOIN = "query.join"
+CLIP_KEY = "clipping_norm"  # flwr.supercore.differential_privacy.KEY_CLIPPING_NORM
+
+
+class SiteDropoutError(PathstratError, RuntimeError):
+    """A (simulated) site failure during a round."""
+
+
+class PrivacyPolicyError(PathstratError, PermissionError):
+    """The site requires DP but the federation's round does not clip updates."""
+
+
+_SITES: dict[str, LocalSite] = {}
+
+
+def load_site(site: SiteConfig, fed: FederationConfig) -> LocalSite:
+    """The site's data, read once per process (rounds reuse it)."""
+    key = json.dumps([site.model_dump(mode="json"), fed.encoder_id, fed.feature_dim, fed.level,
+                      fed.seed, fed.holdout_fraction, [t.model_dump() for t in fed.targets]])
+    if key not in _SITES:
+        _SITES[key] = LocalSite(site, fed)
+    return _SITES[key]
+
+
+class SiteResolver:
+    """Finds a node's SiteConfig: its ``--node-config`` or the simulation list by partition-id."""
+
+    def __init__(self, sites: Sequence[SiteConfig] | None = None) -> None:
+        self.sites = list(sites) if sites else None
+
+    def __call__(self, context) -> SiteConfig:
+        nc = dict(context.node_config)
+        if "manifest" in nc:
+            return SiteConfig.from_node_config(nc)
+        if self.sites is not None and "partition-id" in nc:
+            return self.sites[int(nc["partition-id"])]
+        raise SiteRefusedError("This SuperNode has no site data configured: start it with "
+                               "--node-config \"site-name='A' manifest='/data/manifest.csv' "
+                               "features-dir='/data/features/<encoder_id>'\".")
+
+    def audit_target(self, context):
+        s = self(context)
+        return s.name, s.audit_dir
+
+
+def build_client_app(sites: Sequence[SiteConfig] | None = None, extra_mods: Sequence[Any] = ()):
+    """A ClientApp; ``sites`` are the simulated sites (None in deployment: node config)."""
+    import torch
+    from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+    from flwr.clientapp import ClientApp
+
+    from pathstrat.federated.audit import make_audit_mod
+
+    resolve = SiteResolver(sites)
+    app = ClientApp(mods=[make_audit_mod(resolve.audit_target), *extra_mods])
+    torch.set_num_threads(max(1, min(4, int(os.environ.get("PATHSTRAT_FL_THREADS", "1")))))
+
+    @app.query("join")
+    def join(msg: Message, context) -> Message:
+        fed = FederationConfig.from_json(msg.content["config"]["federation"])
+        site = resolve(context)
+        info: dict[str, Any] = {"site": site.name, "accepted": True, "reason": ""}
+        stats: dict[str, Any] = {}
+        try:
+            local = load_site(site, fed)
+            stats, names = local.join_stats()
+            info.update(names)
+            info.update({"encoder-id": str(local.store.encoder_id), "feature-dim": int(local.store.dim)})
+        except (SiteRefusedError, PathstratError) as exc:
+            log.error("%s", exc)
+            info.update({"accepted": False, "reason": str(exc)})
+        return Message(RecordDict({"site": ConfigRecord(info), "stats": MetricRecord(stats)}),
+                       reply_to=msg)
+
+    def _setup(msg: Message, context):
+        cfg = msg.content["config"]
+        fed = FederationConfig.from_json(cfg["federation"])
+        state = GlobalState.from_dict(json.loads(cfg["global"]))
+        site = resolve(context)
+        rnd = int(cfg.get("server-round", 0))
+        if site.drop_at_round is not None and rnd >= site.drop_at_round:
+            raise SiteDropoutError(f"site '{site.name}' dropped out in round {rnd} (simulated)")
+        arrays = msg.content["arrays"].to_torch_state_dict()
+        return fed, state, site, load_site(site, fed), arrays, rnd
+
+    def _train(msg: Message, context) -> Message:
+        fed, state, site, local, arrays, rnd = _setup(msg, context)
+        mu = float(msg.content["config"].get("proximal-mu", 0.0))
+        new, loss = local.train(arrays, state, epochs=fed.local_epochs, proximal_mu=mu,
+                                seed=fed.seed * 1000 + rnd)
+        metrics = {"num-examples": len(local.train_idx), "train-loss": float(loss)}
+        if fed.dp is not None:
+            metrics["dp-weight"] = 1  # DP averages sites with equal weights (see privacy.py)
+        return Message(RecordDict({"arrays": ArrayRecord(new), "metrics": MetricRecord(metrics)}),
+                       reply_to=msg)
+
+    @app.train()
+    def train(msg: Message, context) -> Message:
+        site = resolve(context)
+        clipped = CLIP_KEY in msg.content["config"]
+        if site.require_dp and not clipped:
+            raise PrivacyPolicyError(f"site '{site.name}' requires differential privacy "
+                                     "(require-dp) but this federation does not clip updates")
+        if clipped:
+            from flwr.clientapp.mod import fixedclipping_mod
+
+            return fixedclipping_mod(msg, context, _train)
+        return _train(msg, context)
+
+    @app.evaluate()
+    def evaluate(msg: Message, context) -> Message:
+        fed, state, site, local, arrays, _ = _setup(msg, context)
+        metrics = local.evaluate(arrays, state)
+        return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+
+    return app

@@ -1,0 +1,161 @@
+"""Federation and site configuration (strict pydantic; travels inside Flower messages as JSON).
+
+The coordinator owns a :class:`FederationConfig` (model, heads, rounds, strategy, privacy);
+each site owns a :class:`SiteConfig` (where its manifest and features are, what it accepts).
+Nothing in either config describes a patient.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pathstrat.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TargetDef(_Strict):
+    """One prediction head; mirrors :class:`pathstrat.mil.targets.TargetSpec`.
+
+    ``classes`` of a multiclass head may be left empty: the federation then agrees on the union
+    of the class names the sites report (names and counts only).
+    """
+
+    name: str
+    kind: Literal["binary", "multiclass", "multilabel", "regression", "cox", "discrete"]
+    columns: list[str] = Field(default_factory=list)
+    time_col: str | None = None
+    event_col: str | None = None
+    classes: list[Any] | None = None
+    n_bins: int = Field(4, ge=2, description="Discrete-time survival bins (kind=discrete).")
+
+    def spec(self):
+        """The TargetSpec of pathstrat.mil for this head."""
+        from pathstrat.mil.targets import TargetSpec
+
+        return TargetSpec(self.name, self.kind, list(self.columns), self.time_col, self.event_col,
+                          None if self.classes is None else list(self.classes), self.n_bins)
+
+
+class DPConfig(_Strict):
+    """Central DP with client-side fixed clipping (Flower's DifferentialPrivacyClientSideFixedClipping).
+
+    Each site clips its whole model update to L2 norm ``clipping_norm``; the coordinator adds
+    Gaussian noise with std ``noise_multiplier * clipping_norm / n_sampled`` to the average.
+    """
+
+    noise_multiplier: float = Field(1.0, gt=0)
+    clipping_norm: float = Field(1.0, gt=0)
+    delta: float = Field(1e-5, gt=0, lt=1, description="delta of the reported (epsilon, delta).")
+
+
+class SecAggConfig(_Strict):
+    """SecAgg+ (Flower's SecAggPlusWorkflow + secaggplus_mod): the coordinator sees only sums."""
+
+    num_shares: float = Field(1.0, gt=0, description="Shares per key (int) or fraction of sampled sites.")
+    reconstruction_threshold: float = Field(1.0, gt=0)
+    clipping_range: float = Field(8.0, gt=0, description="Parameters are clipped to ±range before quantisation.")
+    quantization_range: int = Field(2**22, gt=0)
+    max_weight: float = Field(1e4, gt=0, description="Largest site weight (number of training bags).")
+
+
+class FederationConfig(_Strict):
+    """Everything the coordinator decides; sent to every site with each round."""
+
+    model: str = Field("abmil", description="MIL model from pathstrat.mil.MODELS.")
+    hparams: dict[str, Any] = Field(default_factory=dict)
+    targets: list[TargetDef]
+    encoder_id: str = Field(description="Feature encoder every site must have used.")
+    feature_dim: int = Field(gt=0, description="Feature dimension every site must have.")
+    level: Literal["slide", "patient"] = "slide"
+    rounds: int = Field(5, ge=1)
+    local_epochs: int = Field(1, ge=1)
+    strategy: Literal["fedavg", "fedprox"] = "fedavg"
+    proximal_mu: float = Field(0.01, ge=0, description="FedProx proximal weight mu.")
+    fraction_train: float = Field(1.0, gt=0, le=1)
+    fraction_evaluate: float = Field(1.0, ge=0, le=1)
+    min_sites: int = Field(2, ge=1, description="Sites that must join before training starts.")
+    lr: float = Field(2e-4, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    batch_size: int = Field(1, ge=1)
+    max_tiles: int | None = Field(None, ge=1)
+    seed: int = 0
+    holdout_fraction: float = Field(0.25, ge=0, lt=1, description="Held-out patients per site "
+                                    "(ignored when the manifest has a 'split' column).")
+    time_max: float | None = Field(None, gt=0, description="Upper edge of the shared survival "
+                                   "time grid (needed for discrete survival).")
+    time_grid_bins: int = Field(200, ge=10, description="Bins of the shared survival time grid.")
+    score_bins: int = Field(100, ge=10, description="Bins of the score histograms for pooled AUROC.")
+    dp: DPConfig | None = None
+    secagg: SecAggConfig | None = None
+    timeout_s: float = Field(3600, gt=0, description="Seconds to wait for the sites each round.")
+    join_timeout_s: float = Field(600, gt=0, description="Seconds to wait for min_sites to connect.")
+    device: str = "cpu"
+
+    @model_validator(mode="after")
+    def _check(self) -> FederationConfig:
+        if not self.targets:
+            raise ValueError("targets needs at least one head")
+        if any(t.kind == "discrete" for t in self.targets) and self.time_max is None:
+            raise ValueError("discrete survival needs time_max (upper edge of the shared time grid; "
+                             "sites histogram their times on it, raw times never leave a site)")
+        if self.dp is not None and self.secagg is not None:
+            raise ValueError("dp and secagg cannot be combined in this version; choose one")
+        return self
+
+    def to_json(self) -> str:
+        return self.model_dump_json()
+
+    @classmethod
+    def from_json(cls, text: str) -> FederationConfig:
+        return _validate(cls, json.loads(text), "federation config")
+
+    @classmethod
+    def load(cls, path: str | Path) -> FederationConfig:
+        """Read a YAML or JSON file (the ``federation:`` key may wrap it)."""
+        import yaml
+
+        p = Path(path)
+        if not p.exists():
+            raise ConfigError(f"Federation config '{p}' does not exist.")
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        data = data.get("federation", data)
+        return _validate(cls, data, str(p))
+
+    def specs(self) -> list:
+        """TargetSpecs of the heads (pathstrat.mil.targets)."""
+        return [t.spec() for t in self.targets]
+
+
+class SiteConfig(_Strict):
+    """What one site holds locally. Paths never leave the site."""
+
+    name: str = Field(description="Site name shown to the federation (no patient data).")
+    manifest: Path
+    features_dir: Path = Field(description="Folder of <slide_id>.h5 feature files of encoder_id.")
+    require_dp: bool = Field(False, description="Refuse rounds that do not clip updates for DP.")
+    audit_dir: Path | None = Field(None, description="Write every outgoing message's summary here.")
+    drop_at_round: int | None = Field(None, ge=1, description="Simulation only: the site fails "
+                                      "from this training round on (tests robustness to dropouts).")
+
+    @classmethod
+    def from_node_config(cls, node_config: dict[str, Any]) -> SiteConfig:
+        """From a SuperNode's ``--node-config "manifest='...' features-dir='...'"``."""
+        data = {k.replace("-", "_"): v for k, v in node_config.items()
+                if k.replace("-", "_") in cls.model_fields}
+        data.setdefault("name", str(node_config.get("site-name", node_config.get("name", "site"))))
+        return _validate(cls, data, "SuperNode --node-config")
+
+
+def _validate(cls, data: Any, where: str):
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        errs = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"Invalid {where}: {errs}") from exc

@@ -1,0 +1,313 @@
+"""The Flower ServerApp run by the coordinator: join, agree, train, save a pathstrat checkpoint.
+
+1. **Join**: every connected SuperNode gets ``query.join`` with the federation config; a site
+   whose data do not match refuses with a reason and is left out of every later round.
+2. **Agree**: global head state (class weights, survival bins, regression scaling) from the
+   summed counts/histograms of the joined sites.
+3. **Train**: Flower's FedAvg or FedProx (optionally wrapped in client-side fixed-clipping DP)
+   over the joined sites only; a site that fails or times out in a round is left out of that
+   round's aggregate.
+4. **Save**: the final global model as ``checkpoints/fold0.safetensors`` + ``model.json`` and a
+   ``federation.json`` with per-round, per-site metrics and the privacy guarantee.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pathstrat.errors import PathstratError
+from pathstrat.federated.config import FederationConfig
+from pathstrat.federated.site import GlobalState, build_global_model, resolved_specs
+from pathstrat.federated.stats import global_target_state, merge_site_stats, time_grid
+
+log = logging.getLogger(__name__)
+
+
+class FederationError(PathstratError, RuntimeError):
+    """The federation cannot proceed (too few sites joined, no round could be aggregated)."""
+
+
+def _grid_wrapper_cls():
+    from flwr.serverapp import Grid
+
+    class SiteGrid(Grid):
+        """A Grid restricted to the joined sites that records every reply (and every miss)."""
+
+        def __init__(self, grid, allowed: set[int], names: dict[int, str]) -> None:
+            self._grid, self.allowed, self.names = grid, allowed, names
+            self.events: list[dict[str, Any]] = []
+
+        def set_run(self, run) -> None:
+            self._grid.set_run(run)
+
+        @property
+        def run(self):
+            return self._grid.run
+
+        def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):
+            return self._grid.create_message(content, message_type, dst_node_id, group_id, ttl)
+
+        def get_node_ids(self) -> Iterable[int]:
+            return [n for n in self._grid.get_node_ids() if n in self.allowed]
+
+        def push_messages(self, messages):
+            return self._grid.push_messages(messages)
+
+        def pull_messages(self, message_ids):
+            return self._grid.pull_messages(message_ids)
+
+        def send_and_receive(self, messages, *, timeout=None):
+            messages = list(messages)
+            replies = list(self._grid.send_and_receive(messages, timeout=timeout))
+            self._record(messages, replies)
+            return replies
+
+        def _record(self, messages, replies) -> None:
+            seen = set()
+            for r in replies:
+                node = r.metadata.src_node_id
+                seen.add(node)
+                ev = {"round": _round_of(messages), "type": r.metadata.message_type,
+                      "site": self.names.get(node, str(node))}
+                if r.has_error():
+                    ev["error"] = r.error.reason
+                elif r.content.metric_records:
+                    m = next(iter(r.content.metric_records.values()))
+                    ev["metrics"] = {k: v for k, v in m.items() if not isinstance(v, list)}
+                self.events.append(ev)
+            for m in messages:
+                if m.metadata.dst_node_id not in seen:
+                    self.events.append({"round": _round_of(messages), "type": m.metadata.message_type,
+                                        "site": self.names.get(m.metadata.dst_node_id, "?"),
+                                        "error": "no reply before the timeout"})
+
+    return SiteGrid
+
+
+def _round_of(messages) -> int | None:
+    for m in messages:
+        cfg = m.content.config_records.get("config")
+        if cfg is not None and "server-round" in cfg:
+            return int(cfg["server-round"])
+    return None
+
+
+def wait_for_sites(grid, n: int, timeout_s: float) -> list[int]:
+    """Node ids once at least ``n`` SuperNodes are connected (FederationError after the timeout)."""
+    t0 = time.monotonic()
+    while True:
+        ids = list(grid.get_node_ids())
+        if len(ids) >= n:
+            return ids
+        if time.monotonic() - t0 > timeout_s:
+            raise FederationError(f"Only {len(ids)} of the {n} required sites connected within "
+                                  f"{timeout_s:.0f} s. Check that each site's SuperNode is running "
+                                  "and reaches the SuperLink (address, TLS certificates).")
+        time.sleep(0.5)
+
+
+def join_sites(grid, nodes: list[int], fed: FederationConfig) -> tuple[dict[int, dict], dict[str, str]]:
+    """Send ``query.join``; returns (joined node -> {name, stats, config}, refused name -> reason)."""
+    from flwr.app import ConfigRecord, Message, RecordDict
+
+    msgs = [Message(RecordDict({"config": ConfigRecord({"federation": fed.to_json()})}),
+                    dst_node_id=n, message_type="query.join") for n in nodes]
+    replies = list(grid.send_and_receive(msgs, timeout=fed.join_timeout_s))
+    joined: dict[int, dict] = {}
+    refused: dict[str, str] = {}
+    for r in replies:
+        node = r.metadata.src_node_id
+        if r.has_error():
+            refused[f"node-{node}"] = r.error.reason
+            continue
+        info = dict(r.content["site"])
+        if not info.get("accepted"):
+            refused[str(info.get("site"))] = str(info.get("reason"))
+            log.error("site '%s' refused to join: %s", info.get("site"), info.get("reason"))
+            continue
+        joined[node] = {"name": str(info["site"]), "info": info, "stats": dict(r.content["stats"])}
+    answered = {r.metadata.src_node_id for r in replies}
+    for n in nodes:
+        if n not in answered:
+            refused[f"node-{n}"] = "no reply to the join request before the timeout"
+    return joined, refused
+
+
+def agree(fed: FederationConfig, joined: dict[int, dict]) -> GlobalState:
+    """Global head state from the merged site statistics (counts only)."""
+    merged = merge_site_stats((j["stats"], {k: v for k, v in j["info"].items() if isinstance(v, str)})
+                              for j in joined.values())
+    edges = time_grid(fed.time_max, fed.time_grid_bins) if fed.time_max else None
+    states, classes = {}, {}
+    for spec in fed.specs():
+        st, cls = global_target_state(spec, merged, edges=edges)
+        states[spec.name] = st
+        if cls is not None:
+            classes[spec.name] = cls
+    return GlobalState(states, classes)
+
+
+def aggregate_metrics(records, weight_key: str):
+    """Weighted mean per key over the sites that define it (``<head>.n`` weights head metrics);
+    count vectors (score histograms) are summed and give the pooled AUROC."""
+    from flwr.app import MetricRecord
+
+    from pathstrat.federated.stats import auroc_from_histograms
+
+    sums: dict[str, float] = {}
+    weights: dict[str, float] = {}
+    hists: dict[str, np.ndarray] = {}
+    for rec in records:
+        m = next(iter(rec.metric_records.values()))
+        for k, v in m.items():
+            if isinstance(v, list):
+                hists[k] = np.asarray(v, float) + hists.get(k, 0)
+                continue
+            if k.endswith(".n") or k in ("num-examples", "dp-weight"):
+                sums[k] = sums.get(k, 0.0) + float(v)
+                continue
+            head = k.split(".", 1)[0] if "." in k else None
+            w = float(m.get(f"{head}.n", m.get(weight_key, 1))) if head else float(m.get(weight_key, 1))
+            if not math.isfinite(float(v)) or w <= 0:
+                continue
+            sums[k] = sums.get(k, 0.0) + w * float(v)
+            weights[k] = weights.get(k, 0.0) + w
+    out = {k: (v / weights[k] if k in weights else v) for k, v in sums.items()
+           if k in weights or k.endswith(".n") or k in ("num-examples", "dp-weight")}
+    for k in hists:
+        if k.endswith(".hist_pos"):
+            head = k[: -len(".hist_pos")]
+            auc = auroc_from_histograms(hists[k], hists.get(f"{head}.hist_neg", np.zeros(1)))
+            if math.isfinite(auc):
+                out[f"{head}.pooled_auroc"] = auc
+    return MetricRecord(out)
+
+
+def make_strategy(fed: FederationConfig, n_sites: int):
+    """FedAvg / FedProx from the config, wrapped for DP when ``fed.dp`` is set."""
+    from flwr.serverapp.strategy import (
+        DifferentialPrivacyClientSideFixedClipping,
+        FedAvg,
+        FedProx,
+    )
+
+    n_train = max(1, min(n_sites, math.ceil(fed.fraction_train * n_sites)))
+    n_eval = max(1, min(n_sites, math.ceil(fed.fraction_evaluate * n_sites))) if fed.fraction_evaluate else 0
+    kw = dict(fraction_train=n_train / n_sites, fraction_evaluate=fed.fraction_evaluate,
+              min_train_nodes=n_train, min_evaluate_nodes=n_eval, min_available_nodes=1,
+              weighted_by_key="dp-weight" if fed.dp else "num-examples",
+              evaluate_metrics_aggr_fn=aggregate_metrics)
+    if fed.strategy == "fedprox":
+        strategy = FedProx(proximal_mu=fed.proximal_mu, **kw)
+    else:
+        strategy = FedAvg(**kw)
+    if fed.dp is not None:
+        strategy = DifferentialPrivacyClientSideFixedClipping(
+            strategy, fed.dp.noise_multiplier, fed.dp.clipping_norm, n_train)
+    return strategy
+
+
+def run_federation(grid, fed: FederationConfig, out_dir: str | Path) -> dict[str, Any]:
+    """The coordinator's whole run; returns (and writes) the federation summary."""
+    import torch
+    from flwr.app import ArrayRecord, ConfigRecord
+
+    from pathstrat.federated.checkpoint import save_federated_checkpoint
+    from pathstrat.federated.privacy import dp_guarantee
+    from pathstrat.io import ensure_writable_dir, write_json_atomic
+
+    out = ensure_writable_dir(out_dir)
+    t0 = time.monotonic()
+    nodes = wait_for_sites(grid, fed.min_sites, fed.join_timeout_s)
+    joined, refused = join_sites(grid, nodes, fed)
+    for name, reason in refused.items():
+        log.warning("site %s is not part of this federation: %s", name, reason)
+    if len(joined) < fed.min_sites:
+        raise FederationError(
+            f"Only {len(joined)} site(s) joined but min_sites is {fed.min_sites}. Refused: "
+            + "; ".join(f"{k}: {v}" for k, v in refused.items()))
+    state = agree(fed, joined)
+    model = build_global_model(fed, state)
+    guarantee = None
+    if fed.dp is not None:
+        guarantee = dp_guarantee(fed.dp.noise_multiplier, fed.dp.clipping_norm, fed.rounds, fed.dp.delta)
+        log.info("%s", guarantee.describe())
+    names = {n: j["name"] for n, j in joined.items()}
+    site_grid = _grid_wrapper_cls()(grid, set(joined), names)
+    strategy = make_strategy(fed, len(joined))
+    cfg = {"federation": fed.to_json(), "global": json.dumps(state.to_dict())}
+    result = strategy.start(grid=site_grid, initial_arrays=ArrayRecord(model.state_dict()),
+                            num_rounds=fed.rounds, timeout=fed.timeout_s,
+                            train_config=ConfigRecord(dict(cfg)),
+                            evaluate_config=ConfigRecord(dict(cfg)))
+    if result.arrays is None or len(result.arrays) == 0:
+        raise FederationError("No training round could be aggregated (every site failed); see the "
+                              "site errors in the log.")
+    final = result.arrays.to_torch_state_dict()
+    model.load_state_dict({k: v.to(model.state_dict()[k].dtype) for k, v in final.items()})
+    summary = {
+        "schema": "pathstrat.federation/1",
+        "config": json.loads(fed.to_json()),
+        "sites": [{"name": j["name"], "n_train": j["stats"].get("n-train"),
+                   "n_eval": j["stats"].get("n-eval")} for j in joined.values()],
+        "refused": refused,
+        "agreed": state.to_dict(),
+        "rounds": _round_table(result, site_grid.events),
+        "events": site_grid.events,
+        "final_metrics": _plain(result.evaluate_metrics_clientapp.get(fed.rounds, {})),
+        "dp": guarantee.to_dict() if guarantee else None,
+        "dp_statement": guarantee.describe() if guarantee else "no differential privacy",
+        "seconds": round(time.monotonic() - t0, 2),
+    }
+    save_federated_checkpoint(out, model, fed, state, summary)
+    write_json_atomic(out / "federation.json", summary)
+    log.info("federation finished: %d sites, %d rounds; checkpoint in %s", len(joined), fed.rounds,
+             out / "checkpoints")
+    del torch
+    return summary
+
+
+def _plain(rec) -> dict[str, Any]:
+    return {k: (list(v) if isinstance(v, list) else float(v)) for k, v in dict(rec).items()}
+
+
+def _round_table(result, events) -> list[dict[str, Any]]:
+    rows = []
+    rounds = sorted(set(result.train_metrics_clientapp) | set(result.evaluate_metrics_clientapp))
+    for r in rounds:
+        failed = sorted({e["site"] for e in events if e.get("round") == r and "error" in e})
+        rows.append({"round": r, "train": _plain(result.train_metrics_clientapp.get(r, {})),
+                     "evaluate": _plain(result.evaluate_metrics_clientapp.get(r, {})),
+                     "failed_sites": failed})
+    return rows
+
+
+def build_server_app(fed: FederationConfig | None = None, out_dir: str | Path | None = None):
+    """A ServerApp; without arguments it reads ``config-file`` and ``out-dir`` from the run config
+    (``flwr run`` / pyproject ``[tool.flwr.app.config]``)."""
+    from flwr.serverapp import ServerApp
+
+    app = ServerApp()
+
+    @app.main()
+    def main(grid, context) -> None:
+        cfg = fed
+        if cfg is None:
+            path = context.run_config.get("config-file")
+            if not path:
+                raise FederationError("The run config needs 'config-file' (federation YAML on the "
+                                      "coordinator); set it in pyproject.toml or with "
+                                      "`flwr run --run-config \"config-file='fed.yaml'\"`.")
+            cfg = FederationConfig.load(path)
+        out = out_dir or context.run_config.get("out-dir", "federated_run")
+        run_federation(grid, cfg, out)
+
+    return app

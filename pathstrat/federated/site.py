@@ -1,0 +1,266 @@
+"""One site's side of the federation: its data, its checks, its local training and evaluation.
+
+A :class:`LocalSite` reads the site's own manifest and feature files once (through
+``pathstrat.training.load_bags``), checks that they match the federation (encoder id and feature
+dimension, label columns), splits patients into local training and held-out sets, and trains or
+evaluates the global model with ``pathstrat.training.train_one_epoch`` / ``evaluate``. Everything it
+returns is a model state or an aggregate: counts, histograms, metrics.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from pathstrat.errors import ConfigError, FeatureDimError, ManifestError, PathstratError
+from pathstrat.federated.config import FederationConfig, SiteConfig
+from pathstrat.federated.stats import score_histograms, site_label_stats, time_grid
+
+log = logging.getLogger(__name__)
+
+
+class SiteRefusedError(PathstratError, ValueError):
+    """A site's data does not match the federation (encoder, feature dimension, columns)."""
+
+
+@dataclass
+class GlobalState:
+    """What the federation agreed before training: fold state and classes per head."""
+
+    target_states: dict[str, dict[str, Any]]
+    classes: dict[str, list[Any]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"target_states": self.target_states, "classes": self.classes}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> GlobalState:
+        return cls(dict(d.get("target_states", {})), dict(d.get("classes", {})))
+
+
+def resolved_specs(fed: FederationConfig, state: GlobalState | None) -> list:
+    """TargetSpecs with agreed classes filled in (multiclass heads without declared classes)."""
+    specs = fed.specs()
+    for s in specs:
+        if s.kind == "multiclass" and not s.classes:
+            s.classes = list((state.classes if state else {}).get(s.name, []))
+            if not s.classes:
+                raise ConfigError(f"Multiclass head '{s.name}' has no classes: declare them in the "
+                                  "federation config or let the sites report them at join time.")
+    return specs
+
+
+def build_global_model(fed: FederationConfig, state: GlobalState) -> nn.Module:
+    """The federation's MIL model (same seed everywhere, so every site starts identical)."""
+    from pathstrat import mil
+
+    torch.manual_seed(fed.seed)
+    heads = {s.name: s.n_outputs for s in resolved_specs(fed, state)}
+    return mil.build_model(fed.model, fed.feature_dim, heads, **fed.hparams)
+
+
+def in_holdout(patient_id: str, seed: int, fraction: float) -> bool:
+    """Deterministic per-patient held-out assignment (same answer at every site and centrally)."""
+    h = hashlib.sha256(f"{seed}:{patient_id}".encode()).digest()
+    return int.from_bytes(h[:8], "big") / 2**64 < fraction
+
+
+class ProximalLoss(nn.Module):
+    """FedProx: the task loss plus (mu/2) * ||w - w_global||^2 over the model's parameters.
+
+    Wraps a MultiTaskLoss so that ``pathstrat.training.train_one_epoch`` trains with it unchanged.
+    """
+
+    def __init__(self, base: nn.Module, model: nn.Module, mu: float) -> None:
+        super().__init__()
+        self.base, self.model, self.mu = base, model, float(mu)
+        self.losses = base.losses  # train_one_epoch reads the first head's spec from here
+        self.anchor = [p.detach().clone() for p in model.parameters()]
+
+    def forward(self, logits, targets):
+        total, parts = self.base(logits, targets)
+        prox = sum(((p - a) ** 2).sum() for p, a in zip(self.model.parameters(), self.anchor,
+                                                           strict=True))
+        return total + 0.5 * self.mu * prox, parts
+
+
+class LocalSite:
+    """A site's data, loaded once; the handlers of the ClientApp call into it."""
+
+    def __init__(self, site: SiteConfig, fed: FederationConfig) -> None:
+        from pathstrat.cohort import load_manifest
+        from pathstrat.training.data import load_bags
+
+        self.site, self.fed = site, fed
+        if not site.manifest.exists():
+            raise SiteRefusedError(f"Site '{site.name}': manifest '{site.manifest}' does not exist.")
+        df = load_manifest(site.manifest, check_files=False)
+        self._check_columns(df)
+        try:
+            store = load_bags(df, site.features_dir, level=fed.level)
+        except FeatureDimError as exc:  # features disagree among themselves
+            raise SiteRefusedError(f"Site '{site.name}' cannot join: {exc}") from exc
+        self._check_features(store)
+        self.store = store
+        table = store.table
+        if "split" in table.columns:
+            held = table["split"].astype(str).str.lower().isin(["test", "heldout", "held-out"])
+        else:
+            held = table["patient_id"].astype(str).map(
+                lambda p: in_holdout(p, fed.seed, fed.holdout_fraction))
+        self.eval_idx = np.flatnonzero(held.to_numpy())
+        self.train_idx = np.flatnonzero(~held.to_numpy())
+        if len(self.train_idx) == 0:
+            raise SiteRefusedError(f"Site '{site.name}' has no training patients after holding out "
+                                   f"{fed.holdout_fraction:.0%}; add patients or lower holdout_fraction.")
+        log.info("site %s: %d training and %d held-out bags (encoder %s, dim %d)", site.name,
+                 len(self.train_idx), len(self.eval_idx), store.encoder_id, store.dim)
+
+    # --- checks ---------------------------------------------------------------------------
+    def _check_columns(self, df) -> None:
+        missing = sorted({c for s in self.fed.specs() for c in s.needed_columns} - set(df.columns))
+        if missing:
+            raise SiteRefusedError(f"Site '{self.site.name}' cannot join: its manifest "
+                                   f"'{self.site.manifest}' lacks the column(s) {missing} that the "
+                                   "federation's heads need. Add them (empty = missing label).")
+
+    def _check_features(self, store) -> None:
+        fed, name = self.fed, self.site.name
+        if store.encoder_id != fed.encoder_id or store.dim != fed.feature_dim:
+            raise SiteRefusedError(
+                f"Site '{name}' refuses to join: its features come from encoder "
+                f"'{store.encoder_id}' with dimension {store.dim}, but the federation trains on "
+                f"encoder '{fed.encoder_id}' with dimension {fed.feature_dim}. Re-embed this site's "
+                f"slides with `pathstrat embed --encoder {fed.encoder_id}` (same weights) and point "
+                "features-dir at that folder.")
+
+    # --- join statistics --------------------------------------------------------------------
+    def join_stats(self) -> tuple[dict[str, Any], dict[str, str]]:
+        """Counts and histograms of the training split (what the federation agrees on)."""
+        edges = time_grid(self.fed.time_max, self.fed.time_grid_bins) if self.fed.time_max else None
+        rows = self.store.table.iloc[self.train_idx]
+        metrics: dict[str, Any] = {"n-train": len(self.train_idx), "n-eval": len(self.eval_idx)}
+        config: dict[str, str] = {}
+        for spec in self.fed.specs():
+            m, c = site_label_stats(spec, rows, edges=edges)
+            metrics.update(m)
+            config.update(c)
+        return metrics, config
+
+    # --- training / evaluation -----------------------------------------------------------------
+    def _targets(self, specs, state: GlobalState) -> dict[str, np.ndarray]:
+        out = {}
+        for s in specs:
+            try:
+                out[s.name] = s.encode(self.store.table, state.target_states.get(s.name))
+            except ManifestError as exc:
+                raise SiteRefusedError(f"Site '{self.site.name}': {exc}") from exc
+        return out
+
+    def model(self, arrays: dict[str, torch.Tensor], state: GlobalState) -> nn.Module:
+        model = build_global_model(self.fed, state)
+        model.load_state_dict(arrays)
+        return model.to(self.fed.device)
+
+    def train(self, arrays: dict[str, torch.Tensor], state: GlobalState, *, epochs: int,
+              proximal_mu: float = 0.0, seed: int = 0) -> tuple[dict[str, torch.Tensor], float]:
+        """Local epochs from the global weights; returns the new weights and the mean loss."""
+        from pathstrat.mil.losses import make_loss
+        from pathstrat.training.data import BagDataset, make_loader
+        from pathstrat.training.engine import train_one_epoch
+
+        fed = self.fed
+        specs = resolved_specs(fed, state)
+        model = self.model(arrays, state)
+        loss_fn: nn.Module = make_loss(specs, state.target_states)
+        if proximal_mu > 0:
+            loss_fn = ProximalLoss(loss_fn, model, proximal_mu)
+        loss_fn.to(fed.device)
+        ds = BagDataset(self.store, self.train_idx, self._targets(specs, state),
+                        max_tiles=fed.max_tiles, train=True, seed=seed)
+        loader = make_loader(ds, fed.batch_size, shuffle=True, seed=seed)
+        opt = torch.optim.AdamW(model.parameters(), lr=fed.lr, weight_decay=fed.weight_decay)
+        torch.manual_seed(seed)
+        loss = float("nan")
+        for _ in range(epochs):
+            loss = train_one_epoch(model, loader, loss_fn, opt, device=fed.device)
+        return {k: v.detach().cpu() for k, v in model.state_dict().items()}, loss
+
+    def predict(self, arrays: dict[str, torch.Tensor], state: GlobalState, which: str = "eval"):
+        """(table rows, {head: scores}, {head: encoded labels}, loss) of one split."""
+        from pathstrat.mil.losses import make_loss
+        from pathstrat.training.data import BagDataset, make_loader
+        from pathstrat.training.engine import evaluate
+
+        specs = resolved_specs(self.fed, state)
+        idx = self.eval_idx if which == "eval" else self.train_idx
+        targets = self._targets(specs, state)
+        model = self.model(arrays, state)
+        loader = make_loader(BagDataset(self.store, idx, targets), 1, shuffle=False)
+        res = evaluate(model, loader, make_loss(specs, state.target_states) if len(idx) else None,
+                       device=self.fed.device)
+        scores = {s.name: s.decode_with_state(res.outputs[s.name], state.target_states.get(s.name, {}))
+                  for s in specs} if len(idx) else {}
+        labels = {s.name: targets[s.name][res.index] for s in specs}
+        return self.store.table.iloc[res.index], scores, labels, res.loss
+
+    def evaluate(self, arrays: dict[str, torch.Tensor], state: GlobalState) -> dict[str, Any]:
+        """Metrics of the global model on this site's held-out patients (aggregates only)."""
+        specs = resolved_specs(self.fed, state)
+        rows, scores, labels, loss = self.predict(arrays, state, "eval")
+        out: dict[str, Any] = {"num-examples": len(self.eval_idx),
+                               "eval-loss": float(loss) if np.isfinite(loss) else 0.0}
+        for s in specs:
+            out.update(head_metrics(s, rows, scores.get(s.name), labels[s.name], self.fed.score_bins))
+        return out
+
+
+def head_metrics(spec, rows, score, y, score_bins: int) -> dict[str, Any]:
+    """Fixed keys per head (``<head>.<metric>`` plus ``<head>.n``); NaN where undefined."""
+    from pathstrat import metrics as M
+
+    name, nan = spec.name, float("nan")
+    if score is None:
+        score = np.zeros((0,))
+    out: dict[str, Any] = {}
+    if spec.kind == "binary":
+        ok = ~np.isnan(y)
+        m = M.binary_metrics(y[ok], score[ok]) if ok.any() else {}
+        for k in ("auroc", "auprc", "balanced_accuracy", "brier"):
+            out[f"{name}.{k}"] = float(m.get(k, nan))
+        pos, neg = score_histograms(y[ok], score[ok], score_bins)
+        out[f"{name}.hist_pos"], out[f"{name}.hist_neg"] = pos.tolist(), neg.tolist()
+        out[f"{name}.n"] = int(ok.sum())
+    elif spec.kind == "multiclass":
+        ok = y >= 0
+        m = M.multiclass_metrics(y[ok].astype(int), score[ok]) if ok.sum() > 1 else {}
+        for k in ("accuracy", "balanced_accuracy", "auroc"):
+            out[f"{name}.{k}"] = float(m.get(k, nan))
+        out[f"{name}.n"] = int(ok.sum())
+    elif spec.kind == "multilabel":
+        aucs = [M.auroc(y[:, j][~np.isnan(y[:, j])], score[:, j][~np.isnan(y[:, j])])
+                for j in range(y.shape[1])] if len(y) else []
+        finite = [a for a in aucs if np.isfinite(a)]
+        out[f"{name}.macro_auroc"] = float(np.mean(finite)) if finite else nan
+        out[f"{name}.n"] = int((~np.isnan(y)).any(1).sum()) if len(y) else 0
+    elif spec.kind == "regression":
+        import pandas as pd
+
+        yt = pd.to_numeric(rows[spec.columns[0]], errors="coerce").to_numpy(float)
+        ok = np.isfinite(yt)
+        m = M.regression_metrics(yt[ok], score[ok]) if ok.sum() > 1 else {}
+        for k in ("mae", "rmse", "pearson_r"):
+            out[f"{name}.{k}"] = float(m.get(k, nan))
+        out[f"{name}.n"] = int(ok.sum())
+    else:  # survival: risk higher = earlier event
+        t = rows[spec.time_col].to_numpy(float)
+        e = rows[spec.event_col].to_numpy(float)
+        out[f"{name}.c_index"] = M.harrell_c(t, e, score) if len(t) > 1 else nan
+        out[f"{name}.n"] = int(np.isfinite(t).sum())
+    return out

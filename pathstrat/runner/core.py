@@ -1,0 +1,167 @@
+"""`pathstrat run`: tile -> embed -> train -> stratify -> select -> heatmaps -> report.
+
+The runner only orchestrates: each stage calls that stage's public function with the
+parameters of its config section. Before a stage runs, the runner compares a parameters hash
+(its config section, the manifest and the hashes of the stages it reads from) with the stamp
+left by its last successful run; when they match and its outputs exist, the stage is skipped.
+Per-slide stages also resume inside (finished slides are skipped by the stage itself), so a
+killed run restarts where it stopped. The resolved config (``pipeline.yaml``) and a log
+(``run.log``) are written into the run directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from pathstrat.config import STAGES, PipelineConfig, dump_config, validate_config
+from pathstrat.executors.base import SlideWork
+from pathstrat.io import (
+    clean_stale_tmp,
+    ensure_writable_dir,
+    read_failures,
+    write_dataframe_atomic,
+    write_text_atomic,
+)
+from pathstrat.runner.context import STATE_DIR, RunContext, RunSummary, StageReport, stage_hash
+from pathstrat.runner.stages import definitions
+
+log = logging.getLogger(__name__)
+
+RESOLVED_CONFIG = "pipeline.yaml"
+RUN_LOG = "run.log"
+STAGE_DEFS = {sd.name: sd for sd in definitions()}
+if tuple(STAGE_DEFS) != STAGES:  # pragma: no cover - programming error
+    raise RuntimeError(f"stage definitions {tuple(STAGE_DEFS)} differ from config STAGES {STAGES}")
+
+
+
+
+@contextlib.contextmanager
+def run_log(run_dir: Path) -> Iterator[Path]:
+    """Append every pathstrat log record of this run to ``run_dir/run.log``."""
+    path = run_dir / RUN_LOG
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("pathstrat")
+    old_level = root.level
+    if root.level == logging.NOTSET or root.level > logging.INFO:
+        root.setLevel(logging.INFO)
+    root.addHandler(handler)
+    try:
+        yield path
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+        handler.close()
+
+
+def prepare_run_dir(cfg: PipelineConfig) -> Path:
+    """Check the run directory is writable with room to spare, then write the resolved config."""
+    run_dir = ensure_writable_dir(cfg.out_dir, min_free_mb=200.0)
+    for d in (cfg.tiles_root, cfg.features_root):
+        ensure_writable_dir(d, min_free_mb=200.0)
+    (run_dir / STATE_DIR).mkdir(exist_ok=True)
+    write_text_atomic(run_dir / RESOLVED_CONFIG, dump_config(cfg))
+    return run_dir
+
+
+def run_pipeline(cfg: PipelineConfig, *, executor: str | None = None, address: str | None = None,
+                 stages: list[str] | None = None, force: bool = False) -> RunSummary:
+    """Run the configured stages in order, skipping those already done with the same parameters.
+
+    Returns a :class:`RunSummary`; its ``exit_code`` is 3 when slides failed (listed in
+    ``failures.csv``). Library errors (bad config, unwritable output) raise before any work.
+    """
+    kind = executor or cfg.executor.kind
+    if address:
+        cfg.executor.ray.address = address
+    run_dir = prepare_run_dir(cfg)
+    todo = [s for s in (stages or cfg.stages) if s in cfg.stages or stages]
+    summary = RunSummary(run_dir)
+    with run_log(run_dir):
+        log.info("pathstrat run '%s' -> %s (executor %s, stages %s)", cfg.name, run_dir, kind,
+                 ",".join(todo))
+        ctx = RunContext(cfg, kind, address)
+        for d in (run_dir, ctx.tiles_dir, ctx.features_dir, ctx.state_dir / "stages"):
+            clean_stale_tmp(d)
+        ctx.manifest()
+        if kind == "slurm" and {"embed", "train"} <= set(todo):
+            _run_slurm(ctx, todo, summary, force)
+        else:
+            for name in todo:
+                summary.stages.append(_run_stage(ctx, name, force))
+        summary.n_failed = len({(r["slide_id"]) for r in read_failures(ctx.failures_path)})
+        _write_summary(ctx, summary)
+        log.info("run finished: %s; %d slide(s) failed (see %s)",
+                 ", ".join(f"{s.name}={s.status}" for s in summary.stages), summary.n_failed,
+                 ctx.failures_path)
+    return summary
+
+
+def _run_stage(ctx: RunContext, name: str, force: bool = False) -> StageReport:
+    sd = STAGE_DEFS[name]
+    h = stage_hash(ctx, sd)
+    ctx.hashes[name] = h
+    stamp = ctx.read_stamp(name)
+    outs = sd.outputs(ctx)
+    if not force and stamp and stamp.get("params_hash") == h and all(p.exists() for p in outs):
+        log.info("stage %s: skipped (outputs exist with the same parameters, hash %s)", name, h)
+        return StageReport(name, "skipped", n_failed=int(stamp.get("n_failed", 0)))
+    log.info("stage %s: running (hash %s)", name, h)
+    t0 = time.perf_counter()
+    report = sd.run(ctx)
+    report.seconds = time.perf_counter() - t0
+    ctx.write_stamp(name, h, report)
+    log.info("stage %s: %s in %.1f s (%d failed)", name, report.status, report.seconds, report.n_failed)
+    return report
+
+
+class _Downstream:
+    """The dependent Slurm job: train and the decision stages, run locally on the node."""
+
+    def __init__(self, cfg: PipelineConfig, stages: list[str]) -> None:
+        self.cfg_json = cfg.model_dump(mode="json")
+        self.stages = stages
+
+    def __call__(self) -> list[dict[str, Any]]:
+        cfg = validate_config(self.cfg_json)
+        summary = run_pipeline(cfg, executor="local", stages=self.stages)
+        return [s.__dict__ for s in summary.stages]
+
+
+def _run_slurm(ctx: RunContext, todo: list[str], summary: RunSummary, force: bool) -> None:
+    """Tile array, embed array, then training + decisions as a job depending on the embed array."""
+    for name in [s for s in todo if s in ("tile",)]:
+        summary.stages.append(_run_stage(ctx, name, force))
+    downstream = [s for s in todo if s not in ("tile", "embed")]
+    ctx.slurm_then = _Downstream(ctx.cfg, downstream)
+    rep = _run_stage(ctx, "embed", force)
+    summary.stages.append(rep)
+    remote = getattr(ctx, "slurm_then_result", None)
+    if remote is None:  # embed was skipped: the downstream still runs as a Slurm job
+        ex = ctx.executor()
+        _, remote = ex.map_then(_NoWork(), [], ctx.slurm_then)
+    for d in remote or []:
+        summary.stages.append(StageReport(**d))
+
+
+class _NoWork(SlideWork):
+    """Placeholder work for a follow-up job submitted without an array (nothing to map)."""
+
+    stage = "embed"
+
+    def process(self, row: dict[str, Any]) -> None:  # pragma: no cover - never mapped
+        return None
+
+
+def _write_summary(ctx: RunContext, summary: RunSummary) -> None:
+    rows = [{"stage": s.name, "status": s.status, "seconds": round(s.seconds, 2),
+             "n_failed": s.n_failed, "detail": s.detail} for s in summary.stages]
+    import pandas as pd
+
+    write_dataframe_atomic(ctx.state_dir / "stages.csv", pd.DataFrame(rows))

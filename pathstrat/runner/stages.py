@@ -1,0 +1,179 @@
+"""Stage adapters: call each stage's public function with its config section.
+
+Nothing here re-implements a stage; an adapter picks the slides a stage should see (those
+that survived the stages before), calls the stage, and records failed slides.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from pathstrat.config import stage_train_config
+from pathstrat.io import FailureLog, read_failures, write_dataframe_atomic
+from pathstrat.runner.context import RunContext, StageDef, StageReport, _record_outcomes
+
+log = logging.getLogger(__name__)
+
+
+# -- tile ------------------------------------------------------------------------------------------
+
+def _tile_params(ctx: RunContext) -> dict:
+    t = ctx.cfg.tiling.model_dump()
+    t.pop("workers")
+    return t
+
+
+def _copy_failures(ctx: RunContext, src: Path, stage: str, slide_ids: set[str]) -> int:
+    """Bring a stage's failures.csv rows (written in a shared tiles/features folder) into the run."""
+    rows = [r for r in read_failures(src) if r.get("stage") == stage and r["slide_id"] in slide_ids]
+    if src.resolve() == ctx.failures_path.resolve():
+        return len(rows)
+    flog = FailureLog(ctx.failures_path, stage)
+    for r in rows:
+        flog.rows.append({k: r.get(k, "") for k in ("stage", "slide_id", "path", "error_type", "reason")})
+    flog.write()
+    return len(rows)
+
+
+def run_tile(ctx: RunContext) -> StageReport:
+    from pathstrat import tiling
+
+    df = ctx.manifest()
+    root = Path(ctx.cfg.tiles_root)
+    params = _tile_params(ctx)
+    if ctx.executor_kind == "local":
+        tiling.tile_cohort(df, root, tiling.TilingParams(**params), workers=ctx.cfg.tiling.workers)
+        n = _copy_failures(ctx, root / "failures.csv", "tile", set(df["slide_id"]))
+    else:
+        from pathstrat.executors.work import TileWork
+
+        with ctx.executor() as ex:
+            res = ex.map_slides(TileWork(root, params), ctx.rows(df))
+        n = _record_outcomes(ctx, "tile", res.outcomes)
+        import pandas as pd
+
+        by_id = {o.slide_id: (o.result if o.ok and o.result else {"slide_id": o.slide_id, "status": "failed"})
+                 for o in res.outcomes}
+        qc = [by_id[str(s)] for s in df["slide_id"] if str(s) in by_id]
+        write_dataframe_atomic(root / "qc.csv", pd.DataFrame(qc, columns=list(tiling.QC_COLUMNS)))
+    return StageReport("tile", "failed-slides" if n else "done", n_failed=n)
+
+
+def tiled_slides(ctx: RunContext):
+    """Manifest rows whose tiles file exists (tiling succeeded)."""
+    df = ctx.manifest()
+    ok = df["slide_id"].map(lambda s: (ctx.tiles_dir / f"{s}.h5").exists())
+    return df[ok].reset_index(drop=True)
+
+
+# -- embed -----------------------------------------------------------------------------------------
+
+def run_embed(ctx: RunContext) -> StageReport:
+    from pathstrat import embed
+
+    e = ctx.cfg.embed
+    df = tiled_slides(ctx)
+    root = Path(ctx.cfg.features_root)
+    if ctx.executor_kind == "local":
+        embed.embed_cohort(df, ctx.tiles_dir, root, e.encoder, weights=e.weights,
+                           batch_size=e.batch_size, workers=e.workers, device=e.device,
+                           views=e.views, shard=None)
+        n = _copy_failures(ctx, root / "failures.csv", "embed", set(df["slide_id"]))
+        return StageReport("embed", "failed-slides" if n else "done", n_failed=n)
+    from pathstrat.executors.work import EmbedWork
+
+    gpus = ctx.cfg.executor.ray.num_gpus if ctx.executor_kind == "ray" else ctx.cfg.executor.slurm.gpus_per_task
+    work = EmbedWork(ctx.tiles_dir, root, e.encoder, weights=e.weights, batch_size=e.batch_size,
+                     workers=e.workers, device=e.device, views=e.views, gpus=gpus)
+    then = getattr(ctx, "slurm_then", None)
+    with ctx.executor() as ex:
+        res, remote = ex.map_then(work, ctx.rows(df), then)
+    ctx.slurm_then_result = remote
+    n = _record_outcomes(ctx, "embed", res.outcomes)
+    return StageReport("embed", "failed-slides" if n else "done", n_failed=n,
+                       detail=f"{res.n_tasks} task(s), {res.retried_tasks} retried")
+
+
+def embedded_slides(ctx: RunContext):
+    df = ctx.manifest()
+    ok = df["slide_id"].map(lambda s: (ctx.features_dir / f"{s}.h5").exists())
+    return df[ok].reset_index(drop=True)
+
+
+# -- train and decisions ---------------------------------------------------------------------------
+
+def run_train(ctx: RunContext) -> StageReport:
+    from pathstrat import train
+
+    df = embedded_slides(ctx)
+    write_dataframe_atomic(ctx.cohort_manifest, df)
+    tc = stage_train_config(ctx.cfg.train, features=str(ctx.features_dir), manifest=str(ctx.cohort_manifest),
+                            out=str(ctx.run_dir), encoder_id=ctx.cfg.embed.encoder)
+    train.train_cv(tc)
+    return StageReport("train", "done")
+
+
+def run_stratify(ctx: RunContext) -> StageReport:
+    from pathstrat import survival
+
+    s = ctx.cfg.stratify
+    if s is None or not s.enabled:
+        return StageReport("stratify", "not-run", detail="not configured")
+    kw = s.model_dump()
+    kw.pop("enabled")
+    survival.stratify(ctx.run_dir / "predictions.csv", ctx.cohort_manifest, out_dir=ctx.run_dir, **kw)
+    return StageReport("stratify", "done")
+
+
+def run_select(ctx: RunContext) -> StageReport:
+    s = ctx.cfg.select
+    if s is None or not s.enabled:
+        return StageReport("select", "not-run", detail="not configured")
+    from pathstrat import selection
+
+    kw = s.model_dump()
+    kw.pop("enabled")
+    selection.run_selection(ctx.run_dir / "predictions.csv", ctx.run_dir, manifest=ctx.cohort_manifest,
+                            **kw)
+    return StageReport("select", "done")
+
+
+def run_heatmaps(ctx: RunContext) -> StageReport:
+    h = ctx.cfg.heatmaps
+    if not h.enabled:
+        return StageReport("heatmaps", "not-run", detail="disabled")
+    from pathstrat import heatmaps
+
+    kw = h.model_dump()
+    kw.pop("enabled")
+    _, n = heatmaps.heatmap_run(ctx.run_dir, ctx.cohort_manifest, tiles_dir=ctx.tiles_dir, **kw)
+    return StageReport("heatmaps", "done", detail=f"{n} slide(s) without heatmap" if n else "")
+
+
+def run_report(ctx: RunContext) -> StageReport:
+    r = ctx.cfg.report
+    if not r.enabled:
+        return StageReport("report", "not-run", detail="disabled")
+    from pathstrat import report
+
+    report.build_report(ctx.run_dir, manifest=ctx.cfg.cohort.manifest, n_boot=r.n_boot, seed=r.seed)
+    return StageReport("report", "done")
+
+
+def definitions() -> list[StageDef]:
+    """The seven stages in order, with what decides their rerun and what they produce."""
+    rd = lambda *names: (lambda ctx: [ctx.run_dir / n for n in names])  # noqa: E731
+    return [
+        StageDef("tile", (), ("tiling",), lambda ctx: [Path(ctx.cfg.tiles_root) / "qc.csv"], run_tile,
+                 ignore=("workers",)),
+        StageDef("embed", ("tile",), ("embed",), lambda ctx: [ctx.features_dir], run_embed,
+                 ignore=("workers", "batch_size", "device")),
+        StageDef("train", ("embed",), ("train",), rd("metrics.json", "predictions.csv"), run_train,
+                 ignore=("device",)),
+        StageDef("stratify", ("train",), ("stratify",), rd("survival.json"), run_stratify),
+        StageDef("select", ("train",), ("select",), rd("selection.json"), run_select),
+        StageDef("heatmaps", ("train",), ("heatmaps",), rd("heatmaps"), run_heatmaps),
+        StageDef("report", ("stratify", "select", "heatmaps"), ("report",), rd("report.html"),
+                 run_report),
+    ]

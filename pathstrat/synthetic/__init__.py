@@ -1,0 +1,18 @@
+"""Synthetic H&E slides and cohorts with known (planted) content, for tests and the demo.
+
+``make_slide`` writes a pyramidal JPEG-tiled Aperio-style TIFF plus ``<stem>.truth.npz``;
+``make_cohort`` writes many such slides with labels and survival driven by what was planted.
+"""
+
+from pathstrat.synthetic.layout import CLASSES, PATTERNS, TISSUE_CLASSES
+from pathstrat.synthetic.slide import (
+    SyntheticSlide,
+    load_truth,
+    make_slide,
+    tile_truth,
+    truth_path_for,
+)
+from pathstrat.synthetic.textures import Stain
+
+__all__ = ["CLASSES", "PATTERNS", "TISSUE_CLASSES", "Stain", "SyntheticSlide", "load_truth",
+           "make_slide", "tile_truth", "truth_path_for"]

@@ -1,0 +1,508 @@
+"""Tile grid at a physical resolution: tissue mask -> level-0 coordinates -> ``tiles/<id>.h5``.
+
+A tile is ``tile_px`` pixels at ``target_mpp`` µm/px, i.e. ``tile_size_level0 = tile_px *
+target_mpp / slide_mpp`` level-0 pixels. The grid starts at the slide origin with stride
+``(tile_px - overlap_px) * target_mpp / slide_mpp``; only tiles fully inside the slide with a
+tissue fraction >= ``min_tissue`` (exact area coverage of the mask, from an integral image) are
+kept. One slide = one unit of work: outputs are written atomically and reused on rerun when the
+parameters hash, slide path and MPP override match.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from pathstrat.errors import (ConfigError, EmptyTissueError, PathstratError, SchemaError,
+                              SlideReadError)
+from pathstrat.io import (FailureLog, atomic_path, clean_stale_tmp, ensure_writable_dir,
+                          params_hash, write_bytes_atomic, write_dataframe_atomic,
+                          write_json_atomic)
+
+log = logging.getLogger(__name__)
+
+TILES_SCHEMA = "pathstrat.tiles/1"
+STAGE = "tile"
+QC_COLUMNS = ("slide_id", "status", "tissue_area_mm2", "n_tiles", "pen_area_fraction",
+              "background_rejected_fraction", "mpp", "mpp_source", "read_level", "seconds")
+
+
+class TilingParams(BaseModel):
+    """Tiling parameters; their hash decides whether an existing tiles file is reused."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    target_mpp: float = Field(0.5, gt=0, description="µm per pixel of the tiles")
+    tile_px: int = Field(224, ge=8, description="tile side in pixels at target_mpp")
+    overlap_px: int = Field(0, ge=0, description="overlap between neighbouring tiles (px)")
+    min_tissue: float = Field(0.25, ge=0, le=1, description="minimum tissue fraction per tile")
+    mask_mpp: float = Field(8.0, gt=0, description="µm per pixel of the tissue mask")
+
+    @model_validator(mode="after")
+    def _overlap_below_tile(self) -> TilingParams:
+        if self.overlap_px >= self.tile_px:
+            raise ValueError(f"overlap_px ({self.overlap_px}) must be smaller than tile_px "
+                             f"({self.tile_px})")
+        return self
+
+    def hash(self) -> str:
+        """Stable hash of the parameters and the tiles schema."""
+        return params_hash({"schema": TILES_SCHEMA, **self.model_dump()})
+
+    def tile_size_level0(self, slide_mpp: float) -> float:
+        return self.tile_px * self.target_mpp / slide_mpp
+
+    def stride_level0(self, slide_mpp: float) -> float:
+        return (self.tile_px - self.overlap_px) * self.target_mpp / slide_mpp
+
+
+# ---------------------------------------------------------------------------------------------
+# grid (pure functions: property-tested)
+
+
+def grid_coords(level0_width: int, level0_height: int, tile_size_level0: float,
+                stride_level0: float) -> np.ndarray:
+    """Top-left level-0 (x, y) of every grid tile fully inside the slide, row-major, int64.
+
+    Positions are ``floor(i * stride)`` so a tile never extends past the slide edge.
+    """
+    if not (tile_size_level0 >= 1 and stride_level0 >= 1):
+        raise ConfigError(f"tile grid needs tiles and stride of at least one level-0 pixel (got "
+                          f"tile_size_level0={tile_size_level0:.3g}, stride_level0="
+                          f"{stride_level0:.3g}); use a larger --tile-px or --target-mpp, or a "
+                          "smaller --overlap-px.")
+    xs = _axis(level0_width, tile_size_level0, stride_level0)
+    ys = _axis(level0_height, tile_size_level0, stride_level0)
+    gx, gy = np.meshgrid(xs, ys)
+    return np.stack([gx.ravel(), gy.ravel()], axis=1).astype(np.int64)
+
+
+def _axis(length: int, size: float, stride: float) -> np.ndarray:
+    if length < size:
+        return np.zeros(0, np.int64)
+    n = int(math.floor((length - size) / stride + 1e-9)) + 1
+    pos = np.floor(np.arange(n) * stride + 1e-9).astype(np.int64)
+    return pos[pos + size <= length + 1e-6]
+
+
+def tissue_fractions(mask: np.ndarray, coords: np.ndarray, tile_size_level0: float,
+                     downsample_xy: tuple[float, float]) -> np.ndarray:
+    """Fraction of each tile's area covered by the mask (exact for a pixelwise-constant mask).
+
+    The summed-area table is interpolated bilinearly at fractional corners, which equals the
+    exact integral of the piecewise-constant mask, so tiles smaller than a mask pixel are fine.
+    """
+    coords = np.asarray(coords, dtype=np.float64).reshape(-1, 2)
+    if len(coords) == 0:
+        return np.zeros(0, np.float32)
+    h, w = mask.shape
+    sat = np.zeros((h + 1, w + 1), np.float64)
+    sat[1:, 1:] = np.cumsum(np.cumsum(mask, axis=0, dtype=np.float64), axis=1)
+    dsx, dsy = downsample_xy
+    x0 = np.clip(coords[:, 0] / dsx, 0, w)
+    x1 = np.clip((coords[:, 0] + tile_size_level0) / dsx, 0, w)
+    y0 = np.clip(coords[:, 1] / dsy, 0, h)
+    y1 = np.clip((coords[:, 1] + tile_size_level0) / dsy, 0, h)
+    total = _interp(sat, x1, y1) - _interp(sat, x0, y1) - _interp(sat, x1, y0) + _interp(sat, x0, y0)
+    area = (tile_size_level0 / dsx) * (tile_size_level0 / dsy)
+    return np.clip(total / area, 0.0, 1.0).astype(np.float32)
+
+
+def _interp(sat: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Bilinear interpolation of the summed-area table at fractional (x, y)."""
+    h1, w1 = sat.shape
+    ix = np.clip(np.floor(x).astype(np.int64), 0, w1 - 2)
+    iy = np.clip(np.floor(y).astype(np.int64), 0, h1 - 2)
+    fx, fy = x - ix, y - iy
+    a, b = sat[iy, ix], sat[iy, ix + 1]
+    c, d = sat[iy + 1, ix], sat[iy + 1, ix + 1]
+    return a * (1 - fx) * (1 - fy) + b * fx * (1 - fy) + c * (1 - fx) * fy + d * fx * fy
+
+
+@dataclass
+class TileGrid:
+    """Kept tiles of one slide with the mask they came from."""
+
+    coords: np.ndarray
+    tissue_fraction: np.ndarray
+    tissue: Any  # pathstrat.tissue.TissueMask
+    tile_size_level0: float
+    stride_level0: float
+    n_candidates: int
+
+    @property
+    def background_rejected_fraction(self) -> float:
+        """Fraction of candidate grid tiles dropped for too little tissue."""
+        return 1.0 - len(self.coords) / self.n_candidates if self.n_candidates else 0.0
+
+
+def compute_grid(slide: Any, params: TilingParams, *, tissue: Any = None,
+                 slide_id: str | None = None) -> TileGrid:
+    """Tissue mask + tile grid of an open slide, without writing anything (the hot path).
+
+    Raises :class:`EmptyTissueError` when no tissue is found or no tile reaches ``min_tissue``.
+    """
+    from pathstrat.tissue import detect_tissue
+
+    sid = slide_id or Path(str(slide.path)).stem
+    tm = tissue if tissue is not None else detect_tissue(slide, mask_mpp=params.mask_mpp,
+                                                         slide_id=sid)
+    size0 = params.tile_size_level0(slide.mpp)
+    stride0 = params.stride_level0(slide.mpp)
+    w0, h0 = slide.dimensions
+    cand = grid_coords(w0, h0, size0, stride0)
+    frac = tissue_fractions(tm.mask, cand, size0, tm.downsample_xy)
+    keep = frac >= params.min_tissue if params.min_tissue > 0 else frac > 0
+    grid = TileGrid(cand[keep], frac[keep], tm, size0, stride0, len(cand))
+    if len(grid.coords) == 0:
+        raise EmptyTissueError(
+            f"Slide '{sid}': tissue found ({tm.area_mm2:.3f} mm²) but none of {len(cand)} tiles of "
+            f"{params.tile_px} px at {params.target_mpp} µm/px has >= {params.min_tissue:.0%} "
+            "tissue. Try a lower --min-tissue, a smaller --tile-px or check the slide's MPP."
+        )
+    return grid
+
+
+# ---------------------------------------------------------------------------------------------
+# tiles file
+
+
+@dataclass
+class TileSet:
+    """Contents of a tiles file."""
+
+    coords: np.ndarray
+    tissue_fraction: np.ndarray
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.coords)
+
+
+def read_tiles(path: str | os.PathLike) -> TileSet:
+    """Read ``tiles/<slide_id>.h5``; raises :class:`SchemaError` when it is not a tiles file."""
+    import h5py
+
+    p = Path(path)
+    try:
+        with h5py.File(p, "r") as f:
+            attrs = {k: _attr(v) for k, v in f.attrs.items()}
+            if attrs.get("schema") != TILES_SCHEMA or "coords" not in f:
+                raise SchemaError(f"'{p}' is not a pathstrat tiles file (schema "
+                                  f"{attrs.get('schema')!r}, expected {TILES_SCHEMA!r}). "
+                                  "Recreate it with `pathstrat tile`.")
+            coords = f["coords"][()].astype(np.int64, copy=False)
+            frac = f["tissue_fraction"][()].astype(np.float32, copy=False)
+    except OSError as exc:
+        raise SchemaError(f"Tiles file '{p}' cannot be read ({exc}); delete it and rerun "
+                          "`pathstrat tile`.") from exc
+    if coords.ndim != 2 or coords.shape[1] != 2 or len(frac) != len(coords):
+        raise SchemaError(f"Tiles file '{p}': coords {coords.shape} and tissue_fraction "
+                          f"{frac.shape} do not match; delete it and rerun `pathstrat tile`.")
+    return TileSet(coords, frac, attrs)
+
+
+def tiles_file_reusable(path: str | os.PathLike, params: TilingParams, *, slide_path: str,
+                        mpp_override: float | None = None) -> str | None:
+    """``None`` if ``path`` is a complete tiles file for these inputs, else why it is not."""
+    p = Path(path)
+    if not p.is_file():
+        return "no tiles file"
+    try:
+        ts = read_tiles(p)
+    except SchemaError as exc:
+        return f"invalid tiles file ({exc})"
+    a = ts.attrs
+    if a.get("params_hash") != params.hash():
+        return "tiling parameters changed"
+    if a.get("slide_path") != str(slide_path):
+        return "slide path changed"
+    if not _same_float(a.get("mpp_override"), mpp_override):
+        return "mpp override changed"
+    if int(a.get("n_tiles", -1)) != len(ts):
+        return "tile count does not match the file's attributes"
+    sid = a.get("slide_id", p.stem)
+    qc = p.parent.parent / "qc"
+    if not (qc / f"{sid}.png").is_file() or not (qc / f"{sid}.geojson").is_file():
+        return "QC files missing"
+    return None
+
+
+def write_tiles(dest: str | os.PathLike, coords: np.ndarray, tissue_fraction: np.ndarray,
+                attrs: dict[str, Any]) -> Path:
+    """Write a tiles file atomically (temporary name in the same folder, then ``os.replace``)."""
+    import h5py
+
+    with atomic_path(dest) as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("coords", data=np.asarray(coords, np.int64).reshape(-1, 2))
+            f.create_dataset("tissue_fraction", data=np.asarray(tissue_fraction, np.float32))
+            for k, v in attrs.items():
+                f.attrs[k] = v
+    return Path(dest)
+
+
+# ---------------------------------------------------------------------------------------------
+# one slide
+
+
+def tile_slide(slide_path: str | os.PathLike, out_dir: str | os.PathLike, params: TilingParams,
+               *, slide_id: str, mpp: float | None = None, mpp_source: str = "manifest",
+               force: bool = False) -> dict[str, Any]:
+    """Tile one slide into ``out_dir/tiles/<slide_id>.h5`` plus QC files; return its QC row.
+
+    Skips the work (``status="skipped"``) when a complete file with the same parameters exists.
+    Raises SlideReadError, MissingMPPError or EmptyTissueError for slides that cannot be tiled.
+    """
+    from pathstrat.slide import open_slide
+
+    t0 = time.perf_counter()
+    out = Path(out_dir)
+    dest = out / "tiles" / f"{slide_id}.h5"
+    slide_path = str(Path(slide_path).resolve())
+    override = None if mpp is None or (isinstance(mpp, float) and math.isnan(mpp)) else float(mpp)
+    if not force and tiles_file_reusable(dest, params, slide_path=slide_path,
+                                         mpp_override=override) is None:
+        return qc_row_from_attrs(read_tiles(dest).attrs, status="skipped")
+
+    with open_slide(slide_path, mpp=override, mpp_source=mpp_source, check=True) as slide:
+        grid = compute_grid(slide, params, slide_id=slide_id)
+        plan = slide.tile_read_plan(params.target_mpp, params.tile_px)
+        tm = grid.tissue
+        _write_qc(out / "qc", slide_id, tm, grid)
+        seconds = time.perf_counter() - t0
+        attrs = {
+            **plan.attrs(),
+            "overlap_px": params.overlap_px,
+            "min_tissue": params.min_tissue,
+            "mask_mpp": float(tm.mask_mpp),
+            "tile_size_level0": float(grid.tile_size_level0),
+            "stride_level0": float(grid.stride_level0),
+            "slide_mpp": float(slide.mpp),
+            "mpp_source": str(slide.mpp_source),
+            "mpp_override": float("nan") if override is None else override,
+            "level0_width": int(slide.dimensions[0]),
+            "level0_height": int(slide.dimensions[1]),
+            "slide_id": slide_id,
+            "slide_path": slide_path,
+            "params_hash": params.hash(),
+            "pathstrat_version": _version(),
+            "schema": TILES_SCHEMA,
+            "n_tiles": len(grid.coords),
+            "qc_tissue_area_mm2": float(tm.area_mm2),
+            "qc_pen_area_fraction": float(tm.pen_area_fraction),
+            "qc_background_rejected_fraction": float(grid.background_rejected_fraction),
+            "qc_n_candidates": int(grid.n_candidates),
+            "qc_seconds": float(seconds),
+        }
+        write_tiles(dest, grid.coords, grid.tissue_fraction, attrs)
+    log.info("tiled %s: %d tiles, %.2f mm² tissue, %.1f s", slide_id, len(grid.coords),
+             tm.area_mm2, seconds)
+    return qc_row_from_attrs(attrs, status="tiled")
+
+
+def qc_row_from_attrs(attrs: dict[str, Any], status: str) -> dict[str, Any]:
+    """The cohort QC row of one slide from its tiles-file attributes."""
+    return {
+        "slide_id": attrs["slide_id"], "status": status,
+        "tissue_area_mm2": round(float(attrs["qc_tissue_area_mm2"]), 6),
+        "n_tiles": int(attrs["n_tiles"]),
+        "pen_area_fraction": round(float(attrs["qc_pen_area_fraction"]), 6),
+        "background_rejected_fraction": round(float(attrs["qc_background_rejected_fraction"]), 6),
+        "mpp": float(attrs["slide_mpp"]), "mpp_source": attrs["mpp_source"],
+        "read_level": int(attrs["read_level"]), "seconds": round(float(attrs["qc_seconds"]), 3),
+    }
+
+
+def _write_qc(qc_dir: Path, slide_id: str, tm: Any, grid: TileGrid) -> None:
+    import cv2
+
+    from pathstrat.tissue import draw_qc
+
+    write_json_atomic(qc_dir / f"{slide_id}.geojson", tm.to_geojson())
+    img = draw_qc(tm, grid.coords, grid.tile_size_level0)
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise OSError(f"could not encode the QC image of slide '{slide_id}'")
+    write_bytes_atomic(qc_dir / f"{slide_id}.png", buf.tobytes())
+
+
+# ---------------------------------------------------------------------------------------------
+# cohort
+
+
+@dataclass
+class CohortTilingResult:
+    """Outcome of :func:`tile_cohort`: counts, the QC table and the failures."""
+
+    out_dir: Path
+    qc: Any  # pandas.DataFrame, one row per slide (failed slides with status "failed")
+    failures: list[dict[str, str]]
+    n_tiled: int = 0
+    n_skipped: int = 0
+
+    @property
+    def n_failed(self) -> int:
+        return len(self.failures)
+
+    @property
+    def n_slides(self) -> int:
+        return len(self.qc)
+
+    @property
+    def n_tiles(self) -> int:
+        return int(self.qc["n_tiles"].fillna(0).sum()) if len(self.qc) else 0
+
+    @property
+    def qc_path(self) -> Path:
+        return self.out_dir / "qc.csv"
+
+    @property
+    def failures_path(self) -> Path:
+        return self.out_dir / "failures.csv"
+
+    def summary(self) -> str:
+        return (f"{self.n_slides} slides: {self.n_tiled} tiled, {self.n_skipped} skipped "
+                f"(already done), {self.n_failed} failed; {self.n_tiles} tiles")
+
+
+# Errors that mean "this slide cannot be tiled": recorded, the batch goes on.
+def _slide_errors() -> tuple[type[BaseException], ...]:
+    import cv2
+    import openslide
+
+    return (PathstratError, OSError, openslide.OpenSlideError, cv2.error, MemoryError)
+
+
+def _tile_job(job: dict[str, Any]) -> dict[str, Any]:
+    """Worker body: tile one slide, turning slide errors into a failure record."""
+    try:
+        row = tile_slide(job["path"], job["out_dir"], TilingParams(**job["params"]),
+                         slide_id=job["slide_id"], mpp=job["mpp"], mpp_source=job["mpp_source"],
+                         force=job["force"])
+        return {"ok": True, "row": row}
+    except _slide_errors() as exc:
+        log.debug("slide %s failed", job["slide_id"], exc_info=True)
+        return {"ok": False, "error_type": type(exc).__name__, "reason": str(exc) or repr(exc)}
+
+
+def tile_cohort(manifest_df: Any, out_dir: str | os.PathLike, params: TilingParams | None = None,
+                workers: int = 1, *, mpp: float | None = None, force: bool = False,
+                progress: bool = True) -> CohortTilingResult:
+    """Tile every slide of a manifest; failures go to ``failures.csv`` and the batch goes on.
+
+    ``manifest_df`` has ``slide_id``, ``path`` and optionally ``mpp`` (per-slide override);
+    ``mpp`` here is the fallback for rows without one. ``workers > 1`` uses a process pool
+    (each worker opens its own slides). Writes ``qc.csv`` (one row per slide) atomically.
+    """
+    import pandas as pd
+
+    from pathstrat.progress import Progress
+
+    params = params or TilingParams()
+    out = ensure_writable_dir(out_dir)
+    for sub in ("tiles", "qc"):
+        (out / sub).mkdir(exist_ok=True)
+        n = clean_stale_tmp(out / sub)
+        if n:
+            log.info("removed %d stale temporary file(s) from %s", n, out / sub)
+    clean_stale_tmp(out)
+    failures = FailureLog(out / "failures.csv", STAGE)
+    jobs = _jobs(manifest_df, out, params, mpp, force)
+    rows: dict[str, dict[str, Any]] = {}
+    bar = Progress(len(jobs), "tiling", unit="slide", sub_unit="tile",
+                   enable_bar=None if progress else False)
+    with bar:
+        for job, res in _run_jobs(jobs, workers):
+            sid = job["slide_id"]
+            if res["ok"]:
+                rows[sid] = res["row"]
+                bar.update(1, units=res["row"]["n_tiles"])
+            else:
+                failures.add(sid, job["path"], _Failure(res["error_type"], res["reason"]))
+                rows[sid] = {"slide_id": sid, "status": "failed"}
+                bar.update(1)
+    failures.write()
+    qc = pd.DataFrame([rows[j["slide_id"]] for j in jobs], columns=list(QC_COLUMNS))
+    qc = qc.astype({"n_tiles": "Int64", "read_level": "Int64"})
+    write_dataframe_atomic(out / "qc.csv", qc)
+    result = CohortTilingResult(out, qc, list(failures.rows),
+                                n_tiled=int((qc["status"] == "tiled").sum()),
+                                n_skipped=int((qc["status"] == "skipped").sum()))
+    log.info("tiling: %s", result.summary())
+    return result
+
+
+def _Failure(error_type: str, reason: str) -> Exception:
+    """An exception named like the worker's error, so FailureLog records the real error type."""
+    return type(error_type, (Exception,), {})(reason)
+
+
+def _jobs(df: Any, out: Path, params: TilingParams, mpp: float | None,
+          force: bool) -> list[dict[str, Any]]:
+    for col in ("slide_id", "path"):
+        if col not in df.columns:
+            raise SchemaError(f"manifest has no '{col}' column; load it with "
+                              "pathstrat.cohort.load_manifest")
+    has_mpp = "mpp" in df.columns
+    jobs = []
+    for i, row in enumerate(df.itertuples(index=False)):
+        row_mpp = float(getattr(row, "mpp")) if has_mpp else float("nan")
+        use_manifest = not math.isnan(row_mpp)
+        jobs.append({
+            "index": i, "slide_id": str(row.slide_id), "path": str(row.path),
+            "out_dir": str(out), "params": params.model_dump(), "force": force,
+            "mpp": row_mpp if use_manifest else mpp,
+            "mpp_source": "manifest" if use_manifest else "override",
+        })
+    return jobs
+
+
+def _run_jobs(jobs: list[dict[str, Any]], workers: int):
+    """Yield (job, result) as slides finish, in a process pool when ``workers > 1``."""
+    missing = [j for j in jobs if not Path(j["path"]).is_file()]
+    for j in missing:
+        yield j, {"ok": False, "error_type": SlideReadError.__name__,
+                  "reason": f"Slide file '{j['path']}' does not exist (or is not a file). Fix the "
+                            "manifest `path` column (relative paths resolve against the "
+                            "manifest's folder) or remove the row."}
+    todo = [j for j in jobs if Path(j["path"]).is_file()]
+    if workers <= 1 or len(todo) <= 1:
+        for j in todo:
+            yield j, _tile_job(j)
+        return
+    with ProcessPoolExecutor(max_workers=min(workers, len(todo)),
+                             mp_context=get_context("spawn")) as pool:
+        futures = {pool.submit(_tile_job, j): j for j in todo}
+        for fut in as_completed(futures):
+            yield futures[fut], fut.result()
+
+
+def _same_float(a: Any, b: float | None) -> bool:
+    a = None if a is None or (isinstance(a, float) and math.isnan(a)) else float(a)
+    return (a is None and b is None) or (a is not None and b is not None
+                                         and math.isclose(a, b, rel_tol=1e-9))
+
+
+def _attr(v: Any) -> Any:
+    if isinstance(v, bytes):
+        return v.decode()
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+def _version() -> str:
+    from pathstrat import __version__
+
+    return __version__

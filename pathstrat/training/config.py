@@ -1,0 +1,63 @@
+"""`TrainConfig`: every key of `pathstrat train` (CLI flags and config files set the same keys)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class TrainConfig(BaseModel):
+    """Cross-validated MIL training run (see docs/architecture.md, "Run directory")."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    features: str = Field(description="Folder of <slide_id>.h5 feature files (features/<encoder_id>).")
+    manifest: str = Field(description="Cohort manifest CSV/Parquet (slide_id, patient_id, labels).")
+    targets: list[str] = Field(description="Label columns; 'a,b' = multi-label; 'col:kind' forces a "
+                               "kind; 'survival' uses time_col/event_col.")
+    out: str = Field(description="Run directory to write.")
+    model: str = "abmil"
+    folds: int = 5
+    repeats: int = 1
+    seed: int = 0
+    time_col: str | None = None
+    event_col: str | None = None
+    survival_loss: Literal["cox", "discrete"] = "cox"
+    ties: Literal["efron", "breslow"] = "efron"
+    n_bins: int = 4
+    split_col: str | None = None
+    level: Literal["slide", "patient"] = "slide"
+    store: Literal["memory", "mmap"] = "memory"
+    max_tiles: int | None = 1024
+    epochs: int = 30
+    batch_size: int = 8
+    lr: float = 2e-4
+    weight_decay: float = 1e-2
+    schedule: Literal["cosine", "onecycle", "constant"] = "cosine"
+    patience: int = 8
+    val_fraction: float = 0.2
+    class_weighting: Literal["balanced", "none"] = "balanced"
+    balanced_sampling: bool = False
+    grad_clip: float | None = 1.0
+    hparams: dict[str, Any] = Field(default_factory=dict)
+    task_weights: dict[str, float] = Field(default_factory=dict)
+    device: str = "auto"
+    amp: bool = True
+    n_boot: int = 1000
+    save_attention: bool = True
+    encoder_id: str | None = None
+
+    @field_validator("targets")
+    @classmethod
+    def _non_empty(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("at least one --target is required")
+        return v
+
+    @field_validator("folds", "repeats", "epochs", "batch_size", "n_bins")
+    @classmethod
+    def _positive(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError("must be >= 1")
+        return v

@@ -1,0 +1,209 @@
+"""`train_cv`: patient-grouped cross-validation of a MIL model, writing the run directory."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from pathstrat.errors import ConfigError
+from pathstrat.io import (
+    FailureLog,
+    atomic_path,
+    clean_stale_tmp,
+    ensure_writable_dir,
+    sha256_file,
+    write_dataframe_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
+from pathstrat.mil import build_model
+from pathstrat.mil.losses import make_loss
+from pathstrat.mil.targets import CLASSIFICATION_KINDS, SURVIVAL_KINDS, TargetSpec, infer_target
+from pathstrat.training.config import TrainConfig
+from pathstrat.training.data import BagDataset, BagStore, load_bags, make_loader
+from pathstrat.training.engine import TrainParams, evaluate, fit, resolve_device, set_seed
+from pathstrat.training.evaluation import (
+    BASE_COLUMNS,
+    compute_metrics,
+    decode_outputs,
+    prediction_rows,
+    write_attention,
+)
+from pathstrat.training.splits import check_no_overlap, inner_split, make_splits, strata
+
+log = logging.getLogger(__name__)
+
+
+def build_specs(df: pd.DataFrame, cfg: TrainConfig) -> list[TargetSpec]:
+    """Target specs from the CLI/config target names (kinds inferred from the manifest)."""
+    specs = [infer_target(df, t, time_col=cfg.time_col, event_col=cfg.event_col,
+                          survival_loss=cfg.survival_loss, n_bins=cfg.n_bins) for t in cfg.targets]
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"Targets {names} repeat a name; give each --target once.")
+    return specs
+
+
+def _strat(spec: TargetSpec) -> tuple[str | None, str | None]:
+    if spec.kind in SURVIVAL_KINDS:
+        return spec.event_col, None
+    return spec.columns[0], ("regression" if spec.kind == "regression" else None)
+
+
+def _load(cfg: TrainConfig, failures: FailureLog) -> tuple[BagStore, list[TargetSpec]]:
+    from pathstrat.cohort import load_manifest
+
+    df = load_manifest(cfg.manifest, check_files=False)
+    specs = build_specs(df, cfg)
+    store = load_bags(df, cfg.features, level=cfg.level, store=cfg.store,
+                      cache_dir=Path(cfg.out) / "cache", expected_encoder=cfg.encoder_id,
+                      failures=failures)
+    return store, specs
+
+
+def train_cv(config: TrainConfig | dict[str, Any] | None = None, **kwargs: Any) -> Path:
+    """Train and evaluate ``config.model`` with patient-grouped CV; return the run directory.
+
+    Keyword arguments mirror the CLI (``features, manifest, targets, model, folds, repeats, seed,
+    out, time_col, event_col`` ...) and override ``config``. Writes config.yaml, folds.csv,
+    predictions.csv, metrics.json, metrics_folds.csv, checkpoints/, attention/, run.log.
+    """
+    base = config.model_dump() if isinstance(config, TrainConfig) else dict(config or {})
+    cfg = TrainConfig(**{**base, **kwargs})
+    out = ensure_writable_dir(cfg.out)
+    clean_stale_tmp(out)
+    handler = _attach_log(out / "run.log")
+    try:
+        return _run(cfg, out)
+    finally:
+        logging.getLogger("pathstrat").removeHandler(handler)
+        handler.close()
+
+
+def _attach_log(path: Path) -> logging.Handler:
+    h = logging.FileHandler(path, mode="w", encoding="utf-8")
+    h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    h.setLevel(logging.INFO)
+    root = logging.getLogger("pathstrat")
+    if root.level == logging.NOTSET or root.level > logging.INFO:
+        root.setLevel(logging.INFO)
+    root.addHandler(h)
+    return h
+
+
+def _run(cfg: TrainConfig, out: Path) -> Path:
+    import yaml
+
+    write_text_atomic(out / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    failures = FailureLog(out / "failures.csv", "train")
+    store, specs = _load(cfg, failures)
+    table = store.table
+    strat_col, strat_kind = _strat(specs[0])
+    folds = make_splits(table, folds=cfg.folds, repeats=cfg.repeats, seed=cfg.seed,
+                        strat_col=strat_col, strat_kind=strat_kind, split_col=cfg.split_col)
+    write_dataframe_atomic(out / "folds.csv", folds)
+    device = resolve_device(cfg.device)
+    ckpt_dir = out / "checkpoints"
+    ckpt_dir.mkdir(exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    fold_entries: list[dict[str, Any]] = []
+    hparams: dict[str, Any] = {}
+    for (r, k), test_df in folds.groupby(["repeat", "fold"], sort=True):
+        seed = cfg.seed + 1000 * int(r) + int(k)
+        test_p = set(test_df["patient_id"].astype(str))
+        train_p, val_p = _train_val_patients(cfg, folds, table, specs[0], int(r), test_p, seed)
+        check_no_overlap(np.concatenate([train_p, val_p]), test_p, f"repeat {r}, fold {k}")
+        pid = table["patient_id"].astype(str)
+        tr_idx = np.nonzero(pid.isin(set(train_p)).to_numpy())[0]
+        va_idx = np.nonzero(pid.isin(set(val_p)).to_numpy())[0]
+        te_idx = np.nonzero(pid.isin(test_p).to_numpy())[0]
+        balanced = cfg.class_weighting == "balanced"
+        states = {s.name: s.fit_raw(table.iloc[tr_idx], balanced) for s in specs}
+        y = {s.name: s.encode(table, states[s.name]) for s in specs}
+        set_seed(seed)
+        model = build_model(cfg.model, store.dim, {s.name: s.n_outputs for s in specs}, **cfg.hparams)
+        hparams = {**model.spec.defaults, **cfg.hparams}
+        loss_fn = make_loss(specs, states, weighting=cfg.class_weighting, ties=cfg.ties,
+                            task_weights=cfg.task_weights)
+        train_loader = make_loader(
+            BagDataset(store, tr_idx, y, max_tiles=cfg.max_tiles, train=True, seed=seed),
+            cfg.batch_size, shuffle=True, seed=seed, pin_memory=device.startswith("cuda"),
+            balance_on=(y[specs[0].name][tr_idx] if cfg.balanced_sampling
+                        and specs[0].kind in CLASSIFICATION_KINDS else None))
+        val_loader = (make_loader(BagDataset(store, va_idx, y), 1) if len(va_idx) else None)
+        params = TrainParams(epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                             schedule=cfg.schedule, patience=cfg.patience, grad_clip=cfg.grad_clip,
+                             device=device, amp=cfg.amp)
+        history = fit(model, train_loader, val_loader, loss_fn, params)
+        keep_att = cfg.save_attention and int(r) == 0
+        ev = evaluate(model, make_loader(BagDataset(store, te_idx, y), 1), device=device,
+                      amp=cfg.amp, keep_attention=keep_att)
+        scores = decode_outputs(specs, ev.outputs, states)
+        rows += prediction_rows(store, ev.index, scores, specs, fold=int(k), repeat=int(r))
+        if keep_att:
+            write_attention(out / "attention", store, ev.index, ev.attention, ev.attention_branches,
+                            {"model": cfg.model, "fold": int(k), "repeat": int(r),
+                             "targets": [s.name for s in specs]})
+        name = f"fold{k}" + (f"_r{r}" if cfg.repeats > 1 else "")
+        fold_entries.append(_save_checkpoint(ckpt_dir, name, model, cfg, int(r), int(k),
+                                             np.concatenate([train_p, val_p]), states, history))
+        log.info("repeat %d fold %d: %d train / %d val / %d test bags, %d epochs", r, k,
+                 len(tr_idx), len(va_idx), len(te_idx), len(history))
+    pred = _predictions_frame(rows)
+    write_dataframe_atomic(out / "predictions.csv", pred)
+    metrics, per_fold = compute_metrics(pred, specs, n_boot=cfg.n_boot, seed=cfg.seed)
+    write_json_atomic(out / "metrics.json", metrics)
+    write_dataframe_atomic(out / "metrics_folds.csv", per_fold)
+    write_json_atomic(ckpt_dir / "model.json", {
+        "model": cfg.model, "hparams": hparams, "in_dim": store.dim,
+        "encoder_id": store.encoder_id, "level": cfg.level,
+        "targets": [s.to_dict() for s in specs], "folds": fold_entries,
+        "schema": "pathstrat.mil_run/1"})
+    if len(failures):
+        failures.write()
+    log.info("run written to %s", out)
+    return out
+
+
+def _train_val_patients(cfg: TrainConfig, folds: pd.DataFrame, table: pd.DataFrame,
+                        spec: TargetSpec, r: int, test_p: set[str], seed: int):
+    """Training and inner-validation patients of one fold (fixed roles or a stratified split)."""
+    if "role" in folds.columns:
+        train_p = folds.loc[folds["role"] == "train", "patient_id"].astype(str).to_numpy()
+        val_p = folds.loc[folds["role"] == "val", "patient_id"].astype(str).to_numpy()
+        if len(val_p) or cfg.val_fraction <= 0:
+            return train_p, val_p
+        rest = train_p
+    else:
+        rest = folds.loc[(folds["repeat"] == r) & ~folds["patient_id"].isin(test_p),
+                         "patient_id"].astype(str).to_numpy()
+    pat = table.drop_duplicates("patient_id").set_index(table.drop_duplicates("patient_id")["patient_id"].astype(str))
+    col, kind = _strat(spec)
+    s = strata(pat.loc[rest].reset_index(drop=True), col, kind)
+    return inner_split(rest, s, cfg.val_fraction, seed)
+
+
+def _predictions_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    pred = pd.DataFrame(rows)
+    extra = [c for c in pred.columns if c not in BASE_COLUMNS]
+    return pred[[c for c in BASE_COLUMNS if c in pred.columns] + extra]
+
+
+def _save_checkpoint(ckpt_dir: Path, name: str, model: torch.nn.Module, cfg: TrainConfig, r: int,
+                     k: int, training_patients: np.ndarray, states: dict[str, Any],
+                     history: list[dict[str, Any]]) -> dict[str, Any]:
+    from safetensors.torch import save_file
+
+    tensors = {n: t.detach().cpu().contiguous().clone() for n, t in model.state_dict().items()}
+    path = ckpt_dir / f"{name}.safetensors"
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"model": cfg.model, "fold": str(k), "repeat": str(r)})
+    return {"name": name, "file": path.name, "sha256": sha256_file(path), "repeat": r, "fold": k,
+            "training_patient_ids": sorted(map(str, training_patients)), "target_state": states,
+            "epochs_trained": len(history),
+            "best_val_loss": min((h["val_loss"] for h in history if "val_loss" in h), default=None)}

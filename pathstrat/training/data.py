@@ -1,0 +1,252 @@
+"""Bags in memory: features read once per run, subsampled by index, padded into batches.
+
+``load_bags`` reads every feature file once through :func:`pathstrat.features.read_bag` into a
+:class:`BagStore` (RAM, or one memory-mapped cache file). Training draws ``max_tiles`` random
+tile indices per bag per epoch; evaluation uses whole bags. No file is re-read per epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+
+from pathstrat.errors import ConfigError, FeatureDimError, SchemaError
+from pathstrat.io import FailureLog
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Bag:
+    """One training unit: a slide, or all slides of a patient (``level="patient"``)."""
+
+    key: str
+    patient_id: str
+    slide_ids: list[str]
+    features: torch.Tensor  # (N, D), file dtype (float16/float32), CPU
+    coords: np.ndarray  # (N, 2) int64
+    offsets: list[int]  # start of each slide's tiles in ``features`` (+ N at the end)
+
+
+@dataclass
+class BagStore:
+    """All bags of a cohort plus the per-bag table (patient id and label columns)."""
+
+    bags: list[Bag]
+    table: pd.DataFrame  # one row per bag, index aligned with ``bags``
+    dim: int
+    encoder_id: str | None
+    level: str = "slide"
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.bags)
+
+
+def resolve_features_dir(features_dir: str | os.PathLike, slide_ids: list[str]) -> Path:
+    """``DIR/<slide_id>.h5``, or ``DIR/<encoder_id>/`` when DIR holds exactly one encoder folder."""
+    d = Path(features_dir)
+    if not d.is_dir():
+        raise ConfigError(f"Features folder '{d}' does not exist; pass --features "
+                          "<out>/features/<encoder_id> from `pathstrat embed`.")
+    if any((d / f"{s}.h5").exists() for s in slide_ids[:50]):
+        return d
+    subs = [p for p in d.iterdir() if p.is_dir() and any(p.glob("*.h5"))]
+    if len(subs) == 1:
+        return subs[0]
+    return d
+
+
+def _warn_random(attrs: dict[str, Any], path: Path) -> None:
+    """Loud warning for features computed with random encoder weights (encoders helper)."""
+    try:
+        from pathstrat.encoders import warn_if_random_features  # type: ignore[attr-defined]
+    except ImportError:
+        warn_if_random_features = None
+    if warn_if_random_features is not None:
+        warn_if_random_features(attrs, path)
+    elif attrs.get("weights_random"):
+        log.warning("Features in %s come from RANDOM encoder weights: predictions are meaningless "
+                    "outside tests and benchmarks.", path)
+
+
+def _read(path: Path, expected_dim: int | None, expected_encoder: str | None):
+    try:
+        from pathstrat.features import read_bag
+    except ImportError:  # TEMPORARY until pathstrat.features lands
+        import types
+
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            feats, coords, attrs = f["features"][:], f["coords"][:], dict(f.attrs)
+        if expected_dim is not None and feats.shape[1] != expected_dim:
+            raise FeatureDimError(f"{path}: dim {feats.shape[1]} != expected {expected_dim}")
+        if expected_encoder is not None and attrs.get("encoder_id") != expected_encoder:
+            raise FeatureDimError(f"{path}: encoder {attrs.get('encoder_id')} != {expected_encoder}")
+        return types.SimpleNamespace(features=feats, coords=coords, attrs=attrs)
+    return read_bag(path, expected_dim=expected_dim, expected_encoder=expected_encoder)
+
+
+def load_bags(manifest: pd.DataFrame, features_dir: str | os.PathLike, *, level: str = "slide",
+              store: str = "memory", cache_dir: str | os.PathLike | None = None,
+              expected_dim: int | None = None, expected_encoder: str | None = None,
+              failures: FailureLog | None = None) -> BagStore:
+    """Read the features of every manifest slide once.
+
+    Slides without a feature file are recorded in ``failures`` (and skipped); a feature
+    dimension or encoder that differs between slides (or from ``expected_*``) raises
+    :class:`FeatureDimError`. ``store="mmap"`` writes one float16 cache file in ``cache_dir`` and
+    memory-maps it (for cohorts larger than RAM).
+    """
+    if level not in ("slide", "patient"):
+        raise ConfigError(f"level '{level}' unknown; use 'slide' or 'patient'.")
+    if store not in ("memory", "mmap"):
+        raise ConfigError(f"store '{store}' unknown; use 'memory' or 'mmap'.")
+    fdir = resolve_features_dir(features_dir, manifest["slide_id"].astype(str).tolist())
+    slides: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    dim, enc, warned = expected_dim, expected_encoder, False
+    for sid in manifest["slide_id"].astype(str):
+        path = fdir / f"{sid}.h5"
+        if not path.exists():
+            err = FileNotFoundError(f"no features file {path}; run `pathstrat embed` for this slide")
+            if failures is None:
+                raise SchemaError(str(err))
+            failures.add(sid, path, err)
+            continue
+        try:
+            bag = _read(path, dim, enc)
+        except FeatureDimError:
+            raise
+        except (OSError, SchemaError, KeyError, ValueError) as exc:
+            if failures is None:
+                raise
+            failures.add(sid, path, exc)
+            continue
+        feats = np.asarray(bag.features)
+        if feats.ndim != 2 or feats.shape[0] == 0:
+            if failures is None:
+                raise SchemaError(f"Features file {path} holds no tiles (shape {feats.shape}).")
+            failures.add(sid, path, SchemaError(f"no tiles (shape {feats.shape})"))
+            continue
+        dim = dim or int(feats.shape[1])
+        attrs = dict(bag.attrs)
+        enc = enc or (str(attrs["encoder_id"]) if attrs.get("encoder_id") else None)
+        if not warned and attrs.get("weights_random"):
+            _warn_random(attrs, path)
+            warned = True
+        slides[sid] = (feats, np.asarray(bag.coords, np.int64))
+    if not slides:
+        raise SchemaError(f"No usable feature files for the manifest's slides in '{fdir}'. "
+                          "Check --features (the folder holding <slide_id>.h5).")
+    df = manifest[manifest["slide_id"].astype(str).isin(slides)].reset_index(drop=True)
+    groups = ([[s] for s in df["slide_id"].astype(str)] if level == "slide" else
+              [g["slide_id"].astype(str).tolist() for _, g in df.groupby("patient_id", sort=True)])
+    arrays = _materialise([np.concatenate([slides[s][0] for s in g]) for g in groups], store,
+                          cache_dir)
+    bags, rows = [], []
+    for g, feats in zip(groups, arrays, strict=True):
+        sizes = [len(slides[s][0]) for s in g]
+        first = df[df["slide_id"].astype(str) == g[0]].iloc[0]
+        key = g[0] if level == "slide" else str(first["patient_id"])
+        bags.append(Bag(key, str(first["patient_id"]), g, feats,
+                        np.concatenate([slides[s][1] for s in g]),
+                        [0, *np.cumsum(sizes).tolist()]))
+        rows.append(first)
+    table = pd.DataFrame(rows).reset_index(drop=True)
+    log.info("loaded %d bags (%s level, %d slides, dim %d, %s)", len(bags), level, len(df), dim, store)
+    return BagStore(bags, table, int(dim), enc, level)
+
+
+def _materialise(arrays: list[np.ndarray], store: str, cache_dir) -> list[torch.Tensor]:
+    """Keep bags as CPU tensors (file dtype) or as views into one memory-mapped cache file."""
+    if store == "memory":
+        return [torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]
+    if cache_dir is None:
+        raise ConfigError("store='mmap' needs a cache_dir for the memory-mapped features file.")
+    total = sum(len(a) for a in arrays)
+    dim = arrays[0].shape[1]
+    path = Path(cache_dir) / "features_cache.f16"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mm = np.memmap(path, dtype=np.float16, mode="w+", shape=(total, dim))
+    starts = np.cumsum([0] + [len(a) for a in arrays])
+    for a, s in zip(arrays, starts, strict=False):
+        mm[s:s + len(a)] = a
+    mm.flush()
+    del mm
+    ro = np.memmap(path, dtype=np.float16, mode="r", shape=(total, dim))
+    import warnings
+
+    with warnings.catch_warnings():  # read-only memmap: tensors are never written in place
+        warnings.simplefilter("ignore", UserWarning)
+        return [torch.from_numpy(ro[s:s + len(a)]) for a, s in zip(arrays, starts, strict=False)]
+
+
+class BagDataset(Dataset):
+    """Bags ``indices`` of a store with encoded targets; random ``max_tiles`` subset if training.
+
+    ``targets`` maps head name to an array over *all* bags of the store (row-aligned with
+    ``store.table``). Items are ``(features (n, D), {head: label}, bag index)``.
+    """
+
+    def __init__(self, store: BagStore, indices: Any, targets: dict[str, np.ndarray] | None = None,
+                 *, max_tiles: int | None = None, train: bool = False, seed: int = 0) -> None:
+        self.store = store
+        self.indices = np.asarray(indices, int)
+        self.targets = {k: torch.as_tensor(np.asarray(v, np.float32)) for k, v in (targets or {}).items()}
+        self.max_tiles = max_tiles if train else None
+        self.generator = torch.Generator().manual_seed(int(seed))
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        b = int(self.indices[i])
+        x = self.store.bags[b].features
+        if self.max_tiles and x.shape[0] > self.max_tiles:
+            idx = torch.randperm(x.shape[0], generator=self.generator)[: self.max_tiles].sort().values
+            x = x[idx]
+        return x, {k: v[b] for k, v in self.targets.items()}, b
+
+
+def collate_bags(batch) -> dict[str, Any]:
+    """Pad bags to the longest: ``x`` (B, N, D) float32, ``mask`` (B, N), ``targets``, ``index``."""
+    n = max(item[0].shape[0] for item in batch)
+    d = batch[0][0].shape[1]
+    x = torch.zeros(len(batch), n, d, dtype=torch.float32)
+    mask = torch.zeros(len(batch), n, dtype=torch.bool)
+    for i, (feats, _, _) in enumerate(batch):
+        x[i, : feats.shape[0]] = feats  # copies (and casts float16 -> float32) once
+        mask[i, : feats.shape[0]] = True
+    targets = {k: torch.stack([item[1][k] for item in batch]) for k in batch[0][1]}
+    return {"x": x, "mask": mask, "targets": targets,
+            "index": torch.tensor([item[2] for item in batch])}
+
+
+def make_loader(dataset: BagDataset, batch_size: int = 1, *, shuffle: bool = False,
+                balance_on: np.ndarray | None = None, seed: int = 0,
+                pin_memory: bool = False) -> DataLoader:
+    """In-process DataLoader (bags are already in memory; workers would only copy them).
+
+    ``balance_on`` (class index per dataset item, -1/NaN = unknown) draws bags with weights
+    inversely proportional to class frequency (balanced sampling).
+    """
+    g = torch.Generator().manual_seed(int(seed))
+    sampler = None
+    if balance_on is not None:
+        y = np.nan_to_num(np.asarray(balance_on, float), nan=-1).astype(int)
+        counts = {c: (y == c).sum() for c in np.unique(y)}
+        w = np.array([1.0 / counts[c] for c in y])
+        sampler = WeightedRandomSampler(torch.as_tensor(w, dtype=torch.double), len(y),
+                                        replacement=True, generator=g)
+        shuffle = False
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler,
+                      generator=g, collate_fn=collate_bags, num_workers=0, pin_memory=pin_memory)

@@ -1,0 +1,182 @@
+"""The training step, evaluation and early-stopped fitting of one MIL model (reused by federated).
+
+``train_one_epoch`` and ``evaluate`` are plain functions over a model, a loader of padded bags
+and a :class:`~pathstrat.mil.losses.MultiTaskLoss`; ``fit`` adds AdamW, a cosine or one-cycle
+schedule and early stopping on a validation loader (restoring the best weights).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from pathstrat.errors import ConfigError
+from pathstrat.mil.losses import MultiTaskLoss, bag_labels
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainParams:
+    """Optimisation settings of one fit."""
+
+    epochs: int = 30
+    lr: float = 2e-4
+    weight_decay: float = 1e-2
+    schedule: str = "cosine"  # cosine | onecycle | constant
+    patience: int = 8
+    grad_clip: float | None = 1.0
+    device: str = "cpu"
+    amp: bool = True  # used on CUDA only (bfloat16 autocast)
+
+
+@dataclass
+class EvalResult:
+    """Outputs of :func:`evaluate`: bag indices, raw head outputs, loss, per-bag attention."""
+
+    index: np.ndarray
+    outputs: dict[str, np.ndarray]
+    loss: float
+    attention: list[np.ndarray] = field(default_factory=list)
+    attention_branches: list[np.ndarray | None] = field(default_factory=list)
+
+
+def set_seed(seed: int) -> None:
+    """Seed python, numpy and torch (CPU runs are then bit-reproducible)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(device: str = "auto") -> str:
+    """``auto`` -> ``cuda`` when available else ``cpu``."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def _autocast(device: str, amp: bool):
+    if amp and str(device).startswith("cuda"):
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _first_labels(loss_fn: MultiTaskLoss, targets: dict[str, torch.Tensor], device):
+    first = next(iter(loss_fn.losses.values()))
+    lab = bag_labels(first.spec, targets[first.spec.name])
+    return None if lab is None else lab.to(device)
+
+
+def train_one_epoch(model: nn.Module, loader, loss_fn: MultiTaskLoss,
+                    optimizer: torch.optim.Optimizer, *, scheduler=None, device: str = "cpu",
+                    amp: bool = False, grad_clip: float | None = None) -> float:
+    """One pass over ``loader``; returns the mean total loss (task losses + model aux loss)."""
+    model.train()
+    total, n = 0.0, 0
+    non_blocking = str(device).startswith("cuda")
+    for batch in loader:
+        x = batch["x"].to(device, non_blocking=non_blocking)
+        mask = batch["mask"].to(device, non_blocking=non_blocking)
+        targets = {k: v.to(device, non_blocking=non_blocking) for k, v in batch["targets"].items()}
+        with _autocast(device, amp):
+            out = model(x, mask, bag_labels=_first_labels(loss_fn, targets, device))
+        loss, _ = loss_fn({k: v.float() for k, v in out.logits.items()}, targets)
+        loss = loss + out.aux_loss.float()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip:
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        total += float(loss.detach()) * x.shape[0]
+        n += x.shape[0]
+    return total / max(n, 1)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, loss_fn: MultiTaskLoss | None = None, *,
+             device: str = "cpu", amp: bool = False, keep_attention: bool = False) -> EvalResult:
+    """Whole-bag inference; the loss is computed once over all bags (a Cox risk set needs them)."""
+    model.eval()
+    idx, outs, targets = [], {}, {}
+    atts, branches = [], []
+    for batch in loader:
+        x, mask = batch["x"].to(device), batch["mask"].to(device)
+        with _autocast(device, amp):
+            out = model(x, mask)
+        idx.append(batch["index"].numpy())
+        for k, v in out.logits.items():
+            outs.setdefault(k, []).append(v.float().cpu())
+        for k, v in batch["targets"].items():
+            targets.setdefault(k, []).append(v)
+        if keep_attention:
+            m = batch["mask"].numpy()
+            a = out.attention.float().cpu().numpy()
+            ab = None if out.attention_branches is None else out.attention_branches.float().cpu().numpy()
+            for i in range(len(m)):
+                atts.append(a[i, m[i]])
+                branches.append(None if ab is None else ab[i][:, m[i]])
+    logits = {k: torch.cat(v) for k, v in outs.items()}
+    loss = float("nan")
+    if loss_fn is not None and targets:
+        loss = float(loss_fn(logits, {k: torch.cat(v) for k, v in targets.items()})[0])
+    return EvalResult(np.concatenate(idx) if idx else np.zeros(0, int),
+                      {k: v.numpy() for k, v in logits.items()}, loss, atts, branches)
+
+
+def make_optimizer(model: nn.Module, params: TrainParams, steps_per_epoch: int):
+    """AdamW plus a per-step scheduler (cosine annealing, one-cycle or none)."""
+    opt = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
+    total = max(1, params.epochs * max(1, steps_per_epoch))
+    if params.schedule == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total, eta_min=params.lr * 0.01)
+    elif params.schedule == "onecycle":
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=params.lr, total_steps=total)
+    elif params.schedule == "constant":
+        sched = None
+    else:
+        raise ConfigError(f"Schedule '{params.schedule}' unknown; use cosine, onecycle or constant.")
+    return opt, sched
+
+
+def fit(model: nn.Module, train_loader, val_loader, loss_fn: MultiTaskLoss,
+        params: TrainParams) -> list[dict[str, Any]]:
+    """Train with early stopping on the validation loss; the best epoch's weights are restored.
+
+    Without a validation loader the model trains for ``params.epochs`` epochs.
+    """
+    device = params.device
+    model.to(device)
+    loss_fn.to(device)
+    opt, sched = make_optimizer(model, params, len(train_loader))
+    best, best_state, bad, history = float("inf"), None, 0, []
+    for epoch in range(params.epochs):
+        tr = train_one_epoch(model, train_loader, loss_fn, opt, scheduler=sched, device=device,
+                             amp=params.amp, grad_clip=params.grad_clip)
+        row: dict[str, Any] = {"epoch": epoch, "train_loss": tr}
+        if val_loader is not None:
+            val = evaluate(model, val_loader, loss_fn, device=device, amp=params.amp).loss
+            row["val_loss"] = val
+            if val < best - 1e-6 or best_state is None:
+                best, bad = val, 0
+                best_state = copy.deepcopy(model.state_dict())
+                row["best"] = True
+            else:
+                bad += 1
+        history.append(row)
+        log.debug("epoch %d: %s", epoch, row)
+        if val_loader is not None and bad >= params.patience:
+            log.info("early stop after epoch %d (best val loss %.4f)", epoch, best)
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return history

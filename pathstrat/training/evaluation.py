@@ -1,0 +1,159 @@
+"""Turn model outputs into prediction rows, patient-level metrics with bootstrap CIs, attention files."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pathstrat.io import atomic_path
+from pathstrat.metrics import METRIC_SETS, bootstrap_ci
+from pathstrat.mil.targets import SURVIVAL_KINDS, TargetSpec
+from pathstrat.training.data import BagStore
+
+BASE_COLUMNS = ["slide_id", "patient_id", "fold", "repeat", "target", "y_true", "score"]
+
+
+def decode_outputs(specs: Sequence[TargetSpec], outputs: dict[str, np.ndarray],
+                   states: dict[str, dict[str, Any]]) -> dict[str, np.ndarray]:
+    """Raw head outputs -> scores per head (probabilities, values in target units, risks)."""
+    return {s.name: s.decode_with_state(outputs[s.name], states.get(s.name, {})) for s in specs}
+
+
+def prediction_rows(store: BagStore, index: np.ndarray, scores: dict[str, np.ndarray],
+                    specs: Sequence[TargetSpec], *, fold: int | None = None,
+                    repeat: int | None = None, with_labels: bool = True) -> list[dict[str, Any]]:
+    """One row per slide, target (label) and bag, following the predictions.csv contract."""
+    rows: list[dict[str, Any]] = []
+    for j, b in enumerate(index):
+        bag, rec = store.bags[int(b)], store.table.iloc[int(b)]
+        for spec in specs:
+            for row in _target_rows(spec, scores[spec.name][j], rec, with_labels):
+                for sid in bag.slide_ids:
+                    r = {"slide_id": sid, "patient_id": bag.patient_id}
+                    if fold is not None:
+                        r.update(fold=fold, repeat=repeat)
+                    rows.append({**r, **row})
+    return rows
+
+
+def _label(rec: pd.Series, col: str | None, with_labels: bool):
+    if not with_labels or col is None or col not in rec.index:
+        return np.nan
+    v = rec[col]
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def _target_rows(spec: TargetSpec, score, rec: pd.Series, with_labels: bool) -> list[dict[str, Any]]:
+    if spec.kind == "multilabel":
+        return [{"target": c, "y_true": _label(rec, c, with_labels), "score": float(score[i])}
+                for i, c in enumerate(spec.columns)]
+    if spec.kind == "multiclass":
+        classes = spec.classes or []
+        row = {"target": spec.name, "y_true": _label(rec, spec.columns[0], with_labels),
+               "score": float(np.max(score)), "pred": classes[int(np.argmax(score))]}
+        row.update({f"prob_{c}": float(p) for c, p in zip(classes, score, strict=True)})
+        return [row]
+    if spec.kind in SURVIVAL_KINDS:
+        ev = _label(rec, spec.event_col, with_labels)
+        return [{"target": spec.name, "y_true": ev, "score": float(score), "risk": float(score),
+                 "time": _label(rec, spec.time_col, with_labels), "event": ev}]
+    y = _label(rec, spec.columns[0], with_labels)
+    if spec.kind == "binary" and not _isnan(y):
+        y = int((spec.classes or [0, 1]).index(y)) if y in (spec.classes or []) else y
+    return [{"target": spec.name, "y_true": y, "score": float(score)}]
+
+
+def _isnan(v) -> bool:
+    return v is None or (isinstance(v, float) and np.isnan(v))
+
+
+def metric_set(spec: TargetSpec) -> str:
+    if spec.kind in SURVIVAL_KINDS:
+        return "survival"
+    return "binary" if spec.kind in ("binary", "multilabel") else spec.kind
+
+
+def patient_level(d: pd.DataFrame) -> pd.DataFrame:
+    """Average scores per patient (over slides and repeats); labels are per patient."""
+    num = [c for c in d.columns if c == "score" or c == "risk" or c.startswith("prob_")]
+    agg = {c: "mean" for c in num}
+    agg.update({c: "first" for c in ("y_true", "time", "event") if c in d.columns})
+    return d.groupby("patient_id", sort=True).agg(agg).reset_index()
+
+
+def _metric_fn(spec: TargetSpec, pat: pd.DataFrame):
+    kind = metric_set(spec)
+    fn = METRIC_SETS.get(kind)
+    if kind == "multiclass":
+        lookup = {str(c): i for i, c in enumerate(spec.classes or [])}
+        y = np.array([lookup.get(str(v), -1) if not _isnan(v) else -1 for v in pat["y_true"]], float)
+        probs = pat[[f"prob_{c}" for c in spec.classes or []]].to_numpy(float)
+        return lambda idx: fn(y[idx], probs[idx])
+    y = pd.to_numeric(pat["y_true"], errors="coerce").to_numpy(float)
+    s = pat["score"].to_numpy(float)
+    if kind == "survival":
+        t = pat["time"].to_numpy(float)
+        return lambda idx: fn(y[idx], s[idx], time=t[idx])
+    return lambda idx: fn(y[idx], s[idx])
+
+
+def compute_metrics(pred: pd.DataFrame, specs: Sequence[TargetSpec], *, n_boot: int = 1000,
+                    seed: int = 0) -> tuple[dict[str, Any], pd.DataFrame]:
+    """``metrics.json`` content and the per-fold table (``repeat, fold, target, metric, value``).
+
+    ``mean`` is the point estimate on pooled out-of-fold patient-level predictions; ``std`` and
+    ``ci_low``/``ci_high`` come from a patient bootstrap; ``fold_mean``/``fold_std`` summarise
+    the per-fold values.
+    """
+    metrics: dict[str, Any] = {}
+    fold_rows: list[dict[str, Any]] = []
+    for spec in specs:
+        for label in spec.label_names:
+            d = pred[pred["target"] == label]
+            sub = TargetSpec(label, spec.kind, columns=[label], time_col=spec.time_col,
+                             event_col=spec.event_col, classes=spec.classes, n_bins=spec.n_bins)
+            per_fold: dict[str, list[float]] = {}
+            if "fold" in d.columns:
+                for (r, k), g in d.groupby(["repeat", "fold"], sort=True):
+                    pat = patient_level(g)
+                    vals = _metric_fn(sub, pat)(np.arange(len(pat)))
+                    for m, v in vals.items():
+                        per_fold.setdefault(m, []).append(v)
+                        fold_rows.append({"repeat": r, "fold": k, "target": label, "metric": m,
+                                          "value": v})
+            pat = patient_level(d)
+            res = bootstrap_ci(_metric_fn(sub, pat), len(pat), n_boot=n_boot, seed=seed)
+            for m, v in res.items():
+                fv = np.asarray(per_fold.get(m, []), float)
+                fv = fv[~np.isnan(fv)]
+                v["fold_mean"] = float(fv.mean()) if fv.size else float("nan")
+                v["fold_std"] = float(fv.std(ddof=1)) if fv.size > 1 else float("nan")
+                v["n"] = int(len(pat))
+            metrics[label] = res
+    return metrics, pd.DataFrame(fold_rows, columns=["repeat", "fold", "target", "metric", "value"])
+
+
+def write_attention(out_dir: Path, store: BagStore, index: np.ndarray, attention: list[np.ndarray],
+                    branches: list[np.ndarray | None], attrs: dict[str, Any]) -> None:
+    """``attention/<slide_id>.h5`` per slide: coords, attention (sums to 1), optional branches."""
+    import h5py
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for j, b in enumerate(index):
+        bag = store.bags[int(b)]
+        for s, sid in enumerate(bag.slide_ids):
+            lo, hi = bag.offsets[s], bag.offsets[s + 1]
+            a = np.asarray(attention[j][lo:hi], np.float32)
+            mass = float(a.sum())
+            with atomic_path(out_dir / f"{sid}.h5") as tmp, h5py.File(tmp, "w") as f:
+                f["coords"] = bag.coords[lo:hi]
+                f["attention"] = a / mass if mass > 0 else a
+                if branches[j] is not None:
+                    f["attention_branches"] = np.asarray(branches[j][:, lo:hi], np.float32)
+                for k, v in {**attrs, "slide_id": sid, "bag_mass": mass}.items():
+                    f.attrs[k] = json.dumps(v) if isinstance(v, (list, dict)) else v

@@ -1,0 +1,150 @@
+"""Heatmaps: value grid placement, top/bottom tiles from the slide, QuPath GeoJSON, batch CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from pathstrat import heatmaps as H
+
+TILE0 = 128  # tile size in level-0 px
+W, HGT = 1024, 768
+
+
+def make_tiff(path: Path, mpp: float = 0.5) -> Path:
+    """Tiled JPEG TIFF: white left half, blue right half (OpenSlide generic-tiff, MPP from resolution)."""
+    import tifffile
+
+    img = np.full((HGT, W, 3), 240, np.uint8)
+    img[:, W // 2:] = (40, 60, 200)
+    tifffile.imwrite(path, img, tile=(256, 256), compression="jpeg", photometric="rgb",
+                     resolution=(1e4 / mpp, 1e4 / mpp), resolutionunit="CENTIMETER")
+    return path
+
+
+def grid_coords() -> np.ndarray:
+    xs, ys = np.meshgrid(np.arange(0, W, TILE0), np.arange(0, HGT, TILE0))
+    return np.c_[xs.ravel(), ys.ravel()].astype(np.int64)
+
+
+def write_attention(path: Path, coords: np.ndarray, values: dict[str, np.ndarray], **attrs) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as f:
+        f["coords"] = coords
+        for k, v in values.items():
+            f[k] = v
+        for k, v in attrs.items():
+            f.attrs[k] = v
+    return path
+
+
+def test_read_values_infers_tile_size_and_averages_folds(tmp_path):
+    c = grid_coords()
+    p = write_attention(tmp_path / "a.h5", c, {"fold0/attention": np.ones(len(c)),
+                                               "fold1/attention": np.zeros(len(c)),
+                                               "scores/os": c[:, 0].astype(float)})
+    tv = H.read_tile_values(p, slide_id="s")
+    assert tv.tile_size_level0 == TILE0 and tv.tile_px == H.DEFAULT_TILE_PX
+    maps = H.pick_values(tv)
+    assert set(maps) == {"attention", "scores/os"}
+    assert np.allclose(maps["attention"], 0.5)
+    assert set(H.pick_values(tv, "os")) == {"scores/os"}
+    with pytest.raises(Exception, match="available"):
+        H.pick_values(tv, "msi")
+
+
+def test_value_grid_places_tiles_in_thumbnail_pixels():
+    coords = np.array([[0, 0], [128, 0], [0, 128]])
+    g = H.value_grid(coords, np.array([0.1, 0.5, 0.9]), 128.0, (8, 8), scale=32.0)  # 4 px per tile
+    assert g[0:4, 0:4].tolist() == np.full((4, 4), 0.1).tolist()
+    assert np.allclose(g[0:4, 4:8], 0.5) and np.allclose(g[4:8, 0:4], 0.9)
+    assert np.isnan(g[4:8, 4:8]).all()
+    assert H.normalise(np.array([5.0, 1.0, 3.0])).tolist() == [1.0, 0.0, 0.5]
+
+
+def test_geojson_is_qupath_ready():
+    coords = np.array([[0, 0], [100, 0]])
+    gj = H.tiles_geojson(coords, 100.0, {"attention": np.array([0.2, 0.8])}, slide_id="s")
+    assert gj["type"] == "FeatureCollection"
+    tiles = [f for f in gj["features"] if f["properties"]["objectType"] == "tile"]
+    ann = [f for f in gj["features"] if f["properties"]["objectType"] == "annotation"]
+    assert len(tiles) == 2 and len(ann) == 1
+    ring = tiles[1]["geometry"]["coordinates"][0]
+    assert tiles[1]["geometry"]["type"] == "Polygon"
+    assert ring == [[100, 0], [200, 0], [200, 100], [100, 100], [100, 0]]  # closed, level-0 px
+    assert tiles[1]["properties"]["measurements"] == {"attention": 0.8}
+    from shapely.geometry import shape
+
+    assert shape(ann[0]["geometry"]).area == pytest.approx(200 * 100)
+    json.dumps(gj)  # serialisable
+
+
+def test_heatmap_run_top_tiles_come_from_the_slide(tmp_path):
+    slide = make_tiff(tmp_path / "slide.tiff")
+    run = tmp_path / "run"
+    c = grid_coords()
+    att = c[:, 0].astype(float) + 0.01 * c[:, 1]  # highest attention on the blue right side
+    write_attention(run / "attention" / "s1.h5", c, {"attention": att},
+                    tile_size_level0=float(TILE0), tile_px=64)
+    man = pd.DataFrame({"slide_id": ["s1", "s2"], "path": [str(slide), str(tmp_path / "nope.svs")],
+                        "patient_id": ["p1", "p2"]})
+    man.to_csv(tmp_path / "manifest.csv", index=False)
+    pd.DataFrame({"slide_id": ["s1", "s2"], "patient_id": ["p1", "p2"], "fold": [0, 1], "repeat": 0,
+                  "target": "os", "y_true": np.nan, "score": [0.2, 0.9], "risk": [0.2, 0.9]}
+                 ).to_csv(run / "predictions.csv", index=False)
+    index, n_failed = H.heatmap_run(run, tmp_path / "manifest.csv", top_k=3)
+    out = run / "heatmaps"
+    assert n_failed == 1  # s2 has no attention file and no slide: recorded, batch goes on
+    fails = pd.read_csv(out / "failures.csv")
+    assert fails.slide_id.tolist() == ["s2"] and fails.stage.tolist() == ["heatmap"]
+    assert index.slide_id.tolist() == ["s1"] and index.patient_score.tolist() == [0.2]
+    heat = np.asarray(Image.open(out / index.heatmap_png[0]).convert("RGB"))
+    assert heat.std() > 10  # not blank
+    mont = np.asarray(Image.open(out / index.tiles_png[0]).convert("RGB")).astype(int)
+    h = mont.shape[0]
+    top_half, bottom_half = mont[: int(0.5 * h)], mont[int(0.6 * h):]  # rows (suptitle on top)
+    # top tiles are blue (right half of the slide), bottom tiles white-ish (left half)
+    blue = lambda a: ((a[..., 2] - a[..., 0]) > 100).sum()  # noqa: E731
+    assert blue(top_half) > 3 * 40 * 40 and blue(bottom_half) < 200
+    # the tiles really are read from the slide at the tiles' geometry
+    from pathstrat.slide import open_slide
+
+    top, bottom = H.extreme_indices(att, 3)
+    with open_slide(slide) as s:
+        t = s.read_tile(*c[top[0]], float(TILE0), 64)
+    assert t[..., 2].mean() > 150 and c[top[0], 0] >= W // 2 and c[bottom[0], 0] < W // 2
+    gj = json.loads((out / "s1.geojson").read_text())
+    meas = [f["properties"]["measurements"]["attention"] for f in gj["features"]
+            if f["properties"]["objectType"] == "tile"]
+    assert np.allclose(meas, att)
+
+
+def test_heatmap_cli_exit_3_on_failed_slide(tmp_path):
+    slide = make_tiff(tmp_path / "slide.tiff")
+    run = tmp_path / "run"
+    c = grid_coords()
+    write_attention(run / "attention" / "s1.h5", c, {"attention": np.arange(len(c), dtype=float)})
+    pd.DataFrame({"slide_id": ["s1", "s2"], "path": [str(slide)] * 2}).to_csv(tmp_path / "m.csv", index=False)
+    from pathstrat.cli import main
+
+    rc = main(["heatmap", "--run", str(run), "--manifest", str(tmp_path / "m.csv"), "--slides",
+               "s1,s2", "--top-k", "2", "--out", str(tmp_path / "hm")])
+    assert rc == 3
+    assert (tmp_path / "hm" / "s1__attention.png").exists()
+    assert pd.read_csv(tmp_path / "hm" / "failures.csv").slide_id.tolist() == ["s2"]
+
+
+def test_heatmap_on_real_slide(tmp_path, real_slide):
+    path = real_slide("cmu-1-small-region.svs")
+    xs, ys = np.meshgrid(np.arange(0, 2000, 448), np.arange(0, 2800, 448))
+    c = np.c_[xs.ravel(), ys.ravel()]
+    tv = H.TileValues("cmu", c, {"attention": np.linspace(0, 1, len(c))}, 448.0, 224)
+    rows = H.slide_heatmaps(path, tv, tmp_path, top_k=2, max_thumb_px=400)
+    assert rows[0]["thumb_mpp"] == pytest.approx(2967 * 0.499 / 400, rel=0.02)
+    assert Image.open(tmp_path / rows[0]["tiles_png"]).size[0] > 100
