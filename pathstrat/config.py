@@ -47,12 +47,26 @@ class TilingConfig(_Section):
 class EmbedConfig(_Section):
     """Parameters of pathstrat.embed.embed_cohort."""
 
-    encoder: str = Field("builtin", description="Encoder id from `pathstrat encoders list`.")
+    encoder_id: str = Field("builtin", description="Encoder id from `pathstrat encoders list`.")
     weights: str | None = Field(None, description="Local weights file/dir, 'random' (tests only) or null = HF cache.")
-    batch_size: int = Field(64, gt=0)
-    workers: int = Field(1, ge=0, description="DataLoader workers reading tiles.")
+    batch_size: int = Field(64, ge=1, description="Tiles per forward pass.")
+    workers: int = Field(2, ge=0, description="DataLoader workers reading tiles.")
     device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
-    views: int = Field(1, ge=1, description="Augmented feature views stored per slide.")
+    views: int = Field(0, ge=0, description="Augmented feature views stored per slide (0 = none).")
+    dtype: str | None = Field(None, description="Compute dtype (null = the encoder spec's).")
+    seed: int = Field(0, description="Seed of random init / augmented views.")
+
+    @field_validator("encoder_id")
+    @classmethod
+    def _registered(cls, v: str) -> str:
+        from pathstrat.encoders import get_spec
+        from pathstrat.errors import UnknownNameError
+
+        try:
+            get_spec(v)
+        except UnknownNameError as exc:
+            raise ValueError(str(exc)) from None
+        return v
 
 
 RUN_SPECIFIC_TRAIN_KEYS = ("features", "manifest", "out", "encoder_id")
@@ -184,6 +198,9 @@ class PipelineConfig(_Section):
     embed: EmbedConfig = Field(default_factory=EmbedConfig)
     train: TrainConfig
     stratify: StratifyConfig | None = Field(None, description="Default: on when 'survival' is a target.")
+    predictive: StratifyConfig | None = Field(
+        None, description="A second stratification written to <out_dir>/predictive/, typically a "
+        "biomarker score x treatment arm (is the score predictive of treatment benefit?).")
     select: SelectConfig | None = Field(None, description="Patient selection rule (off when absent).")
     heatmaps: HeatmapsConfig = Field(default_factory=HeatmapsConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
@@ -213,9 +230,10 @@ class PipelineConfig(_Section):
     @model_validator(mode="after")
     def _consistent(self) -> PipelineConfig:
         st = self.stratify
-        if st is not None and st.enabled and st.target not in self.train.targets:
-            raise ValueError(
-                f"stratify.target '{st.target}' is not among train.targets {self.train.targets}")
+        for name, sec in (("stratify", st), ("predictive", self.predictive)):
+            if sec is not None and sec.enabled and sec.target not in self.train.targets:
+                raise ValueError(
+                    f"{name}.target '{sec.target}' is not among train.targets {self.train.targets}")
         if self.select is not None and self.select.enabled and self.select.target not in self.train.targets:
             raise ValueError(f"select.target '{self.select.target}' is not among train.targets {self.train.targets}")
         try:  # the training stage's own validators (e.g. targets, folds), before any slide work
@@ -287,7 +305,7 @@ def _resolve_paths(cfg: PipelineConfig, base: Path) -> None:
     cfg.tiles_dir = res(cfg.tiles_dir)
     cfg.features_dir = res(cfg.features_dir)
     cfg.cohort.manifest = res(cfg.cohort.manifest)
-    if cfg.embed.weights not in (None, "random") and not str(cfg.embed.weights).startswith("hf:"):
+    if cfg.embed.weights not in (None, "random"):
         cfg.embed.weights = str(res(Path(cfg.embed.weights)))
     cfg.executor.slurm.log_dir = res(cfg.executor.slurm.log_dir)
 

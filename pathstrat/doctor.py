@@ -7,7 +7,6 @@ session file ``ray start`` leaves behind).
 
 from __future__ import annotations
 
-import importlib
 import os
 import platform
 import shutil
@@ -26,16 +25,18 @@ class Check:
     detail: str
 
 
-PACKAGES = ("numpy", "pandas", "torch", "torchvision", "timm", "h5py", "lifelines", "sklearn",
-            "openslide", "tifffile", "pydantic", "submitit", "ray", "flwr")
+# distribution names (versions are read from package metadata: nothing heavy is imported)
+PACKAGES = ("numpy", "pandas", "torch", "torchvision", "timm", "h5py", "lifelines", "scikit-learn",
+            "openslide-python", "openslide-bin", "tifffile", "pydantic", "submitit", "ray", "flwr")
 
 
-def _version(mod: str) -> tuple[bool, str]:
+def _version(dist: str) -> tuple[bool, str]:
+    from importlib import metadata
+
     try:
-        m = importlib.import_module(mod)
-    except Exception as exc:  # noqa: BLE001 - any import failure means "not usable"
-        return False, f"not importable ({type(exc).__name__})"
-    return True, str(getattr(m, "__version__", "installed"))
+        return True, metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return False, "not installed"
 
 
 def check_versions() -> list[Check]:

@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_THUMB_PX = 1024
 DEFAULT_TILE_PX = 224
+INDEX_COLUMNS = ("slide_id", "value", "n_tiles", "heatmap_png", "tiles_png", "thumb_mpp",
+                 "tile_size_level0", "top_k", "value_min", "value_max", "geojson")
 
 
 @dataclass
@@ -94,12 +96,17 @@ def read_tile_values(path: str | Path, *, slide_id: str | None = None,
 
 
 def pick_values(tv: TileValues, target: str | None = None) -> dict[str, np.ndarray]:
-    """Value arrays to draw: those whose name contains ``target`` (all when None), fold-averaged.
+    """Value maps to draw, fold-averaged.
 
-    Arrays that differ only by a fold/repeat component (``fold0/attention``, ``fold1/attention``)
-    are averaged into one map named without it.
+    With ``target``: datasets whose name contains it (per-target tile scores), else the shared
+    ``attention`` (an attention-MIL model attends once for all heads). Without: ``attention`` when
+    present, else every array. Arrays differing only by a fold/repeat component
+    (``fold0/attention``, ``fold1/attention``) are averaged into one map named without it.
     """
-    names = [k for k in tv.values if target is None or target in k.split("/") or target in k]
+    names = [k for k in tv.values if target is not None and (target in k.split("/") or target in k)]
+    if not names:
+        shared = [k for k in tv.values if k.split("/")[-1] == "attention"]
+        names = shared or ([] if target is not None else list(tv.values))
     if not names:
         raise SchemaError(f"slide '{tv.slide_id}': no per-tile values for target '{target}'; "
                           f"available: {sorted(tv.values)}.")
@@ -282,12 +289,30 @@ def extreme_slides(predictions: Any, *, target: str | None = None, n: int = 2) -
     return list(dict.fromkeys(sids))
 
 
-def heatmap_run(run_dir: str | Path, manifest: Any, out_dir: str | Path | None = None, *,
+def _run_config(run: Path) -> dict[str, Any]:
+    """The run's config.yaml as a dict (empty when absent)."""
+    import yaml
+
+    p = run / "config.yaml"
+    return (yaml.safe_load(p.read_text()) or {}) if p.exists() else {}
+
+
+def _geometry_file(sid: str, tiles_dir: str | Path | None, cfg: dict[str, Any]) -> Path | None:
+    """Tiles file (``--tiles-dir``) or the run's features file holding the tile geometry attrs."""
+    for d in (tiles_dir, cfg.get("features")):
+        if d and (Path(d) / f"{sid}.h5").exists():
+            return Path(d) / f"{sid}.h5"
+    return None
+
+
+def heatmap_run(run_dir: str | Path, manifest: Any | None = None, out_dir: str | Path | None = None, *,
                 slides: Sequence[str] | None = None, target: str | None = None, top_k: int = 8,
                 n_extreme: int = 2, tiles_dir: str | Path | None = None) -> tuple[Any, int]:
     """Heatmaps for ``slides`` (default: highest/lowest-scored patients) of a run directory.
 
-    Writes ``out_dir`` (default ``<run>/heatmaps``) PNGs, GeoJSONs, ``index.csv`` (one row per
+    The manifest defaults to the run's ``config.yaml`` ``manifest``; tile geometry comes from the
+    attention file's attrs, else ``tiles_dir/<slide_id>.h5``, else the run's features file
+    (config ``features``), else the coordinate spacing. Writes ``out_dir`` (default ``<run>/heatmaps``) PNGs, GeoJSONs, ``index.csv`` (one row per
     slide and value map, with patient score) and ``failures.csv``; returns (index, n_failed).
     """
     import pandas as pd
@@ -297,6 +322,11 @@ def heatmap_run(run_dir: str | Path, manifest: Any, out_dir: str | Path | None =
 
     run = Path(run_dir)
     out = ensure_writable_dir(out_dir or run / "heatmaps")
+    cfg = _run_config(run)
+    if manifest is None:
+        if not cfg.get("manifest"):
+            raise SchemaError(f"no --manifest given and '{run}/config.yaml' names none.")
+        manifest = cfg["manifest"]
     man = manifest if isinstance(manifest, pd.DataFrame) else load_manifest(manifest, check_files=False)
     man = man.assign(slide_id=man["slide_id"].astype(str)).set_index("slide_id", drop=False)
     preds_path = run / "predictions.csv"
@@ -317,14 +347,13 @@ def heatmap_run(run_dir: str | Path, manifest: Any, out_dir: str | Path | None =
             if not att.exists():
                 raise SchemaError(f"no attention file '{att}' for slide '{sid}'; rerun "
                                   "`pathstrat train` (or `predict`) with attention export.")
-            tf = Path(tiles_dir) / f"{sid}.h5" if tiles_dir else None
-            tv = read_tile_values(att, slide_id=sid, tiles_file=tf)
+            tv = read_tile_values(att, slide_id=sid, tiles_file=_geometry_file(sid, tiles_dir, cfg))
             mpp = man.at[sid, "mpp"] if "mpp" in man.columns else None
             mpp = None if mpp is None or pd.isna(mpp) else float(mpp)
             rows += slide_heatmaps(man.at[sid, "path"], tv, out, target=target, top_k=top_k, mpp=mpp)
         except Exception as exc:  # noqa: BLE001 - one bad slide must not stop the batch
             failures.add(sid, man.at[sid, "path"] if sid in man.index else None, exc)
-    index = pd.DataFrame(rows)
+    index = pd.DataFrame(rows, columns=list(rows[0]) if rows else list(INDEX_COLUMNS))
     if len(index) and preds is not None:
         col = "risk" if "risk" in preds.columns and preds["risk"].notna().any() else "score"
         p = preds if target is None or "target" not in preds.columns else preds[preds["target"] == target]

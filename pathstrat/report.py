@@ -14,6 +14,7 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ h1{border-bottom:3px solid #2c5d8f;padding-bottom:.3em}h2{color:#2c5d8f;margin-t
 section{border-top:1px solid #d5dbe3;padding-top:.4em}
 table{border-collapse:collapse;margin:.6em 0;font-size:.88em}
 td,th{border:1px solid #c9d1db;padding:.25em .6em;text-align:right}
-th{background:#eef2f7}td:first-child,th:first-child{text-align:left}
+th{background:#eef2f7}td.t{text-align:left}td:first-child,th:first-child{text-align:left}
 img{max-width:100%;height:auto;border:1px solid #e3e7ec;margin:.3em 0}
 .na{color:#8a5300;background:#fff5e0;border-left:4px solid #e0a030;padding:.4em .8em}
 .warn{color:#7a0010;background:#ffe9ec;border-left:4px solid #d0203a;padding:.4em .8em}
@@ -49,12 +50,13 @@ class RunFiles:
     manifest: pd.DataFrame | None = None
     n_boot: int = 200
     seed: int = 0
+    notes: dict[str, str] = field(default_factory=dict)
     _cache: dict[str, Any] = field(default_factory=dict)
 
     def path(self, *names: str) -> Path | None:
-        """First existing file among ``names`` (also looked up under ``survival/``)."""
+        """First existing file among ``names`` (also under ``survival/`` and ``selection/``)."""
         for n in names:
-            for p in (self.run / n, self.run / "survival" / n):
+            for p in (self.run / n, self.run / "survival" / n, self.run / "selection" / n):
                 if p.exists():
                     return p
         return None
@@ -62,9 +64,21 @@ class RunFiles:
     def csv(self, name: str) -> pd.DataFrame | None:
         if name not in self._cache:
             p = self.path(name)
-            self._cache[name] = (pd.read_csv(p, dtype={"slide_id": str, "patient_id": str})
-                                 if p else None)
+            try:
+                self._cache[name] = (pd.read_csv(p, dtype={"slide_id": str, "patient_id": str})
+                                     if p else None)
+            except pd.errors.EmptyDataError:
+                self._cache[name] = pd.DataFrame()
         return self._cache[name]
+
+    def config(self) -> dict[str, Any]:
+        """The run's config.yaml (empty when absent)."""
+        if "config.yaml" not in self._cache:
+            import yaml
+
+            p = self.path("config.yaml")
+            self._cache["config.yaml"] = (yaml.safe_load(p.read_text()) or {}) if p else {}
+        return self._cache["config.yaml"]
 
     def json(self, name: str) -> Any:
         if name not in self._cache:
@@ -84,6 +98,8 @@ def na(why: str) -> str:
 
 
 def fmt(v: Any, nd: int = 3) -> str:
+    if isinstance(v, (float, np.floating)) and np.isfinite(v) and float(v).is_integer() and abs(v) < 1e7:
+        return str(int(v))
     if isinstance(v, (float, np.floating)):
         return "–" if not np.isfinite(v) else f"{v:.{nd}g}" if abs(v) < 1e-3 or abs(v) >= 1e4 else f"{v:.{nd}f}"
     return esc(v) if v is not None else "–"
@@ -92,7 +108,8 @@ def fmt(v: Any, nd: int = 3) -> str:
 def table(df: pd.DataFrame, nd: int = 3) -> str:
     """A DataFrame as an HTML table with numbers rounded."""
     head = "".join(f"<th>{esc(c)}</th>" for c in df.columns)
-    body = "".join("<tr>" + "".join(f"<td>{fmt(v, nd)}</td>" for v in row) + "</tr>"
+    body = "".join("<tr>" + "".join(f"<td>{fmt(v, nd)}</td>" if not isinstance(v, str)
+                                    else f'<td class="t">{esc(v)}</td>' for v in row) + "</tr>"
                    for row in df.itertuples(index=False))
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
@@ -120,7 +137,12 @@ def _patient_level(df: pd.DataFrame) -> pd.DataFrame:
 
 def roc_pr_bands(y: np.ndarray, s: np.ndarray, *, n_boot: int, seed: int) -> dict[str, Any]:
     """ROC and PR curves on fixed grids with percentile bootstrap bands (patient resampling)."""
-    from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
+    from sklearn.metrics import (
+        average_precision_score,
+        precision_recall_curve,
+        roc_auc_score,
+        roc_curve,
+    )
 
     grid = np.linspace(0, 1, 101)
 
@@ -205,6 +227,9 @@ def section(key: str, title: str) -> Callable[[Section], Section]:
 def _cohort(rf: RunFiles) -> str:
     rows: list[tuple[str, Any]] = []
     man, qc, preds = rf.manifest, rf.csv("qc.csv"), rf.csv("predictions.csv")
+    if qc is None:
+        qc_path = next((d / "qc.csv" for d in _data_dirs(rf.config()) if (d / "qc.csv").exists()), None)
+        qc = pd.read_csv(qc_path, dtype={"slide_id": str}) if qc_path else None
     fails = rf.csv("failures.csv")
     if man is not None:
         rows.append(("slides in manifest", man["slide_id"].nunique() if "slide_id" in man else len(man)))
@@ -360,22 +385,35 @@ def _selection(rf: RunFiles) -> str:
 @section("heatmaps", "Heatmaps and top tiles")
 def _heatmaps(rf: RunFiles) -> str:
     idx = rf.csv("heatmaps/index.csv")
+    fails = rf.csv("heatmaps/failures.csv")
     if idx is None or not len(idx):
-        return na("heatmaps/index.csv absent or empty: run `pathstrat heatmap --run RUNDIR ...`")
+        why = ("heatmaps/index.csv absent or empty: run `pathstrat heatmap --run RUNDIR ...`"
+               if fails is None or not len(fails) else
+               f"heatmaps failed for all {len(fails)} slide(s), e.g. {fails['slide_id'].iloc[0]}: "
+               f"{fails['reason'].iloc[0]}")
+        return na(why)
     hdir = rf.run / "heatmaps"
+    rank: dict[str, str] = {}
     if "patient_score" in idx.columns:
         idx = idx.sort_values("patient_score", ascending=False)
+        pts = list(dict.fromkeys(idx["patient_id"].astype(str)))
+        half = (len(pts) + 1) // 2
+        rank = {p: ("highest-scored" if i < half else "lowest-scored") for i, p in enumerate(pts)}
     parts = []
     for r in idx.itertuples(index=False):
         d = r._asdict()
         head = f"slide {esc(d['slide_id'])}"
         if d.get("patient_id") is not None and "patient_score" in d:
-            head += f" — patient {esc(d['patient_id'])}, score {fmt(d['patient_score'])}"
+            head = (f"{rank.get(str(d['patient_id']), '')} patient {esc(d['patient_id'])} "
+                    f"(score {fmt(d['patient_score'])}), {head}")
         parts.append(f"<div><h3>{head} ({esc(d['value'])})</h3>"
                      + file_img(hdir / d["heatmap_png"], f"heatmap {d['slide_id']}")
                      + file_img(hdir / d["tiles_png"], f"top and bottom tiles {d['slide_id']}")
                      + f"<p>QuPath GeoJSON: heatmaps/{esc(d.get('geojson', ''))}</p></div>")
-    return '<div class="grid">' + "".join(parts) + "</div>"
+    out = '<div class="grid">' + "".join(parts) + "</div>"
+    if fails is not None and len(fails):
+        out += na(f"{len(fails)} slide(s) without heatmap (heatmaps/failures.csv)")
+    return out
 
 
 def _find(obj: Any, keys: tuple[str, ...]) -> Any:
@@ -396,14 +434,38 @@ def _find(obj: Any, keys: tuple[str, ...]) -> Any:
     return None
 
 
+def _data_dirs(cfg: dict[str, Any]) -> list[Path]:
+    """Tiling/embedding output folders named by a run config (for qc.csv): ``tiles_root``,
+    ``features_root`` or the grand-parent of ``features`` (``<root>/features/<encoder_id>``)."""
+    dirs = [cfg.get("tiles_root"), cfg.get("features_root")]
+    if cfg.get("features"):
+        dirs.append(Path(cfg["features"]).parent.parent)
+    return [Path(d) for d in dirs if d and Path(d).is_dir()]
+
+
+def _features_attrs(cfg: Any) -> dict[str, Any] | None:
+    """Provenance attrs (encoder id, weights sha256, random flag) of one of the run's feature files."""
+    feats = cfg.get("features") if isinstance(cfg, dict) else None
+    if not feats or not Path(feats).is_dir():
+        return None
+    first = next(iter(sorted(Path(feats).glob("*.h5"))), None)
+    if first is None:
+        return None
+    import h5py
+
+    with h5py.File(first, "r") as f:
+        keys = ("encoder_id", "weights_sha256", "weights_random", "encoder_dim", "transform")
+        return {k: (f.attrs[k].item() if hasattr(f.attrs[k], "item") else f.attrs[k])
+                for k in keys if k in f.attrs}
+
+
 @section("config", "Configuration and encoder provenance")
 def _config(rf: RunFiles) -> str:
-    import yaml
 
     cfg_p = rf.path("config.yaml")
-    cfg = yaml.safe_load(cfg_p.read_text()) if cfg_p else None
+    cfg = rf.config() or None
     model = rf.json("checkpoints/model.json")
-    sources = [x for x in (model, cfg) if x]
+    sources = [x for x in (model, _features_attrs(cfg), cfg) if x]
     prov = {name: next((v for v in (_find(s, keys) for s in sources) if v is not None), None)
             for name, keys in (("encoder", ("encoder_id", "encoder")),
                                ("weights sha256", ("weights_sha256",)),
@@ -433,20 +495,70 @@ def render(rf: RunFiles) -> str:
         except Exception as exc:  # noqa: BLE001 - a broken input must not hide the other sections
             log.warning("report section '%s' failed: %s", key, exc)
             content = na(f"{type(exc).__name__}: {exc}")
+        if key in rf.notes:
+            content = f"<p><em>{esc(rf.notes[key])}</em></p>" + content
         nav.append(f'<a href="#{key}">{esc(title)}</a>')
         body.append(f'<section id="{key}"><h2>{esc(title)}</h2>{content}</section>')
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>pathstrat report: {esc(rf.run.name)}</title><style>{CSS}</style></head><body>"
             f"<h1>pathstrat report: {esc(rf.run.name)}</h1><p>Run directory {esc(rf.run)}, "
             f"generated {stamp}.</p><nav>{''.join(nav)}</nav>{''.join(body)}</body></html>\n")
 
 
+def compute_missing(rf: RunFiles) -> None:
+    """Run survival / selection with defaults when the run has the inputs but not the outputs.
+
+    Survival: the first target with ``risk``, ``time`` and ``event`` in predictions.csv, median
+    cut-off out of fold, into ``<run>/survival/``. Selection: the first binary target, 95%
+    sensitivity out of fold, into ``<run>/selection/``. Failures become report notes.
+    """
+    preds = rf.csv("predictions.csv")
+    if preds is None or "target" not in preds.columns:
+        return
+    if rf.json("survival.json") is None and {"risk", "time", "event"} <= set(preds.columns):
+        surv_t = [t for t, d in preds.groupby("target") if d["risk"].notna().any()
+                  and d["time"].notna().any()]
+        if surv_t:
+            from pathstrat.survival import stratify
+
+            d = preds[preds["target"] == surv_t[0]]
+            try:
+                stratify(d, d, score_col="risk", time_col="time", event_col="event",
+                         out_dir=rf.run / "survival", target=surv_t[0], n_boot=rf.n_boot, seed=rf.seed)
+                rf.notes["survival"] = (f"computed by `pathstrat report` for target '{surv_t[0]}' "
+                                        "with defaults (median cut-off out of fold); run "
+                                        "`pathstrat stratify` for covariates, arms or other cut-offs.")
+            except Exception as exc:  # noqa: BLE001 - the report must still render
+                rf.notes["survival"] = f"automatic survival analysis failed: {exc}"
+            rf._cache.pop("survival.json", None)
+    if rf.json("selection.json") is None and "y_true" in preds.columns:
+        binary = [t for t, d in preds.groupby("target")
+                  if ("risk" not in d or d["risk"].isna().all())
+                  and set(pd.to_numeric(d["y_true"], errors="coerce").dropna().unique()) == {0, 1}]
+        if binary:
+            from pathstrat.selection import run_selection
+
+            try:
+                run_selection(preds, rf.run / "selection", target=binary[0])
+                rf.notes["selection"] = (f"computed by `pathstrat report` for target '{binary[0]}' "
+                                         "with defaults (95% sensitivity, out of fold); run "
+                                         "`pathstrat select` for other rules or a held-out set.")
+            except Exception as exc:  # noqa: BLE001
+                rf.notes["selection"] = f"automatic selection analysis failed: {exc}"
+            rf._cache.pop("selection.json", None)
+            rf._cache.pop("selection.csv", None)
+
+
 def build_report(run_dir: str | Path, *, manifest: Any | None = None, out: str | Path | None = None,
-                 n_boot: int = 200, seed: int = 0) -> Path:
-    """Write ``<run>/report.html`` (or ``out``) and return its path."""
+                 n_boot: int = 200, seed: int = 0, compute: bool = True) -> Path:
+    """Write ``<run>/report.html`` (or ``out``) and return its path.
+
+    With ``compute`` (default), missing survival/selection outputs are computed with defaults
+    first (see :func:`compute_missing`).
+    """
     from pathstrat.errors import SchemaError
     from pathstrat.io import write_text_atomic
 
@@ -459,4 +571,13 @@ def build_report(run_dir: str | Path, *, manifest: Any | None = None, out: str |
 
         man = manifest if isinstance(manifest, pd.DataFrame) else read_table(manifest)
     rf = RunFiles(run, man, n_boot=n_boot, seed=seed)
+    if man is None:
+        cfg = rf.config()
+        cand = cfg.get("manifest") or (cfg.get("cohort") or {}).get("manifest")
+        if cand and Path(cand).is_file():
+            from pathstrat.survival import read_table
+
+            rf.manifest = read_table(cand)
+    if compute:
+        compute_missing(rf)
     return write_text_atomic(Path(out) if out else run / "report.html", render(rf))

@@ -128,7 +128,7 @@ def patient_scores(predictions: pd.DataFrame, score_col: str, *, target: str | N
         _require(df, ["slide_id"], "predictions table")
         df["patient_id"] = df["slide_id"].astype(str)
     _require(df, [score_col], "predictions table")
-    if "target" in df.columns and df["target"].nunique() > 1:
+    if "target" in df.columns and (df["target"].nunique() > 1 or target is not None):
         if target is None:
             with_score = df.loc[df[score_col].notna(), "target"].unique()
             if len(with_score) != 1:
@@ -137,7 +137,8 @@ def patient_scores(predictions: pd.DataFrame, score_col: str, *, target: str | N
             target = with_score[0]
         df = df[df["target"] == target]
         if df.empty:
-            raise SchemaError(f"predictions have no rows for target '{target}'.")
+            raise SchemaError(f"predictions have no rows for target '{target}'; targets are "
+                              f"{sorted(predictions['target'].astype(str).unique())}.")
     if "repeat" in df.columns and df["repeat"].nunique() > 1:
         rep = df["repeat"].min() if repeat is None else repeat
         df = df[df["repeat"] == rep]
@@ -222,13 +223,25 @@ def oof_risk_groups(patients: pd.DataFrame, method: str | Sequence[float], *,
     ``patients`` has ``patient_id``, ``score`` and (for fitted cut-offs) ``fold``. For fold k the
     cut-off is fitted on ``train_scores`` rows with ``fold == k`` (the fold-k model's scores of
     its own training patients) when given, otherwise on the out-of-fold scores of the patients
-    of all other folds. A fixed value is applied to everyone.
+    of all other folds. Without folds (an external cohort), ``train_scores`` are the development
+    cohort's scores (patient means) and none of its patients may be stratified. A fixed value is
+    applied to everyone.
     """
     if not isinstance(method, str):
         cut = fit_cutoffs([], method)
         return assign_groups(patients["score"], cut), {"method": "value", "source": "given",
                                                         "n_cutoffs": len(cut), "cutoffs": cut}
-    if "fold" not in patients.columns or patients["fold"].nunique() < 2:
+    no_folds = "fold" not in patients.columns or patients["fold"].nunique() < 2
+    if no_folds and train_scores is not None:  # e.g. external cohort, cut-off from development
+        overlap = set(train_scores["patient_id"]) & set(patients["patient_id"])
+        if overlap:
+            raise LeakageError(f"development scores include stratified patients "
+                               f"{sorted(overlap)[:5]}; the cut-off would be fitted on them.")
+        dev = train_scores.groupby("patient_id")["score"].mean()
+        cut = fit_cutoffs(dev.to_numpy(), method)
+        return assign_groups(patients["score"], cut), {"method": method, "source": "development",
+                                                        "n_cutoffs": len(cut), "cutoffs": cut}
+    if no_folds:
         raise SchemaError(f"--cutoff {method} must be fitted out of fold, but the predictions "
                           "have no 'fold' column with 2+ folds. Give a fixed --cutoff VALUE "
                           "(e.g. from the development cohort) or a --train-scores table.")
@@ -237,6 +250,7 @@ def oof_risk_groups(patients: pd.DataFrame, method: str | Sequence[float], *,
     for k in sorted(patients["fold"].unique()):
         in_k = (patients["fold"] == k).to_numpy()
         if train_scores is not None:
+            _require(train_scores, ["fold"], "train scores table")
             tr = train_scores[train_scores["fold"] == k]
             overlap = set(tr["patient_id"]) & set(patients.loc[in_k, "patient_id"])
             if overlap:
@@ -435,10 +449,16 @@ def plot_forest(rows: Sequence[dict[str, Any]], ax):
         ax.plot([r["hr"]], [yi], "s", color="tab:blue", ms=6)
     ax.axvline(1.0, color="0.5", ls="--", lw=1)
     ax.set_xscale("log")
+    lo = min([r["ci_low"] for r in rows if r["ci_low"] > 0] + [1.0])
+    hi = max([r["ci_high"] for r in rows if np.isfinite(r["ci_high"])] + [1.0])
+    nice = [v * m for m in (0.01, 0.1, 1, 10, 100) for v in (1, 2, 5)]
+    ticks = [t for t in nice if lo / 1.05 <= t <= hi * 1.05] or [1.0]
+    ticks = ticks if len(ticks) >= 3 else sorted({round(lo, 2), 1.0, round(hi, 2)} | set(ticks))
     from matplotlib.ticker import NullFormatter, ScalarFormatter
 
     ax.xaxis.set_major_formatter(ScalarFormatter())
     ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xticks(ticks)
     ax.set_yticks(y)
     ax.set_yticklabels([f"{r['label']}  {r['hr']:.2f} ({r['ci_low']:.2f}-{r['ci_high']:.2f})"
                         for r in rows])
@@ -606,7 +626,6 @@ def stratify(predictions: Any, manifest: Any, *, score_col: str, time_col: str, 
     tr = None
     if train_scores is not None:
         tr_df = train_scores if isinstance(train_scores, pd.DataFrame) else read_table(train_scores)
-        _require(tr_df, ["fold"], "train scores table")
         tr = patient_scores(tr_df, score_col, target=target, agg=agg, check_folds=False)
     clin_pt = clinical_table(clin, time_col, event_col, arm_col=arm_col, covariates=covariates)
     joined = pts.merge(clin_pt, on="patient_id", how="inner")

@@ -19,17 +19,8 @@ ENCODER_ID = "synthetic"
 
 
 def _write(path: Path, feats: np.ndarray, coords: np.ndarray, attrs: dict) -> None:
-    try:
-        from pathstrat.features import write_features
-    except ImportError:  # TEMPORARY until pathstrat.features lands
-        import h5py
+    from pathstrat.features import write_features
 
-        with h5py.File(path, "w") as f:
-            f["features"] = feats
-            f["coords"] = coords
-            for k, v in {**attrs, "schema": "pathstrat.features/1"}.items():
-                f.attrs[k] = v
-        return
     write_features(path, feats, coords, attrs)
 
 
@@ -50,8 +41,8 @@ def make_bag_features(rng: np.random.Generator, n_tiles: int, dim: int,
 def make_feature_cohort(out_dir: str | os.PathLike, n_patients: int = 60, dim: int = 32,
                         seed: int = 0, *, tasks: Sequence[str] = TASKS,
                         slides_per_patient: int | tuple[int, int] = 1,
-                        tiles: tuple[int, int] = (20, 60), strength: float = 2.0,
-                        signal_fraction: float = 0.3, missing_fraction: float = 0.15,
+                        tiles: tuple[int, int] = (20, 60), strength: float = 3.0,
+                        signal_fraction: float = 0.4, missing_fraction: float = 0.15,
                         encoder_id: str = ENCODER_ID, split: bool = False,
                         dtype: str = "float16") -> tuple[Path, Path]:
     """Write ``out_dir/features/<encoder_id>/<slide_id>.h5`` and ``out_dir/manifest.csv``.
@@ -97,8 +88,8 @@ def make_feature_cohort(out_dir: str | os.PathLike, n_patients: int = 60, dim: i
             planted.append((dirs["score"], signal_fraction * s))
         if "survival" in tasks:
             z = float(rng.random())  # latent risk in [0, 1]
-            t_event = rng.exponential(12.0 * np.exp(-2.5 * z))
-            t_cens = rng.uniform(4.0, 30.0)
+            t_event = 12.0 * np.exp(-3.0 * z + 0.35 * rng.standard_normal())  # log-normal AFT
+            t_cens = rng.uniform(3.0, 40.0)
             lab["time"] = round(float(min(t_event, t_cens)), 4)
             lab["event"] = int(t_event <= t_cens)
             planted.append((dirs["risk"], signal_fraction * z))
@@ -128,3 +119,77 @@ def make_feature_cohort(out_dir: str | os.PathLike, n_patients: int = 60, dim: i
     manifest = out / "manifest.csv"
     df.to_csv(manifest, index=False)
     return fdir, manifest
+
+
+# --- Algorithmic MIL unit test (Raff & Holt 2023, "poisoned" standard-MIL test) -------------------
+
+def make_poison_bags(n_bags: int, *, n_tiles: int = 12, dim: int = 8, seed: int = 0,
+                     train: bool = True, strength: float = 4.0):
+    """Bags for the standard-MIL poison test: ``(bags list of (n, dim) float32, labels)``.
+
+    Training: positive bags hold a *signal* tile (direction e0), negative bags a *poison* tile
+    (direction e1) that never occurs in positive bags. Test: positive bags hold signal and poison,
+    negative bags neither. Under the standard MIL assumption (a bag is positive iff it holds a
+    positive instance) the poison carries no evidence, so a model that respects the assumption
+    ranks test bags by the signal; a model that learned "poison => negative" (or "no poison =>
+    positive") ranks them at or below chance.
+    """
+    rng = np.random.default_rng(seed)
+    e0, e1 = np.eye(dim, dtype=np.float32)[0], np.eye(dim, dtype=np.float32)[1]
+    bags, labels = [], []
+    for i in range(n_bags):
+        y = i % 2
+        x = rng.standard_normal((n_tiles, dim)).astype(np.float32)
+        k = int(rng.integers(1, 3))
+        if y == 1:
+            x[:k] += strength * e0
+            if not train:
+                x[k:2 * k] += strength * e1
+        elif train:
+            x[:k] += strength * e1
+        bags.append(x[rng.permutation(n_tiles)])
+        labels.append(y)
+    return bags, np.array(labels, np.float32)
+
+
+def run_poison_test(model: str, *, n_bags: int = 96, dim: int = 8, epochs: int = 30, seed: int = 0,
+                    threshold: float = 0.9, **hparams) -> dict[str, float | bool | str]:
+    """Train ``model`` on poisoned bags and score clean test bags; ``passed`` = test AUROC >= threshold."""
+    import torch
+
+    from pathstrat.metrics import auroc
+    from pathstrat.mil import build_model
+    from pathstrat.mil.losses import make_loss
+    from pathstrat.mil.targets import TargetSpec
+    from pathstrat.training import BagDataset, TrainParams, evaluate, fit, make_loader, set_seed
+
+    spec = TargetSpec("y", "binary", classes=[0, 1])
+    results = {}
+    for split, train in (("train", True), ("test", False)):
+        bags, y = make_poison_bags(n_bags, dim=dim, seed=seed + (0 if train else 1), train=train)
+        results[split] = (_memory_store(bags), y)
+    set_seed(seed)
+    net = build_model(model, dim, {"y": 1}, **hparams)
+    (tr_store, ytr), (te_store, yte) = results["train"], results["test"]
+    loss = make_loss([spec])
+    loader = make_loader(BagDataset(tr_store, np.arange(len(ytr)), {"y": ytr}, train=True, seed=seed),
+                         8, shuffle=True, seed=seed)
+    fit(net, loader, None, loss, TrainParams(epochs=epochs, lr=3e-3, device="cpu"))
+    with torch.no_grad():
+        tr = evaluate(net, make_loader(BagDataset(tr_store, np.arange(len(ytr)), {"y": ytr}), 16))
+        te = evaluate(net, make_loader(BagDataset(te_store, np.arange(len(yte)), {"y": yte}), 16))
+    a_tr = auroc(ytr[tr.index], tr.outputs["y"][:, 0])
+    a_te = auroc(yte[te.index], te.outputs["y"][:, 0])
+    return {"model": model, "train_auroc": a_tr, "test_auroc": a_te, "passed": bool(a_te >= threshold)}
+
+
+def _memory_store(bags):
+    """A BagStore over in-memory arrays (no files)."""
+    import torch
+
+    from pathstrat.training.data import Bag, BagStore
+
+    items = [Bag(f"b{i}", f"b{i}", [f"b{i}"], torch.from_numpy(x),
+                 np.zeros((len(x), 2), np.int64), [0, len(x)]) for i, x in enumerate(bags)]
+    table = pd.DataFrame({"slide_id": [b.key for b in items], "patient_id": [b.key for b in items]})
+    return BagStore(items, table, int(bags[0].shape[1]), None)

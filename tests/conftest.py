@@ -76,3 +76,28 @@ def write_aperio_tiff(path: Path, rgb: np.ndarray, *, mpp: float | None = 0.25,
 def aperio_tiff():
     """The :func:`write_aperio_tiff` writer (path, rgb, mpp=0.25, factors=(4, 4), tile=256)."""
     return write_aperio_tiff
+
+
+# -- pipeline fixtures (issue 6): one small cohort and one uninterrupted run, shared by
+#    tests/test_runner.py and tests/test_crash.py so the expensive run happens once per session.
+
+@pytest.fixture(scope="session")
+def small_cohort(tmp_path_factory) -> Path:
+    """Manifest of 12 generated slides plus bad/no-MPP/no-tissue/missing slides when available."""
+    from _pipeline_helpers import make_small_cohort
+
+    d = _slides_dir()
+    return make_small_cohort(tmp_path_factory.mktemp("small_cohort"), d if d.is_dir() else None)
+
+
+@pytest.fixture(scope="session")
+def small_run(small_cohort, tmp_path_factory):
+    """(config path, RunSummary) of one uninterrupted local `pathstrat run` on the small cohort."""
+    from _pipeline_helpers import write_config
+
+    from pathstrat.config import load_config
+    from pathstrat.runner import run_pipeline
+
+    d = tmp_path_factory.mktemp("small_run")
+    cfg_path = write_config(d / "config.yaml", small_cohort, d / "run")
+    return cfg_path, run_pipeline(load_config(cfg_path))

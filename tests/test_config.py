@@ -49,7 +49,7 @@ def test_example_cohort_documents_every_key():
     """Each key of the schema appears in the example template (a documented study template)."""
     text = (ROOT / "configs" / "example_cohort.yaml").read_text()
     cfg = load_config(ROOT / "configs" / "example_cohort.yaml")
-    assert cfg.embed.encoder == "uni2-h" and cfg.tiling.target_mpp == 0.5
+    assert cfg.embed.encoder_id == "uni2_h" and cfg.tiling.target_mpp == 0.5
     assert cfg.train.model == "abmil" and {"responder", "survival"} <= set(cfg.train.targets)
     assert cfg.stratify.arm_col and cfg.stratify.covariates and cfg.select is not None
 
@@ -128,3 +128,12 @@ def test_apply_override_creates_sections():
     raw: dict = {}
     apply_override(raw, "executor.ray.num_gpus=1")
     assert raw == {"executor": {"ray": {"num_gpus": 1}}}
+
+
+def test_unknown_encoder_and_train_values_fail_before_any_work(tmp_path: Path):
+    with pytest.raises(ConfigError, match="Did you mean: uni2_h"):
+        load_config(_write(tmp_path, {**MINIMAL, "embed": {"encoder_id": "uni2-h"}}))
+    with pytest.raises(ConfigError, match="folds"):
+        load_config(_write(tmp_path, MINIMAL), ["train.folds=0"])
+    with pytest.raises(ConfigError, match="Did you mean 'train.patience'"):
+        load_config(_write(tmp_path, MINIMAL), ["train.patiance=3"])

@@ -246,3 +246,61 @@ def test_missing_submitit_names_the_extra(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "submitit", None)
     with pytest.raises(MissingDependencyError, match=r"pathstrat\[slurm\]"):
         SlurmExecutor(tmp_path)
+
+
+# ------------------------------------------------------------- whole pipeline through the engines
+
+def _same_features_and_failures(ref_run: Path, run: Path) -> None:
+    from pathstrat.io import read_failures
+
+    fa = sorted((ref_run / "features" / "builtin").glob("*.h5"))
+    fb = sorted((run / "features" / "builtin").glob("*.h5"))
+    assert [p.name for p in fa] == [p.name for p in fb] and len(fa) >= 12
+    for a, b in zip(fa, fb, strict=True):
+        with h5py.File(a) as x, h5py.File(b) as y:
+            np.testing.assert_array_equal(x["features"][:], y["features"][:])
+            np.testing.assert_array_equal(x["coords"][:], y["coords"][:])
+    key = lambda r: (r["stage"], r["slide_id"], r["error_type"])  # noqa: E731
+    assert sorted(map(key, read_failures(ref_run / "failures.csv"))) == \
+        sorted(map(key, read_failures(run / "failures.csv")))
+
+
+@pytest.mark.slurm
+def test_slurm_pipeline_matches_local(slurm, small_run, tmp_path):
+    """`pathstrat run --executor slurm`: tile array, embed array, training as a dependent job."""
+    from pathstrat.config import load_config
+    from pathstrat.runner import run_pipeline
+
+    cfg_path, ref = small_run
+    cfg = load_config(cfg_path, [f"out_dir={tmp_path / 'run'}", "stages=[tile, embed, train]",
+                                 "executor.slurm.cpus_per_task=1", "executor.slurm.mem_gb=2",
+                                 "executor.slurm.poll_s=0.3", "executor.slurm.max_array_tasks=3"])
+    summary = run_pipeline(cfg, executor="slurm")
+    status = {s.name: s.status for s in summary.stages}
+    assert status["train"] == "done" and status["embed"] in ("done", "failed-slides")
+    embed = next(s for s in summary.stages if s.name == "embed")
+    assert embed.detail.startswith("3 task(s)")
+    run = summary.run_dir
+    _same_features_and_failures(ref.run_dir, run)
+    pd.testing.assert_frame_equal(pd.read_csv(ref.run_dir / "predictions.csv"),
+                                  pd.read_csv(run / "predictions.csv"))
+    assert (run / "metrics.json").read_text() == (ref.run_dir / "metrics.json").read_text()
+    # the training job ran inside Slurm (its log lines are in the run log) after the array
+    log = (run / "pipeline.log").read_text()
+    assert "after array" in log and "stage train: done" in log
+    assert summary.exit_code == 3  # the bad slides of the small cohort
+
+
+@pytest.mark.ray
+def test_ray_pipeline_tile_and_embed_match_local(small_run, tmp_path):
+    pytest.importorskip("ray")
+    from pathstrat.config import load_config
+    from pathstrat.runner import run_pipeline
+
+    _by_value()
+    cfg_path, ref = small_run
+    cfg = load_config(cfg_path, [f"out_dir={tmp_path / 'run'}", "stages=[tile, embed]",
+                                 "executor.ray.local_num_cpus=2", "executor.ray.actors=2"])
+    summary = run_pipeline(cfg, executor="ray")
+    assert [s.name for s in summary.stages] == ["tile", "embed"]
+    _same_features_and_failures(ref.run_dir, summary.run_dir)

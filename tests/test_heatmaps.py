@@ -52,11 +52,14 @@ def test_read_values_infers_tile_size_and_averages_folds(tmp_path):
     tv = H.read_tile_values(p, slide_id="s")
     assert tv.tile_size_level0 == TILE0 and tv.tile_px == H.DEFAULT_TILE_PX
     maps = H.pick_values(tv)
-    assert set(maps) == {"attention", "scores/os"}
+    assert set(maps) == {"attention"}  # the model's attention by default, folds averaged
     assert np.allclose(maps["attention"], 0.5)
-    assert set(H.pick_values(tv, "os")) == {"scores/os"}
+    assert set(H.pick_values(tv, "os")) == {"scores/os"}  # per-target tile scores
+    assert set(H.pick_values(tv, "msi")) == {"attention"}  # shared attention serves every head
+    only_scores = H.TileValues("s", c, {"scores/os": np.ones(len(c))}, 128.0, 224)
+    assert set(H.pick_values(only_scores)) == {"scores/os"}
     with pytest.raises(Exception, match="available"):
-        H.pick_values(tv, "msi")
+        H.pick_values(only_scores, "msi")
 
 
 def test_value_grid_places_tiles_in_thumbnail_pixels():
@@ -129,14 +132,20 @@ def test_heatmap_cli_exit_3_on_failed_slide(tmp_path):
     slide = make_tiff(tmp_path / "slide.tiff")
     run = tmp_path / "run"
     c = grid_coords()
-    write_attention(run / "attention" / "s1.h5", c, {"attention": np.arange(len(c), dtype=float)})
+    # attention file as `pathstrat train` writes it: no geometry attrs; geometry in the features file
+    write_attention(run / "attention" / "s1.h5", c, {"attention": np.arange(len(c), dtype=float)},
+                    model="abmil", fold=0)
+    write_attention(tmp_path / "features" / "s1.h5", c, {"features": np.zeros((len(c), 4))},
+                    tile_size_level0=120.0, tile_px=32)
     pd.DataFrame({"slide_id": ["s1", "s2"], "path": [str(slide)] * 2}).to_csv(tmp_path / "m.csv", index=False)
+    (run / "config.yaml").write_text(f"features: {tmp_path / 'features'}\nmanifest: {tmp_path / 'm.csv'}\n")
     from pathstrat.cli import main
 
-    rc = main(["heatmap", "--run", str(run), "--manifest", str(tmp_path / "m.csv"), "--slides",
-               "s1,s2", "--top-k", "2", "--out", str(tmp_path / "hm")])
+    rc = main(["heatmap", "--run", str(run), "--slides", "s1,s2", "--top-k", "2",
+               "--out", str(tmp_path / "hm")])  # manifest from the run config
     assert rc == 3
     assert (tmp_path / "hm" / "s1__attention.png").exists()
+    assert pd.read_csv(tmp_path / "hm" / "index.csv").tile_size_level0.tolist() == [120.0]
     assert pd.read_csv(tmp_path / "hm" / "failures.csv").slide_id.tolist() == ["s2"]
 
 
@@ -148,3 +157,26 @@ def test_heatmap_on_real_slide(tmp_path, real_slide):
     rows = H.slide_heatmaps(path, tv, tmp_path, top_k=2, max_thumb_px=400)
     assert rows[0]["thumb_mpp"] == pytest.approx(2967 * 0.499 / 400, rel=0.02)
     assert Image.open(tmp_path / rows[0]["tiles_png"]).size[0] > 100
+
+
+def test_heatmap_never_touches_label_or_macro(tmp_path, monkeypatch):
+    """A synthetic Aperio slide with label/macro images: drawing never reads associated images."""
+    synthetic = pytest.importorskip("pathstrat.synthetic")
+    import openslide
+    import openslide.lowlevel
+
+    s = synthetic.make_slide(tmp_path / "syn.svs", width=1024, height=768, mpp=0.5, seed=3,
+                             associated=True)
+
+    def forbidden(*_a, **_k):
+        raise AssertionError("label/macro/associated image accessed")
+
+    # names may be listed; pixels of associated images must never be decoded
+    monkeypatch.setattr(openslide.lowlevel, "read_associated_image", forbidden)
+    monkeypatch.setattr(openslide.OpenSlide, "get_thumbnail", forbidden)
+    c = grid_coords()
+    tv = H.TileValues("syn", c, {"attention": c[:, 1].astype(float)}, float(TILE0), 64)
+    rows = H.slide_heatmaps(s.path, tv, tmp_path / "out", top_k=2)
+    assert rows[0]["thumb_mpp"] == pytest.approx(0.5)  # 1024 px wide: thumbnail at level 0 mpp
+    heat = np.asarray(Image.open(tmp_path / "out" / rows[0]["heatmap_png"]).convert("RGB"))
+    assert heat.std() > 10

@@ -178,6 +178,17 @@ def test_train_scores_are_used_and_leakage_refused():
         S.oof_risk_groups(pts, "median", train_scores=tr.assign(patient_id=["a", "d", "a", "b"]))
 
 
+def test_external_cohort_cutoff_from_development_scores():
+    ext = pd.DataFrame({"patient_id": ["x", "y", "z"], "score": [0.1, 0.5, 0.9]})
+    dev = pd.DataFrame({"patient_id": ["a", "a", "b", "c"], "fold": [0, 0, 1, 1],
+                        "score": [0.0, 0.2, 0.8, 0.3]})  # patient means 0.1, 0.8, 0.3 -> median 0.3
+    groups, info = S.oof_risk_groups(ext, "median", train_scores=dev)
+    assert info == {"method": "median", "source": "development", "n_cutoffs": 1, "cutoffs": [0.3]}
+    assert groups.tolist() == [0, 1, 1]
+    with pytest.raises(LeakageError):
+        S.oof_risk_groups(ext, "median", train_scores=dev.assign(patient_id=["a", "a", "b", "x"]))
+
+
 def test_fixed_and_tertile_cutoffs():
     pts = pd.DataFrame({"patient_id": list("abcdef"), "score": [0.1, 0.2, 0.5, 0.6, 0.9, 1.0]})
     g, info = S.oof_risk_groups(pts, S.parse_cutoff("0.5"))

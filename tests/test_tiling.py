@@ -21,8 +21,17 @@ from hypothesis import strategies as st
 from pathstrat.errors import ConfigError, EmptyTissueError, MissingMPPError, SchemaError
 from pathstrat.io import TMP_PREFIX, read_failures
 from pathstrat.slide import open_slide
-from pathstrat.tiling import (TILES_SCHEMA, TilingParams, compute_grid, grid_coords, read_tiles,
-                              tile_cohort, tile_slide, tiles_file_reusable, tissue_fractions)
+from pathstrat.tiling import (
+    TILES_SCHEMA,
+    TilingParams,
+    compute_grid,
+    grid_coords,
+    read_tiles,
+    tile_cohort,
+    tile_slide,
+    tiles_file_reusable,
+    tissue_fractions,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 CMU = "cmu-1-small-region.svs"
@@ -82,13 +91,13 @@ def tile_truth_fraction(mask: np.ndarray, coords: np.ndarray, size: float) -> np
 
 # -- grid properties (hypothesis) ---------------------------------------------------------------
 @settings(max_examples=150, deadline=None)
-@given(w=st.integers(1, 5000), h=st.integers(1, 5000), size=st.floats(1, 900),
-       overlap=st.floats(0, 0.95))
+@given(w=st.integers(1, 3000), h=st.integers(1, 3000), size=st.floats(1, 900),
+       overlap=st.floats(0, 0.9))
 def test_grid_properties(w, h, size, overlap):
-    stride = max(1.0, size * (1 - overlap))
+    stride = max(1.0, size * (1 - overlap), size / 64)  # keeps grids under ~10^6 tiles
     c = grid_coords(w, h, size, stride)
     assert c.dtype == np.int64 and c.shape[1] == 2
-    assert len(np.unique(c, axis=0)) == len(c)  # no duplicates
+    assert len(np.unique(c[:, 1] * (w + 1) + c[:, 0])) == len(c)  # no duplicates
     if len(c):
         assert c.min() >= 0
         assert (c[:, 0] + size <= w + 1e-6).all() and (c[:, 1] + size <= h + 1e-6).all()
@@ -118,29 +127,25 @@ def test_tissue_fraction_equals_block_mean_when_aligned(seed, ds, tile_mask_px):
 
 
 @settings(max_examples=100, deadline=None)
-@given(seed=st.integers(0, 10_000), ds=st.floats(1.3, 20), size=st.floats(3, 300))
-def test_tissue_fraction_conserves_tissue_area(seed, ds, size):
-    """Non-overlapping tiles partition the grid extent: sum(fraction * area) = mask area there."""
+@given(seed=st.integers(0, 10_000), ds=st.floats(1.3, 20), size=st.floats(3, 300),
+       stride_frac=st.floats(0.3, 1.0))
+def test_tissue_fraction_matches_supersampled_reference(seed, ds, size, stride_frac):
+    """Fractional mask pixels per tile: compare with a 64 x 64 midpoint-rule integral."""
     rng = np.random.default_rng(seed)
     mask = rng.random((25, 35)) < 0.4
-    w0, h0 = 35 * ds, 25 * ds
-    coords = grid_coords(int(w0), int(h0), size, size)
+    coords = grid_coords(int(35 * ds), int(25 * ds), size, max(1.0, size * stride_frac))
     if len(coords) == 0:
         return
+    coords = coords[rng.choice(len(coords), min(40, len(coords)), replace=False)]
     frac = tissue_fractions(mask, coords, size, (ds, ds))
-    assert ((frac >= 0) & (frac <= 1)).all()
-    # reference: supersample the mask at 0.25 level-0 px inside the tiles' union
-    gx0, gy0 = coords[:, 0].min(), coords[:, 1].min()
-    xs = np.unique(coords[:, 0])
-    ys = np.unique(coords[:, 1])
-    if len(xs) > 1 and np.any(np.diff(xs) != np.diff(xs)[0]):
-        return  # floor() steps of a fractional stride leave sub-pixel gaps; checked elsewhere
-    ext_x, ext_y = xs[-1] + size - gx0, ys[-1] + size - gy0
-    sx = np.arange(gx0, gx0 + ext_x, 0.25) + 0.125
-    sy = np.arange(gy0, gy0 + ext_y, 0.25) + 0.125
-    sub = mask[np.clip((sy / ds).astype(int), 0, 24)][:, np.clip((sx / ds).astype(int), 0, 34)]
-    expected = sub.sum() * 0.0625
-    assert (frac * size * size).sum() == pytest.approx(expected, rel=0.02, abs=size * size * 0.01)
+    off = (np.arange(64) + 0.5) / 64 * size
+    for (x, y), f in zip(coords, frac, strict=True):
+        iy = np.clip(((y + off) / ds).astype(int), 0, 24)
+        ix = np.clip(((x + off) / ds).astype(int), 0, 34)
+        ref = mask[iy][:, ix].mean()
+        # midpoint rule error: at most 1/64 of the tile per mask edge crossing each axis
+        crossings = int(np.ceil(size / ds)) + 1
+        assert abs(f - ref) <= 2 * crossings / 64 + 1e-6
 
 
 def test_sub_pixel_stride_is_rejected():

@@ -10,8 +10,7 @@ import pytest
 
 from pathstrat.errors import EmptyTissueError
 from pathstrat.slide import open_slide
-from pathstrat.tissue import (TissueMask, detect_tissue, draw_qc, mask_to_polygons,
-                              tissue_from_rgb)
+from pathstrat.tissue import TissueMask, detect_tissue, draw_qc, mask_to_polygons, tissue_from_rgb
 
 PINK = (222, 140, 192)
 PURPLE = (160, 100, 190)

@@ -22,7 +22,7 @@ def register(app: typer.Typer) -> None:
         arm_col: str = typer.Option(None, "--arm-col", help="Treatment arm column (2 levels) for score x arm."),
         covariates: str = typer.Option("", "--covariates", help="Comma-separated covariates for multivariable Cox."),
         target: str = typer.Option(None, "--target", help="Target to use when predictions hold several."),
-        train_scores: Path = typer.Option(None, "--train-scores", help="Training-fold scores (default: train_scores.csv beside predictions, else other folds' OOF scores)."),
+        train_scores: Path = typer.Option(None, "--train-scores", help="Scores the cut-off is fitted on: per-fold training scores (default: train_scores.csv beside predictions, else other folds' OOF scores), or a development cohort's predictions when --predictions has no folds."),
         times: str = typer.Option("", "--times", help="Comma-separated times for time-dependent AUC (default: event-time quartiles)."),
         n_boot: int = typer.Option(500, "--n-boot", help="Bootstrap resamples for CIs."),
         seed: int = typer.Option(0, "--seed"),
@@ -69,7 +69,7 @@ def register(app: typer.Typer) -> None:
     @app.command("heatmap")
     def heatmap_cmd(
         run: Path = typer.Option(..., "--run", help="Run directory with attention/<slide_id>.h5."),
-        manifest: Path = typer.Option(..., "--manifest", help="Manifest with slide paths."),
+        manifest: Path = typer.Option(None, "--manifest", help="Manifest with slide paths (default: the run config's manifest)."),
         out: Path = typer.Option(None, "--out", help="Output folder (default RUNDIR/heatmaps)."),
         slides: str = typer.Option("", "--slides", help="Comma-separated slide ids (default: highest/lowest-scored patients)."),
         target: str = typer.Option(None, "--target", help="Only value maps of this target."),
@@ -94,8 +94,9 @@ def register(app: typer.Typer) -> None:
         manifest: Path = typer.Option(None, "--manifest", help="Manifest, for the cohort flow counts."),
         out: Path = typer.Option(None, "--out", help="HTML file (default RUNDIR/report.html)."),
         n_boot: int = typer.Option(200, "--n-boot", help="Bootstrap resamples for curve bands."),
+        compute: bool = typer.Option(True, "--compute/--no-compute", help="Compute missing survival/selection outputs with defaults."),
     ) -> None:
         """One self-contained report.html (images embedded, opens offline)."""
         from pathstrat.report import build_report
 
-        typer.echo(str(build_report(run, manifest=manifest, out=out, n_boot=n_boot)))
+        typer.echo(str(build_report(run, manifest=manifest, out=out, n_boot=n_boot, compute=compute)))

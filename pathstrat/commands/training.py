@@ -1,9 +1,96 @@
-"""CLI commands of this stage (see pathstrat.cli for conventions)."""
+"""`pathstrat train` and `pathstrat predict` (see pathstrat.cli for conventions)."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
 
 import typer
 
 
 def register(app: typer.Typer) -> None:
     """Add this stage's commands to the app."""
+
+    @app.command("train")
+    def train(
+        features: Path = typer.Option(None, "--features", help="Folder of <slide_id>.h5 feature files."),
+        manifest: Path = typer.Option(None, "--manifest", help="Cohort manifest (CSV/Parquet)."),
+        target: list[str] = typer.Option([], "--target", help="Label column (repeat for multi-task); "
+                                         "'a,b' multi-label; 'col:regression' forces a kind; "
+                                         "'survival' with --time-col/--event-col."),
+        model: str = typer.Option("abmil", "--model", help="MIL model (see --list-models)."),
+        folds: int = typer.Option(5, "--folds", help="Cross-validation folds (by patient)."),
+        repeats: int = typer.Option(1, "--repeats", help="Repeats of the K-fold with other seeds."),
+        seed: int = typer.Option(0, "--seed"),
+        out: Path = typer.Option(None, "--out", help="Run directory to write."),
+        time_col: Optional[str] = typer.Option(None, "--time-col", help="Survival time column."),  # noqa: UP045
+        event_col: Optional[str] = typer.Option(None, "--event-col", help="Survival event column (1 = event)."),  # noqa: UP045
+        survival_loss: str = typer.Option("cox", "--survival-loss", help="cox | discrete."),
+        split_col: Optional[str] = typer.Option(None, "--split-col", help="Fixed train/val/test column instead of K-fold."),  # noqa: UP045
+        level: str = typer.Option("slide", "--level", help="slide | patient (all slides of a patient in one bag)."),
+        epochs: int = typer.Option(30, "--epochs"),
+        max_tiles: int = typer.Option(1024, "--max-tiles", help="Tiles sampled per bag in training (0 = all)."),
+        batch_size: int = typer.Option(8, "--batch-size"),
+        lr: float = typer.Option(2e-4, "--lr"),
+        device: str = typer.Option("auto", "--device"),
+        config: Optional[Path] = typer.Option(None, "--config", help="YAML with the same keys (CLI flags win)."),  # noqa: UP045
+        hparam: list[str] = typer.Option([], "--hparam", help="Model hyperparameter key=value (repeatable)."),
+        list_models: bool = typer.Option(False, "--list-models", help="Print the MIL model registry and exit."),
+    ) -> None:
+        """Cross-validated MIL training with patient-grouped folds; writes RUNDIR."""
+        if list_models:
+            from pathstrat.mil import MODELS
+
+            for _, spec in MODELS.items():
+                typer.echo(json.dumps(spec.describe()))
+            return
+        import yaml
+
+        from pathstrat.errors import ConfigError
+        from pathstrat.train import TrainConfig, train_cv
+
+        base = yaml.safe_load(config.read_text()) if config else {}
+        given = {"features": features, "manifest": manifest, "targets": target or None,
+                 "out": out, "time_col": time_col, "event_col": event_col, "split_col": split_col}
+        cli = {k: (str(v) if isinstance(v, Path) else v) for k, v in given.items() if v is not None}
+        cli.update(model=model, folds=folds, repeats=repeats, seed=seed, survival_loss=survival_loss,
+                   level=level, epochs=epochs, max_tiles=max_tiles or None, batch_size=batch_size,
+                   lr=lr, device=device)
+        hp = dict(base.get("hparams", {}))
+        for kv in hparam:
+            k, sep, v = kv.partition("=")
+            if not sep:
+                raise ConfigError(f"--hparam '{kv}' must be key=value, e.g. --hparam dim=256.")
+            hp[k] = yaml.safe_load(v)
+        try:
+            cfg = TrainConfig(**{**base, **cli, "hparams": hp})
+        except Exception as exc:  # pydantic ValidationError -> one clear line
+            raise ConfigError(f"Invalid training configuration: {exc}") from exc
+        run = train_cv(cfg)
+        typer.echo(f"run written to {run}")
+        metrics = json.loads((run / "metrics.json").read_text())
+        for tgt, ms in metrics.items():
+            parts = [f"{m}={v['mean']:.3f} [{v['ci_low']:.3f}, {v['ci_high']:.3f}]"
+                     for m, v in ms.items() if m in ("auroc", "accuracy", "c_index", "pearson_r", "mae")
+                     and v["mean"] is not None]
+            typer.echo(f"{tgt}: " + ", ".join(parts))
+        if (run / "failures.csv").exists():
+            raise typer.Exit(3)
+
+    @app.command("predict")
+    def predict(
+        run: Path = typer.Option(..., "--run", help="Run directory from `pathstrat train`."),
+        features: Path = typer.Option(..., "--features", help="Folder of <slide_id>.h5 feature files."),
+        manifest: Path = typer.Option(..., "--manifest", help="Cohort manifest (CSV/Parquet)."),
+        out: Path = typer.Option(..., "--out", help="Output folder."),
+        allow_overlap: bool = typer.Option(False, "--allow-overlap", help="Predict patients that were in training."),
+        device: str = typer.Option("auto", "--device"),
+    ) -> None:
+        """Ensemble of a run's fold models on a new cohort (refuses training patients)."""
+        from pathstrat.train import predict as run_predict
+
+        dest = run_predict(run, features, manifest, out, allow_overlap=allow_overlap, device=device)
+        typer.echo(f"predictions written to {dest / 'predictions.csv'}")
+        if (dest / "failures.csv").exists():
+            raise typer.Exit(3)

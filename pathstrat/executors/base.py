@@ -77,8 +77,23 @@ class SlideWork(abc.ABC):
                                 time.perf_counter() - t0)
         return SlideOutcome(sid, path, True, res, seconds=time.perf_counter() - t0)
 
-    def __call__(self, rows: Sequence[dict[str, Any]]) -> list[SlideOutcome]:
-        return [self.run_one(r) for r in rows]
+    def run_item(self, item: dict[str, Any]) -> list[SlideOutcome]:
+        """Outcomes of one unit of work: a manifest row here; a shard of slides for some stages."""
+        return [self.run_one(item)]
+
+    @staticmethod
+    def item_slides(item: dict[str, Any]) -> list[tuple[str, str]]:
+        """(slide_id, path) of every slide an item covers (to report them when its task dies)."""
+        if "slides" in item:
+            return [(str(s), str(p)) for s, p in item["slides"]]
+        return [(str(item["slide_id"]), str(item.get("path", "")))]
+
+    def items(self, rows: Sequence[dict[str, Any]], n_workers: int) -> list[dict[str, Any]]:
+        """Units of work for ``rows`` given how many workers will run them (default: one per row)."""
+        return list(rows)
+
+    def __call__(self, items: Sequence[dict[str, Any]]) -> list[SlideOutcome]:
+        return [o for it in items for o in self.run_item(it)]
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -147,9 +162,8 @@ class Executor(abc.ABC):
 EXECUTORS: Registry[Callable[..., Executor]] = Registry("executor")
 
 
-def outcomes_for_missing(rows: Sequence[dict[str, Any]], outcomes: list[SlideOutcome],
-                         reason: str) -> list[SlideOutcome]:
-    """Failed outcomes for rows that have none (their task died without a result)."""
-    seen = {o.slide_id for o in outcomes}
-    return [SlideOutcome(str(r["slide_id"]), str(r.get("path", "")), False, None, "TaskFailed", reason)
-            for r in rows if str(r["slide_id"]) not in seen]
+def failed_outcomes(work: SlideWork, items: Sequence[dict[str, Any]], error_type: str,
+                    reason: str) -> list[SlideOutcome]:
+    """One failed outcome per slide of ``items`` (their task died without a result)."""
+    return [SlideOutcome(sid, path, False, None, error_type, reason)
+            for it in items for sid, path in work.item_slides(it)]

@@ -24,11 +24,12 @@ class LocalExecutor(Executor):
 
     def map_slides(self, work: SlideWork, rows: Sequence[dict[str, Any]]) -> MapResult:
         outcomes = []
-        with Progress(len(rows), work.stage) as bar:
-            for row in rows:
-                outcomes.append(work.run_one(row))
+        items = work.items(rows, 1)
+        with Progress(len(items), work.stage) as bar:
+            for item in items:
+                outcomes.extend(work.run_item(item))
                 bar.update(1)
-        return MapResult(outcomes, n_tasks=1 if rows else 0)
+        return MapResult(outcomes, n_tasks=len(items))
 
 
 EXECUTORS.add("local", LocalExecutor)

@@ -14,7 +14,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from pathstrat.errors import import_optional
-from pathstrat.executors.base import EXECUTORS, Executor, MapResult, SlideOutcome, SlideWork
+from pathstrat.executors.base import (
+    EXECUTORS,
+    Executor,
+    MapResult,
+    SlideOutcome,
+    SlideWork,
+    failed_outcomes,
+)
 from pathstrat.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -30,8 +37,8 @@ class _SlideActor:
         self.work.setup()
         self.work._ready = True
 
-    def run(self, row: dict[str, Any]) -> SlideOutcome:
-        return self.work.run_one(row)
+    def run(self, item: dict[str, Any]) -> list[SlideOutcome]:
+        return self.work.run_item(item)
 
 
 class RayExecutor(Executor):
@@ -72,34 +79,35 @@ class RayExecutor(Executor):
         actor_cls = ray.remote(num_cpus=self.num_cpus, num_gpus=gpus, max_restarts=1,
                                max_task_retries=1)(_SlideActor)
         n = self._pool_size(work, len(rows))
+        queue = work.items(rows, n)
+        n = min(n, len(queue))
         idle = [actor_cls.remote(work) for _ in range(n)]
-        queue = list(rows)
         running: dict[Any, tuple[Any, dict[str, Any]]] = {}
         outcomes: list[SlideOutcome] = []
         failed: list[str] = []
-        with Progress(len(rows), f"{work.stage} (ray, {n} actors)") as bar:
+        with Progress(len(queue), f"{work.stage} (ray, {n} actors)") as bar:
             while queue or running:
                 while idle and queue:
-                    actor, row = idle.pop(), queue.pop(0)
-                    running[actor.run.remote(row)] = (actor, row)
+                    actor, item = idle.pop(), queue.pop(0)
+                    running[actor.run.remote(item)] = (actor, item)
                 done, _ = ray.wait(list(running), num_returns=1)
-                actor, row = running.pop(done[0])
+                actor, item = running.pop(done[0])
                 try:
-                    outcomes.append(ray.get(done[0]))
+                    outcomes.extend(ray.get(done[0]))
                 except ray.exceptions.RayError as exc:
-                    # Ray already retried the slide once on a restarted actor; record it and
-                    # replace the actor, whose restarts may be used up.
+                    # Ray already retried the item once on a restarted actor; record its slides
+                    # and replace the actor, whose restarts may be used up.
                     why = " ".join(str(exc).split())[:500]
-                    failed.append(f"{row['slide_id']}: {why}")
-                    outcomes.append(SlideOutcome(str(row["slide_id"]), str(row.get("path", "")), False,
-                                                 None, "RayTaskFailed", f"Ray actor died twice: {why}"))
+                    failed.append(f"{item.get('slide_id', item.get('name'))}: {why}")
+                    outcomes.extend(failed_outcomes(work, [item], "RayTaskFailed",
+                                                    f"Ray actor died twice: {why}"))
                     ray.kill(actor)
                     actor = actor_cls.remote(work)
                 idle.append(actor)
                 bar.update(1)
         for a in idle:
             ray.kill(a)
-        return MapResult(outcomes, failed, n_tasks=len(rows), retried_tasks=len(failed))
+        return MapResult(outcomes, failed, n_tasks=n, retried_tasks=len(failed))
 
     def close(self) -> None:
         if self._started and self.ray.is_initialized():

@@ -28,6 +28,7 @@ from pathstrat.executors.base import (
     SlideOutcome,
     SlideWork,
     chunk_rows,
+    failed_outcomes,
 )
 
 log = logging.getLogger(__name__)
@@ -164,7 +165,7 @@ class SlurmExecutor(Executor):
     # -- the contract -------------------------------------------------------------------------------
     def _run_array(self, work: SlideWork, rows: Sequence[dict[str, Any]],
                    then: Callable[[], Any] | None) -> tuple[MapResult, Any]:
-        chunks = chunk_rows(rows, self.max_array_tasks)
+        chunks = chunk_rows(work.items(rows, self.max_array_tasks), self.max_array_tasks)
         outcomes: list[SlideOutcome] = []
         failed_tasks: list[str] = []
         retried = 0
@@ -201,8 +202,7 @@ class SlurmExecutor(Executor):
                 log.error("%s: %d Slurm task(s) failed again and are listed in failures.csv: %s",
                           work.stage, len(failed), "; ".join(listing))
                 for chunk, _jid, why in failed:
-                    outcomes.extend(SlideOutcome(str(r["slide_id"]), str(r.get("path", "")), False,
-                                                 None, "SlurmTaskFailed", why) for r in chunk)
+                    outcomes.extend(failed_outcomes(work, chunk, "SlurmTaskFailed", why))
                 todo = []
         return MapResult(outcomes, failed_tasks, n_tasks=len(chunks), retried_tasks=retried), follow
 

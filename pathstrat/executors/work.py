@@ -8,10 +8,12 @@ exactly these functions, local, Slurm and Ray runs write identical files.
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pathstrat.executors.base import Resources, SlideWork
+from pathstrat.executors.base import Resources, SlideOutcome, SlideWork
 
 
 def _mpp(row: dict[str, Any]) -> float | None:
@@ -45,29 +47,86 @@ class TileWork(SlideWork):
 
 
 class EmbedWork(SlideWork):
-    """Embed one slide's tiles with an encoder built once per process/actor."""
+    """Embed shards of a cohort with ``embed.embed_cohort(shard=(i, N), encoder=...)``.
+
+    The encoder is built once per process/actor (``setup``) and passed to the stage function;
+    units of work are the stage's own deterministic shards (per-shard failure files, so
+    concurrent tasks never write the same file). The manifest is read from a CSV on shared
+    storage rather than shipped with every task.
+    """
 
     stage = "embed"
-    _transient = ("_encoder",)
+    _transient = ("_encoder", "_df")
 
-    def __init__(self, tiles_dir: str | Path, out_dir: str | Path, encoder: str, *,
-                 weights: str | None = None, batch_size: int = 64, workers: int = 0,
-                 device: str = "auto", views: int = 1, gpus: float = 0) -> None:
+    def __init__(self, manifest_csv: str | Path, tiles_dir: str | Path, out_dir: str | Path,
+                 encoder_id: str, *, weights: str | None = None, batch_size: int = 64,
+                 workers: int = 0, device: str = "auto", views: int = 0, dtype: str | None = None,
+                 seed: int = 0, gpus: float = 0, shards_per_worker: int = 4) -> None:
         super().__init__()
-        self.tiles_dir, self.out_dir = str(tiles_dir), str(out_dir)
-        self.encoder, self.weights = encoder, weights
-        self.batch_size, self.workers, self.device, self.views = batch_size, workers, device, views
+        self.manifest_csv, self.tiles_dir, self.out_dir = str(manifest_csv), str(tiles_dir), str(out_dir)
+        self.encoder_id, self.weights = encoder_id, weights
+        self.batch_size, self.workers, self.device = batch_size, workers, device
+        self.views, self.dtype, self.seed = views, dtype, seed
+        self.shards_per_worker = shards_per_worker
         self.resources = Resources(cpus=max(1, workers), gpus=gpus)
         self._encoder = None
+        self._df = None
 
     def setup(self) -> None:
+        from pathstrat.encoders import build_encoder
+
+        self._encoder = build_encoder(self.encoder_id, weights=self.weights, device=self.device,
+                                      dtype=self.dtype, seed=self.seed)
+
+    def _manifest(self):
+        if self._df is None:
+            import pandas as pd
+
+            self._df = pd.read_csv(self.manifest_csv, dtype={"slide_id": str, "patient_id": str})
+        return self._df
+
+    def items(self, rows: Sequence[dict[str, Any]], n_workers: int) -> list[dict[str, Any]]:
+        """The stage's shards: at most ``n_workers`` x ``shards_per_worker`` (Ray) or one per task."""
+        from pathstrat.embed import shard_slides
+
+        if not rows:
+            return []
+        per = 1 if n_workers >= len(rows) else self.shards_per_worker
+        n = max(1, min(len(rows), n_workers * per))
+        ids = [str(r["slide_id"]) for r in rows]
+        path = {str(r["slide_id"]): str(r.get("path", "")) for r in rows}
+        return [{"name": f"shard {i}/{n}", "shard": (i, n),
+                 "slides": [(s, path[s]) for s in shard_slides(ids, (i, n))]} for i in range(n)]
+
+    def run_item(self, item: dict[str, Any]) -> list[SlideOutcome]:
         from pathstrat import embed
+        from pathstrat.io import read_failures
 
-        self._encoder = embed.load_encoder(self.encoder, weights=self.weights, device=self.device)
+        if not self._ready:
+            self.setup()
+            self._ready = True
+        t0 = time.perf_counter()
+        try:
+            res = embed.embed_cohort(self._manifest(), self.tiles_dir, self.out_dir, self.encoder_id,
+                                     encoder=self._encoder, batch_size=self.batch_size,
+                                     workers=self.workers, views=self.views, seed=self.seed,
+                                     shard=tuple(item["shard"]))
+        except Exception as exc:  # noqa: BLE001 - the whole shard failed: report its slides
+            why = " ".join(str(exc).split())
+            return [SlideOutcome(s, p, False, None, type(exc).__name__, why)
+                    for s, p in self.item_slides(item)]
+        dt = time.perf_counter() - t0
+        reasons = {r["slide_id"]: r for r in read_failures(res.failures_path)}
+        out = []
+        for sid, p in self.item_slides(item):
+            if sid in res.failed:
+                r = reasons.get(sid, {})
+                out.append(SlideOutcome(sid, p, False, None, r.get("error_type", "Error"),
+                                        r.get("reason", "embedding failed")))
+            else:
+                status = "skipped" if sid in res.skipped else "embedded"
+                out.append(SlideOutcome(sid, p, True, {"status": status}, seconds=dt))
+        return out
 
-    def process(self, row: dict[str, Any]) -> dict[str, Any] | None:
-        from pathstrat import embed
-
-        return embed.embed_slide(row, self.tiles_dir, self.out_dir, self._encoder,
-                                 batch_size=self.batch_size, workers=self.workers,
-                                 views=self.views)
+    def process(self, row: dict[str, Any]) -> dict[str, Any] | None:  # pragma: no cover
+        raise NotImplementedError("EmbedWork runs shards (run_item), not single rows")

@@ -39,8 +39,11 @@ class TargetDef(_Strict):
         """The TargetSpec of pathstrat.mil for this head."""
         from pathstrat.mil.targets import TargetSpec
 
+        classes = None if self.classes is None else list(self.classes)
+        if self.kind == "binary" and not classes:
+            classes = [0, 1]
         return TargetSpec(self.name, self.kind, list(self.columns), self.time_col, self.event_col,
-                          None if self.classes is None else list(self.classes), self.n_bins)
+                          classes, self.n_bins)
 
 
 class DPConfig(_Strict):

@@ -264,3 +264,14 @@ def head_metrics(spec, rows, score, y, score_bins: int) -> dict[str, Any]:
         out[f"{name}.c_index"] = M.harrell_c(t, e, score) if len(t) > 1 else nan
         out[f"{name}.n"] = int(np.isfinite(t).sum())
     return out
+
+
+def check_site(site: SiteConfig, fed: FederationConfig) -> dict[str, Any]:
+    """Run a site's join checks locally (before starting its SuperNode); raises SiteRefusedError.
+
+    Returns the aggregate statistics the site would share when joining.
+    """
+    local = LocalSite(site, fed)
+    stats, names = local.join_stats()
+    return {"site": site.name, "encoder_id": local.store.encoder_id, "feature_dim": local.store.dim,
+            **stats, **names}

@@ -55,6 +55,7 @@ class RunContext:
         self._manifest = None
         self._manifest_hash: str | None = None
         self.hashes: dict[str, str] = {}
+        self._executor = None
 
     # -- paths ---------------------------------------------------------------------------------
     @property
@@ -63,7 +64,7 @@ class RunContext:
 
     @property
     def features_dir(self) -> Path:
-        return Path(self.cfg.features_root) / "features" / self.cfg.embed.encoder
+        return Path(self.cfg.features_root) / "features" / self.cfg.embed.encoder_id
 
     @property
     def cohort_manifest(self) -> Path:
@@ -121,9 +122,17 @@ class RunContext:
             "seconds": round(report.seconds, 2), "n_failed": report.n_failed})
 
     def executor(self):
-        from pathstrat.executors import make_executor
+        """The run's executor, created on first use (one Ray session per run); see close()."""
+        if self._executor is None:
+            from pathstrat.executors import make_executor
 
-        return make_executor(self.executor_kind, self.cfg, address=self.address)
+            self._executor = make_executor(self.executor_kind, self.cfg, address=self.address)
+        return self._executor
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.close()
+            self._executor = None
 
 
 def _isnan(v: Any) -> bool:

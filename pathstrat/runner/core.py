@@ -6,12 +6,13 @@ parameters of its config section. Before a stage runs, the runner compares a par
 left by its last successful run; when they match and its outputs exist, the stage is skipped.
 Per-slide stages also resume inside (finished slides are skipped by the stage itself), so a
 killed run restarts where it stopped. The resolved config (``pipeline.yaml``) and a log
-(``run.log``) are written into the run directory.
+(``pipeline.log``) are written into the run directory.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import time
 from collections.abc import Iterator
@@ -19,8 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from pathstrat.config import STAGES, PipelineConfig, dump_config, validate_config
+from pathstrat.errors import ConfigError
 from pathstrat.executors.base import SlideWork
 from pathstrat.io import (
+    OutputDirError,
     clean_stale_tmp,
     ensure_writable_dir,
     read_failures,
@@ -33,7 +36,7 @@ from pathstrat.runner.stages import definitions
 log = logging.getLogger(__name__)
 
 RESOLVED_CONFIG = "pipeline.yaml"
-RUN_LOG = "run.log"
+RUN_LOG = "pipeline.log"
 STAGE_DEFS = {sd.name: sd for sd in definitions()}
 if tuple(STAGE_DEFS) != STAGES:  # pragma: no cover - programming error
     raise RuntimeError(f"stage definitions {tuple(STAGE_DEFS)} differ from config STAGES {STAGES}")
@@ -81,7 +84,10 @@ def run_pipeline(cfg: PipelineConfig, *, executor: str | None = None, address: s
     if address:
         cfg.executor.ray.address = address
     run_dir = prepare_run_dir(cfg)
-    todo = [s for s in (stages or cfg.stages) if s in cfg.stages or stages]
+    unknown = [s for s in stages or [] if s not in STAGES]
+    if unknown:
+        raise ConfigError(f"unknown stage(s) {unknown}; stages are {', '.join(STAGES)}")
+    todo = [s for s in STAGES if s in (stages or cfg.stages)]
     summary = RunSummary(run_dir)
     with run_log(run_dir):
         log.info("pathstrat run '%s' -> %s (executor %s, stages %s)", cfg.name, run_dir, kind,
@@ -90,11 +96,16 @@ def run_pipeline(cfg: PipelineConfig, *, executor: str | None = None, address: s
         for d in (run_dir, ctx.tiles_dir, ctx.features_dir, ctx.state_dir / "stages"):
             clean_stale_tmp(d)
         ctx.manifest()
-        if kind == "slurm" and {"embed", "train"} <= set(todo):
-            _run_slurm(ctx, todo, summary, force)
-        else:
-            for name in todo:
-                summary.stages.append(_run_stage(ctx, name, force))
+        for name in STAGES:  # the hash chain is known up front (also inside a Slurm job)
+            ctx.hashes[name] = stage_hash(ctx, STAGE_DEFS[name])
+        try:
+            if kind == "slurm" and {"embed", "train"} <= set(todo):
+                _run_slurm(ctx, todo, summary, force)
+            else:
+                for name in todo:
+                    summary.stages.append(_run_stage(ctx, name, force))
+        finally:
+            ctx.close()
         summary.n_failed = len({(r["slide_id"]) for r in read_failures(ctx.failures_path)})
         _write_summary(ctx, summary)
         log.info("run finished: %s; %d slide(s) failed (see %s)",
@@ -105,8 +116,7 @@ def run_pipeline(cfg: PipelineConfig, *, executor: str | None = None, address: s
 
 def _run_stage(ctx: RunContext, name: str, force: bool = False) -> StageReport:
     sd = STAGE_DEFS[name]
-    h = stage_hash(ctx, sd)
-    ctx.hashes[name] = h
+    h = ctx.hashes[name]
     stamp = ctx.read_stamp(name)
     outs = sd.outputs(ctx)
     if not force and stamp and stamp.get("params_hash") == h and all(p.exists() for p in outs):
@@ -114,7 +124,15 @@ def _run_stage(ctx: RunContext, name: str, force: bool = False) -> StageReport:
         return StageReport(name, "skipped", n_failed=int(stamp.get("n_failed", 0)))
     log.info("stage %s: running (hash %s)", name, h)
     t0 = time.perf_counter()
-    report = sd.run(ctx)
+    try:
+        report = sd.run(ctx)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EROFS, errno.EDQUOT):
+            raise OutputDirError(
+                f"stage {name}: cannot write outputs ({exc.strerror}: {exc.filename or ctx.run_dir}). "
+                "Every slide finished so far is kept (outputs are written atomically); free space "
+                "or fix the output folder, then rerun the same command: it resumes.") from exc
+        raise
     report.seconds = time.perf_counter() - t0
     ctx.write_stamp(name, h, report)
     log.info("stage %s: %s in %.1f s (%d failed)", name, report.status, report.seconds, report.n_failed)
@@ -144,8 +162,7 @@ def _run_slurm(ctx: RunContext, todo: list[str], summary: RunSummary, force: boo
     summary.stages.append(rep)
     remote = getattr(ctx, "slurm_then_result", None)
     if remote is None:  # embed was skipped: the downstream still runs as a Slurm job
-        ex = ctx.executor()
-        _, remote = ex.map_then(_NoWork(), [], ctx.slurm_then)
+        _, remote = ctx.executor().map_then(_NoWork(), [], ctx.slurm_then)
     for d in remote or []:
         summary.stages.append(StageReport(**d))
 

@@ -2,36 +2,22 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
-from pathstrat.io import ensure_writable_dir, write_json_atomic
+from pathstrat.io import ensure_writable_dir
 from pathstrat.runner.context import RunSummary
 
 log = logging.getLogger(__name__)
 
 
-def make_demo_cohort(out: str | Path, *, n_patients: int = 60, seed: int = 0) -> Path:
-    """Generate (once) the synthetic cohort under ``out/cohort``; return its manifest path.
-
-    A stamp with the generator's arguments lets a second demo reuse the slides.
-    """
+def make_demo_cohort(out: str | Path, *, n_patients: int = 60, seed: int = 0,
+                     workers: int = 2) -> Path:
+    """Generate the synthetic cohort under ``out/cohort`` (reused when already complete)."""
     from pathstrat import synthetic
 
-    cohort_dir = Path(out) / "cohort"
-    stamp = cohort_dir / ".pathstrat-cohort.json"
-    want = {"n_patients": n_patients, "seed": seed}
-    if stamp.exists():
-        info = json.loads(stamp.read_text())
-        manifest = Path(info.get("manifest", ""))
-        if info.get("params") == want and manifest.is_file():
-            log.info("demo cohort: reusing %s", manifest)
-            return manifest
-    log.info("demo cohort: generating %d synthetic patients (seed %d) in %s", n_patients, seed, cohort_dir)
-    manifest = Path(synthetic.make_cohort(cohort_dir, n_patients=n_patients, seed=seed))
-    write_json_atomic(stamp, {"params": want, "manifest": str(manifest.resolve())})
-    return manifest
+    return Path(synthetic.make_cohort(Path(out) / "cohort", n_patients=n_patients, seed=seed,
+                                      workers=workers))
 
 
 def run_demo(out: str | Path, *, n_patients: int = 60, seed: int = 0,

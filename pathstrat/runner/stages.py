@@ -48,8 +48,7 @@ def run_tile(ctx: RunContext) -> StageReport:
     else:
         from pathstrat.executors.work import TileWork
 
-        with ctx.executor() as ex:
-            res = ex.map_slides(TileWork(root, params), ctx.rows(df))
+        res = ctx.executor().map_slides(TileWork(root, params), ctx.rows(df))
         n = _record_outcomes(ctx, "tile", res.outcomes)
         import pandas as pd
 
@@ -75,20 +74,21 @@ def run_embed(ctx: RunContext) -> StageReport:
     e = ctx.cfg.embed
     df = tiled_slides(ctx)
     root = Path(ctx.cfg.features_root)
+    kw = e.model_dump()
+    encoder_id = kw.pop("encoder_id")
     if ctx.executor_kind == "local":
-        embed.embed_cohort(df, ctx.tiles_dir, root, e.encoder, weights=e.weights,
-                           batch_size=e.batch_size, workers=e.workers, device=e.device,
-                           views=e.views, shard=None)
+        embed.embed_cohort(df, ctx.tiles_dir, root, encoder_id, **kw)
         n = _copy_failures(ctx, root / "failures.csv", "embed", set(df["slide_id"]))
         return StageReport("embed", "failed-slides" if n else "done", n_failed=n)
     from pathstrat.executors.work import EmbedWork
 
-    gpus = ctx.cfg.executor.ray.num_gpus if ctx.executor_kind == "ray" else ctx.cfg.executor.slurm.gpus_per_task
-    work = EmbedWork(ctx.tiles_dir, root, e.encoder, weights=e.weights, batch_size=e.batch_size,
-                     workers=e.workers, device=e.device, views=e.views, gpus=gpus)
+    manifest_csv = ctx.state_dir / "manifest_tiled.csv"
+    write_dataframe_atomic(manifest_csv, df)
+    ex_cfg = ctx.cfg.executor
+    gpus = ex_cfg.ray.num_gpus if ctx.executor_kind == "ray" else ex_cfg.slurm.gpus_per_task
+    work = EmbedWork(manifest_csv, ctx.tiles_dir, root, encoder_id, gpus=gpus, **kw)
     then = getattr(ctx, "slurm_then", None)
-    with ctx.executor() as ex:
-        res, remote = ex.map_then(work, ctx.rows(df), then)
+    res, remote = ctx.executor().map_then(work, ctx.rows(df), then)
     ctx.slurm_then_result = remote
     n = _record_outcomes(ctx, "embed", res.outcomes)
     return StageReport("embed", "failed-slides" if n else "done", n_failed=n,
@@ -109,7 +109,7 @@ def run_train(ctx: RunContext) -> StageReport:
     df = embedded_slides(ctx)
     write_dataframe_atomic(ctx.cohort_manifest, df)
     tc = stage_train_config(ctx.cfg.train, features=str(ctx.features_dir), manifest=str(ctx.cohort_manifest),
-                            out=str(ctx.run_dir), encoder_id=ctx.cfg.embed.encoder)
+                            out=str(ctx.run_dir), encoder_id=ctx.cfg.embed.encoder_id)
     train.train_cv(tc)
     return StageReport("train", "done")
 
@@ -117,13 +117,17 @@ def run_train(ctx: RunContext) -> StageReport:
 def run_stratify(ctx: RunContext) -> StageReport:
     from pathstrat import survival
 
-    s = ctx.cfg.stratify
-    if s is None or not s.enabled:
+    ran = []
+    for sec, out in ((ctx.cfg.stratify, ctx.run_dir), (ctx.cfg.predictive, ctx.run_dir / "predictive")):
+        if sec is None or not sec.enabled:
+            continue
+        kw = sec.model_dump()
+        kw.pop("enabled")
+        survival.stratify(ctx.run_dir / "predictions.csv", ctx.cohort_manifest, out_dir=out, **kw)
+        ran.append(str(out.relative_to(ctx.run_dir)) or ".")
+    if not ran:
         return StageReport("stratify", "not-run", detail="not configured")
-    kw = s.model_dump()
-    kw.pop("enabled")
-    survival.stratify(ctx.run_dir / "predictions.csv", ctx.cohort_manifest, out_dir=ctx.run_dir, **kw)
-    return StageReport("stratify", "done")
+    return StageReport("stratify", "done", detail="survival.json in " + ", ".join(ran))
 
 
 def run_select(ctx: RunContext) -> StageReport:
@@ -161,6 +165,13 @@ def run_report(ctx: RunContext) -> StageReport:
     return StageReport("report", "done")
 
 
+def _stratify_outputs(ctx: RunContext) -> list[Path]:
+    outs = [ctx.run_dir / "survival.json"] if ctx.cfg.stratify is not None else []
+    if ctx.cfg.predictive is not None:
+        outs.append(ctx.run_dir / "predictive" / "survival.json")
+    return outs
+
+
 def definitions() -> list[StageDef]:
     """The seven stages in order, with what decides their rerun and what they produce."""
     rd = lambda *names: (lambda ctx: [ctx.run_dir / n for n in names])  # noqa: E731
@@ -171,7 +182,7 @@ def definitions() -> list[StageDef]:
                  ignore=("workers", "batch_size", "device")),
         StageDef("train", ("embed",), ("train",), rd("metrics.json", "predictions.csv"), run_train,
                  ignore=("device",)),
-        StageDef("stratify", ("train",), ("stratify",), rd("survival.json"), run_stratify),
+        StageDef("stratify", ("train",), ("stratify", "predictive"), _stratify_outputs, run_stratify),
         StageDef("select", ("train",), ("select",), rd("selection.json"), run_select),
         StageDef("heatmaps", ("train",), ("heatmaps",), rd("heatmaps"), run_heatmaps),
         StageDef("report", ("stratify", "select", "heatmaps"), ("report",), rd("report.html"),

@@ -76,6 +76,7 @@ class Slide:
         backend: str = "auto",
         require_mpp: bool = True,
         cache_mb: float = 96.0,
+        dct_scaling: bool = True,
     ) -> None:
         self.path = Path(path)
         self._params = {
@@ -84,6 +85,7 @@ class Slide:
             "backend": backend,
             "require_mpp": require_mpp,
             "cache_mb": cache_mb,
+            "dct_scaling": dct_scaling,
         }
         self._osr = None
         self._backend = None
@@ -124,14 +126,17 @@ class Slide:
             for cand in AUTO_ORDER:
                 cls = BACKENDS.get(cand)
                 if cls.supports(self.path, self._osr):
-                    return cls(self.path, self._osr, cache_mb=self._params["cache_mb"])
+                    return cls(self.path, self._osr, **self._backend_kwargs())
         cls = BACKENDS.get(name)
         if not cls.supports(self.path, self._osr):
             raise SlideReadError(
                 f"Slide '{self.path}': backend '{name}' cannot read this file (it needs a JPEG-tiled "
                 "TIFF/SVS). Use backend='auto' or 'openslide'."
             )
-        return cls(self.path, self._osr, cache_mb=self._params["cache_mb"])
+        return cls(self.path, self._osr, **self._backend_kwargs())
+
+    def _backend_kwargs(self) -> dict[str, Any]:
+        return {"cache_mb": self._params["cache_mb"], "dct_scaling": self._params["dct_scaling"]}
 
     def _load_metadata(self) -> None:
         import openslide
@@ -260,8 +265,22 @@ class Slide:
         Reads round(tile_size_level0 / downsample) px at the coarsest adequate level and resizes.
         """
         plan = self._plan(tile_size_level0, tile_px, level, 0.05, None)
-        region = self.read_region(x0, y0, plan.level, plan.read_size_px, plan.read_size_px)
-        return resize_tile(region, tile_px)
+        self._ensure_open()
+        return self._tile_from_plan(int(x0), int(y0), plan, None)
+
+    def _tile_from_plan(self, x: int, y: int, plan: ReadPlan, scratch: np.ndarray | None) -> np.ndarray:
+        """One tile: DCT-scaled decode when the read is 2/4/8x the tile, else read + resize."""
+        b, n, px = self._backend, plan.read_size_px, plan.tile_px
+        fast = b.name != "openslide" and b.handles_level(plan.level)
+        if fast and n > px and n % px == 0:
+            tile = b.read_region_scaled(x, y, plan.level, px, px, n // px)
+            if tile is not None:
+                return tile
+        if fast and scratch is not None:  # region goes to a reused buffer, only the tile is new
+            region = b.read_region(x, y, plan.level, n, n, out=scratch)
+        else:
+            region = self.read_region(x, y, plan.level, n, n)
+        return resize_tile(region, px)
 
     def read_tiles(
         self,
@@ -276,19 +295,13 @@ class Slide:
         plan = self._plan(tile_size_level0, tile_px, level, 0.05, None)
         self._ensure_open()
         n = plan.read_size_px
-        fast = getattr(self._backend, "handles_level", lambda _: False)(plan.level) and self._backend.name != "openslide"
-        scratch = np.empty((n, n, 3), dtype=np.uint8) if fast and n != tile_px else None
+        scratch = np.empty((n, n, 3), dtype=np.uint8) if n != tile_px else None
         for start in range(0, len(coords), chunk):
             block = coords[start : start + chunk]
             order = np.lexsort((block[:, 0], block[:, 1]))
             out: list[np.ndarray | None] = [None] * len(block)
             for i in order:
-                x, y = int(block[i, 0]), int(block[i, 1])
-                if scratch is not None:  # region goes to a reused buffer, only the tile is new
-                    region = self._backend.read_region(x, y, plan.level, n, n, out=scratch)
-                else:
-                    region = self.read_region(x, y, plan.level, n, n)
-                out[i] = resize_tile(region, tile_px)
+                out[i] = self._tile_from_plan(int(block[i, 0]), int(block[i, 1]), plan, scratch)
             yield from out  # type: ignore[misc]
 
     def thumbnail_at_mpp(self, mpp: float) -> tuple[np.ndarray, float]:
@@ -390,6 +403,7 @@ def open_slide(
     require_mpp: bool = True,
     check: bool = False,
     cache_mb: float = 96.0,
+    dct_scaling: bool = True,
 ) -> Slide:
     """Open a whole-slide image; ``mpp`` (from the manifest or CLI) overrides metadata.
 
@@ -398,7 +412,10 @@ def open_slide(
     """
     if mpp is not None and isinstance(mpp, float) and math.isnan(mpp):
         mpp = None  # manifest rows without an mpp value
-    slide = Slide(path, mpp=mpp, mpp_source=mpp_source, backend=backend, require_mpp=require_mpp, cache_mb=cache_mb)
+    slide = Slide(
+        path, mpp=mpp, mpp_source=mpp_source, backend=backend, require_mpp=require_mpp, cache_mb=cache_mb,
+        dct_scaling=dct_scaling,
+    )
     if check:
         try:
             slide.check_readable()

@@ -4,6 +4,7 @@
 ``make_cohort`` writes many such slides with labels and survival driven by what was planted.
 """
 
+from pathstrat.synthetic.cohort import MANIFEST_COLUMNS, CohortDesign, make_cohort
 from pathstrat.synthetic.layout import CLASSES, PATTERNS, TISSUE_CLASSES
 from pathstrat.synthetic.slide import (
     SyntheticSlide,
@@ -14,5 +15,6 @@ from pathstrat.synthetic.slide import (
 )
 from pathstrat.synthetic.textures import Stain
 
-__all__ = ["CLASSES", "PATTERNS", "TISSUE_CLASSES", "Stain", "SyntheticSlide", "load_truth",
-           "make_slide", "tile_truth", "truth_path_for"]
+__all__ = ["CLASSES", "MANIFEST_COLUMNS", "PATTERNS", "TISSUE_CLASSES", "CohortDesign", "Stain",
+           "SyntheticSlide", "load_truth", "make_cohort", "make_slide", "tile_truth",
+           "truth_path_for"]

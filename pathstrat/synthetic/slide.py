@@ -25,12 +25,13 @@ from pathstrat.synthetic.layout import (
     MUCINOUS,
     PATTERNS,
     TISSUE_CLASSES,
+    TUMOR,
     Layout,
     LayoutSpec,
     make_layout,
 )
 from pathstrat.synthetic.pen import PenStrokes, draw_pen, random_pen_strokes
-from pathstrat.synthetic.textures import Stain, make_textures
+from pathstrat.synthetic.textures import Stain, patch_px, stain_luts, texture_bank, to_rgb
 from pathstrat.synthetic.writer import TILE, label_image, write_pyramid
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,8 @@ def make_slide(path: str | os.PathLike, *, width: int, height: int, mpp: float =
                pen: bool | int = False, stain: Stain | Mapping[str, float] | None = None,
                stain_jitter: float = 0.05, quality: int = 88,
                downsamples: Sequence[int] | None = None, associated: bool = False,
-               field_mpp: float = 8.0, patch_um: float = 512.0) -> SyntheticSlide:
+               field_mpp: float = 8.0, patch_um: float = 512.0,
+               texture_seed: int | None = None) -> SyntheticSlide:
     """Write a synthetic H&E slide to ``path`` (``.svs`` or ``.tiff``) and its truth beside it.
 
     Parameters
@@ -99,6 +101,9 @@ def make_slide(path: str | os.PathLike, *, width: int, height: int, mpp: float =
         A :class:`Stain` or a mapping of its fields used as the centre of the per-slide jitter.
     associated
         Also write thumbnail, label (with synthetic identifying text) and macro images.
+    texture_seed
+        Seed of the periodic class textures (default ``seed``); slides sharing it reuse the
+        per-process texture cache, which is how ``make_cohort`` stays fast.
     """
     path = Path(path)
     _check_args(width, height, mpp, quality)
@@ -107,12 +112,14 @@ def make_slide(path: str | os.PathLike, *, width: int, height: int, mpp: float =
     w_um, h_um = width * mpp, height * mpp
     if truth_mpp is None:
         truth_mpp = 2.0 if max(w_um, h_um) < 4000 else 4.0
-    lay = make_layout(w_um, h_um, spec, rng, field_mpp=field_mpp)
+    ratio = max(2, 2 * round(field_mpp / mpp / 2))  # even level-0 px per layout node
+    lay = make_layout(w_um, h_um, spec, rng, field_mpp=ratio * mpp)
     st = stain if isinstance(stain, Stain) else Stain.random(rng, stain_jitter, stain)
-    textures = make_textures(mpp, rng, st, patch_um=patch_um)
+    tex_seed = int(seed) if texture_seed is None else int(texture_seed)
+    textures = texture_bank(patch_px(mpp, patch_um), float(mpp), tex_seed)
     n_pen = (int(rng.integers(1, 3)) if pen is True else int(pen)) if pen else 0
     strokes = random_pen_strokes(width, height, mpp, n_pen, rng)
-    render = _TileRenderer(lay, textures, mpp, strokes)
+    render = _TileRenderer(lay, textures, stain_luts(st), mpp, strokes, ratio)
     assoc = _associated_images(render, width, height, seed) if associated else None
 
     truth = _truth_arrays(lay, width, height, mpp, truth_mpp, strokes)
@@ -146,28 +153,44 @@ def _check_args(width: int, height: int, mpp: float, quality: int) -> None:
 class _TileRenderer:
     """Level-0 tile at (x0, y0): labels from the layout, pixels gathered from the class patches."""
 
-    def __init__(self, layout: Layout, textures: np.ndarray, mpp: float, strokes: PenStrokes):
-        self.layout, self.mpp, self.strokes = layout, mpp, strokes
-        self.p = textures.shape[1]
-        self.flat = textures.reshape(-1, 3)
+    def __init__(self, layout: Layout, textures: np.ndarray, luts: np.ndarray, mpp: float,
+                 strokes: PenStrokes, ratio: int):
+        self.layout, self.mpp, self.strokes, self.ratio = layout, mpp, strokes, ratio
+        self.luts = luts
+        self.p = textures.shape[2]
+        self.textures = textures
         self.offsets = np.arange(TILE)
 
-    def labels(self, x0: int, y0: int, w: int = TILE, h: int = TILE) -> tuple[np.ndarray, np.ndarray]:
-        xs = (x0 + np.arange(w) + 0.5) * self.mpp
-        ys = (y0 + np.arange(h) + 0.5) * self.mpp
-        return self.layout.labels_at(xs, ys)
+    def labels(self, x0: int, y0: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.layout.tile_labels(x0, y0, TILE, self.ratio)
 
     def __call__(self, x0: int, y0: int) -> np.ndarray:
         cls, muc = self.labels(x0, y0)
-        tex = cls.astype(np.int64)
-        tex[muc] = MUCINOUS
-        rows = (y0 + self.offsets) % self.p
-        cols = (x0 + self.offsets) % self.p
-        idx = tex * (self.p * self.p) + rows[:, None] * self.p + cols[None, :]
-        tile = np.take(self.flat, idx.ravel(), axis=0).reshape(TILE, TILE, 3)
+        tex = cls + muc.view(np.uint8) * np.uint8(MUCINOUS - TUMOR)  # mucinous implies tumour
+        present = np.flatnonzero(np.bincount(tex.ravel(), minlength=len(CLASSES) + 1))
+        planes = []
+        for k in range(3):
+            if len(present) == 1:
+                planes.append(self._patch(k, int(present[0]), x0, y0))
+                continue
+            acc = np.zeros((TILE, TILE), dtype=np.uint8)
+            for c in present:  # masks by multiplication: boolean indexing is slow here
+                acc += self._patch(k, int(c), x0, y0) * (tex == c).view(np.uint8)
+            planes.append(acc)
+        tile = to_rgb(*planes, self.luts)
         if self.strokes.n:
             tile = draw_pen(tile, x0, y0, self.strokes)
         return tile
+
+    def _patch(self, k: int, texture: int, x0: int, y0: int) -> np.ndarray:
+        """TILE x TILE slice of stain plane ``k`` of a texture at (x0, y0), wrapping periodically."""
+        r0, c0 = y0 % self.p, x0 % self.p
+        src = self.textures[k, texture]
+        if r0 + TILE <= self.p and c0 + TILE <= self.p:
+            return src[r0:r0 + TILE, c0:c0 + TILE]
+        rows = (r0 + self.offsets) % self.p
+        cols = (c0 + self.offsets) % self.p
+        return src[rows][:, cols]
 
 
 def _associated_images(render: _TileRenderer, width: int, height: int, seed: int) -> dict:
@@ -177,9 +200,9 @@ def _associated_images(render: _TileRenderer, width: int, height: int, seed: int
     xs = (np.arange(tw) + 0.5) * scale * render.mpp
     ys = (np.arange(th) + 0.5) * scale * render.mpp
     cls, muc = render.layout.labels_at(xs, ys)
-    tex = cls.astype(np.int64)
-    tex[muc] = MUCINOUS
-    mean_rgb = render.flat.reshape(-1, render.p * render.p, 3).mean(axis=1).astype(np.uint8)
+    tex = cls.astype(np.int64) + muc * (MUCINOUS - TUMOR)
+    sample = np.ascontiguousarray(render.textures[:, :, ::13, ::13])
+    mean_rgb = to_rgb(*sample, render.luts).mean(axis=(1, 2)).astype(np.uint8)
     thumb = mean_rgb[tex]
     label = label_image([f"SYNTH-{seed:06d}", "PATIENT: DOE, JANE", "MRN 0000000"])
     macro = np.concatenate([label[:th] if label.shape[0] >= th else

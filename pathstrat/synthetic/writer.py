@@ -25,7 +25,7 @@ TILE = 256
 SOFTWARE = "pathstrat.synthetic"
 
 
-def default_downsamples(width: int, height: int, min_px: int = 128) -> list[int]:
+def default_downsamples(width: int, height: int, min_px: int = 64) -> list[int]:
     """Aperio-like pyramid: 1, 4, 16, then doubling while the level keeps >= ``min_px`` px a side."""
     out = [1]
     for ds in (4, 16, 32, 64, 128, 256):
@@ -154,12 +154,17 @@ def _level0_tiles(nx: int, ny: int, render: Callable[[int, int], np.ndarray], ds
             yield tile
 
 
+#: NewSubfileType OpenSlide 4 uses to recognise Aperio associated images.
+_SUBFILETYPE = {"label": 1, "macro": 9}
+
+
 def _write_associated(tw: tifffile.TiffWriter, img: np.ndarray, desc: str, name: str | None) -> None:
     """Stripped (untiled) image: OpenSlide lists it as thumbnail, label or macro."""
-    head, _, rest = desc.partition("\r\n")
+    head = desc.partition("\r\n")[0]
     d = f"{head}\r\n{name} {img.shape[1]}x{img.shape[0]}" if name else desc
-    tw.write(np.ascontiguousarray(img), photometric="rgb", compression="lzw", description=d,
-             metadata=None, software=SOFTWARE, rowsperstrip=16)
+    tw.write(np.ascontiguousarray(img), photometric="rgb",
+             compression="lzw" if name == "label" else "jpeg", description=d, metadata=None,
+             software=SOFTWARE, subfiletype=_SUBFILETYPE.get(name or "", 0))
 
 
 def label_image(text_lines: Sequence[str], size: tuple[int, int] = (400, 400)) -> np.ndarray:

@@ -66,34 +66,17 @@ def resolve_features_dir(features_dir: str | os.PathLike, slide_ids: list[str]) 
 
 
 def _warn_random(attrs: dict[str, Any], path: Path) -> None:
-    """Loud warning for features computed with random encoder weights (encoders helper)."""
-    try:
-        from pathstrat.encoders import warn_if_random_features  # type: ignore[attr-defined]
-    except ImportError:
-        warn_if_random_features = None
-    if warn_if_random_features is not None:
-        warn_if_random_features(attrs, path)
-    elif attrs.get("weights_random"):
-        log.warning("Features in %s come from RANDOM encoder weights: predictions are meaningless "
-                    "outside tests and benchmarks.", path)
+    """Loud warning (the encoders' helper) for features computed with random encoder weights."""
+    from pathstrat.encoders import warn_if_random
+
+    warn_if_random(attrs, what=f"features in {path.parent}")
 
 
 def _read(path: Path, expected_dim: int | None, expected_encoder: str | None):
-    try:
-        from pathstrat.features import read_bag
-    except ImportError:  # TEMPORARY until pathstrat.features lands
-        import types
+    from pathstrat.features import read_bag
 
-        import h5py
-
-        with h5py.File(path, "r") as f:
-            feats, coords, attrs = f["features"][:], f["coords"][:], dict(f.attrs)
-        if expected_dim is not None and feats.shape[1] != expected_dim:
-            raise FeatureDimError(f"{path}: dim {feats.shape[1]} != expected {expected_dim}")
-        if expected_encoder is not None and attrs.get("encoder_id") != expected_encoder:
-            raise FeatureDimError(f"{path}: encoder {attrs.get('encoder_id')} != {expected_encoder}")
-        return types.SimpleNamespace(features=feats, coords=coords, attrs=attrs)
-    return read_bag(path, expected_dim=expected_dim, expected_encoder=expected_encoder)
+    return read_bag(path, expected_dim=expected_dim, expected_encoder=expected_encoder,
+                    load_views=False)
 
 
 def load_bags(manifest: pd.DataFrame, features_dir: str | os.PathLike, *, level: str = "slide",

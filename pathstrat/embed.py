@@ -1,0 +1,411 @@
+"""Tiles -> features: ``features/<encoder_id>/<slide_id>.h5`` for every slide of a cohort.
+
+One DataLoader runs over fixed-size chunks of tile coordinates of all slides (in manifest /
+shard order). Workers keep their own slide handles (a slide is opened once per worker, never
+per tile), read and resize tiles (and augmented views), while the main process runs the
+encoder under ``torch.inference_mode`` (autocast on CUDA). Because the loader prefetches
+across slide boundaries, reading the next slide overlaps compute of the current one.
+
+Each slide is written atomically once all its chunks are embedded, so a failing slide leaves
+no file; its error goes to ``failures.csv`` and the batch goes on. Reruns skip slides whose
+file records the same encoder, weights hash, tile params and transform.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pathstrat.errors import ConfigError, SchemaError
+from pathstrat.io import FailureLog, clean_stale_tmp, ensure_writable_dir, params_hash
+
+log = logging.getLogger(__name__)
+
+EMBED_STAGE = "embed"
+AUGMENTATION = "hflip+vflip+rot90+HEStain(p=0.5)+ColorJitter(0.1,0.1,0.1,0.02,p=0.8)"
+
+
+# ---------------------------------------------------------------------------------------------
+# sharding
+
+
+def parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int] | None:
+    """``"i/N"`` (0 <= i < N) -> (i, N); None stays None."""
+    if shard is None or shard == "":
+        return None
+    if isinstance(shard, tuple):
+        i, n = shard
+    else:
+        try:
+            i_s, n_s = str(shard).split("/")
+            i, n = int(i_s), int(n_s)
+        except ValueError:
+            raise ConfigError(f"--shard '{shard}' must look like i/N, e.g. 0/4 "
+                              "(0-based index i of N shards)") from None
+    if n < 1 or not 0 <= i < n:
+        raise ConfigError(f"--shard {i}/{n}: need N >= 1 and 0 <= i < N (Slurm: "
+                          "--shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT)")
+    return int(i), int(n)
+
+
+def _slide_key(slide_id: str) -> str:
+    return hashlib.sha256(str(slide_id).encode()).hexdigest()
+
+
+def shard_slides(slide_ids: list[str], shard: tuple[int, int] | None) -> list[str]:
+    """Slides of shard (i, N): rank slides by sha256(slide_id), take every N-th from i.
+
+    The ranking depends only on the ids, so the partition is stable under any reordering of
+    the manifest, every slide lands in exactly one shard and shards differ by at most one.
+    """
+    if shard is None:
+        return list(slide_ids)
+    i, n = shard
+    ranked = sorted(slide_ids, key=_slide_key)
+    mine = set(ranked[i::n])
+    return [s for s in slide_ids if s in mine]
+
+
+# ---------------------------------------------------------------------------------------------
+# jobs
+
+
+@dataclass
+class SlideJob:
+    """One slide to embed: where its pixels, tiles and output are, and its tile geometry."""
+
+    slide_id: str
+    slide_path: str
+    tiles_path: Path
+    out_path: Path
+    coords: np.ndarray
+    tile_attrs: dict[str, Any]
+    embed_hash: str = ""
+
+    @property
+    def n_tiles(self) -> int:
+        return len(self.coords)
+
+
+@dataclass
+class EmbedResult:
+    """What :func:`embed_cohort` did (ids per outcome, tile count, timing, files)."""
+
+    features_dir: Path
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    n_tiles: int = 0
+    seconds: float = 0.0
+    failures_path: Path | None = None
+    shard: tuple[int, int] | None = None
+
+    @property
+    def tiles_per_s(self) -> float:
+        return self.n_tiles / max(self.seconds, 1e-9)
+
+
+def resolve_tiles_dir(tiles_dir: str | os.PathLike) -> Path:
+    """Accept the tiling output folder (holding ``tiles/``) or the ``tiles/`` folder itself."""
+    d = Path(tiles_dir)
+    return d / "tiles" if (d / "tiles").is_dir() else d
+
+
+def shard_failures_name(shard: tuple[int, int] | None) -> str:
+    """``failures.csv``, or a per-shard file so concurrent array tasks never clobber it."""
+    return "failures.csv" if shard is None else f"failures.shard-{shard[0]}-of-{shard[1]}.csv"
+
+
+def _embed_hash(encoder, tile_attrs: dict[str, Any], n_tiles: int, views: int, seed: int) -> str:
+    """What makes an output reusable: encoder, weights, preprocessing, tiles and views."""
+    return params_hash({
+        "encoder_id": encoder.spec.id, "weights_sha256": encoder.weights_sha256,
+        "transform": encoder.transform_description, "dtype": encoder.compute_dtype,
+        "tiles_params_hash": tile_attrs.get("params_hash", ""), "n_tiles": n_tiles,
+        "views": views, "augmentation": AUGMENTATION if views else "", "seed": seed if views else 0,
+    })
+
+
+# ---------------------------------------------------------------------------------------------
+# data loading (runs in DataLoader workers)
+
+
+def _augmenter():
+    import albumentations as A
+
+    return A.Compose([
+        A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5), A.RandomRotate90(p=0.5),
+        A.HEStain(p=0.5),
+        A.ColorJitter(brightness=0.1, contrast=0.1, saturation=0.1, hue=0.02, p=0.8),
+    ])
+
+
+class _SlideCache:
+    """Worker-local open slides (the current and the next), closed when evicted."""
+
+    def __init__(self, keep: int = 2) -> None:
+        self.keep = keep
+        self._open: dict[str, Any] = {}
+
+    def get(self, path: str, mpp: float | None):
+        if path not in self._open:
+            from pathstrat.slide import open_slide
+
+            while len(self._open) >= self.keep:
+                self._open.pop(next(iter(self._open))).close()
+            self._open[path] = open_slide(path, mpp=mpp, require_mpp=False)
+        return self._open[path]
+
+    def close(self) -> None:
+        for s in self._open.values():
+            s.close()
+        self._open.clear()
+
+
+class ChunkDataset:
+    """Map-style dataset: item k = the k-th chunk (slide, start, stop) of tile coordinates.
+
+    Returns resized uint8 tiles (B,H,W,3) and, with views, (V,B,H,W,3) augmented ones. Read
+    errors are returned (not raised) so the main process can fail that slide only.
+    """
+
+    def __init__(self, jobs: list[SlideJob], chunk: int, transform, views: int = 0,
+                 seed: int = 0) -> None:
+        self.jobs = jobs
+        self.transform = transform
+        self.views = views
+        self.seed = seed
+        self.chunks = [(j, s, min(s + chunk, job.n_tiles))
+                       for j, job in enumerate(jobs) for s in range(0, job.n_tiles, chunk)]
+        self._cache: _SlideCache | None = None
+        self._aug = None
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def read_chunk(self, job: SlideJob, start: int, stop: int) -> np.ndarray:
+        """Raw uint8 tiles of one chunk, through the worker's cached slide handle."""
+        if self._cache is None:
+            self._cache = _SlideCache()
+        a = job.tile_attrs
+        mpp = a.get("slide_mpp")
+        slide = self._cache.get(job.slide_path, float(mpp) if mpp else None)
+        level = a.get("read_level")
+        tiles = slide.read_tiles(job.coords[start:stop], float(a["tile_size_level0"]),
+                                 int(a["tile_px"]), level=None if level is None else int(level))
+        return np.stack(list(tiles))
+
+    def _views(self, job: SlideJob, start: int, tiles: np.ndarray) -> np.ndarray:
+        if self._aug is None:
+            self._aug = _augmenter()
+        out = []
+        for v in range(self.views):
+            ss = np.random.SeedSequence([self.seed, zlib.crc32(job.slide_id.encode()), start, v])
+            self._aug.set_random_seed(int(ss.generate_state(1)[0]))
+            out.append(self.transform.resize(np.stack([self._aug(image=t)["image"] for t in tiles])))
+        return np.stack(out)
+
+    def __getitem__(self, k: int) -> dict[str, Any]:
+        j, start, stop = self.chunks[k]
+        job = self.jobs[j]
+        item: dict[str, Any] = {"job": j, "start": start, "stop": stop, "error": None}
+        try:
+            raw = self.read_chunk(job, start, stop)
+            item["tiles"] = _tensor(self.transform.resize(raw))
+            if self.views:
+                item["views"] = _tensor(self._views(job, start, raw))
+        except Exception as exc:  # noqa: BLE001 - reported per slide by the main process
+            item["error"] = (type(exc).__name__, f"tiles {start}..{stop - 1}: {exc}")
+        return item
+
+
+def _tensor(a: np.ndarray):
+    """numpy -> torch tensor (moved through shared memory by the DataLoader, not pickled)."""
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(a))
+
+
+def _identity(item: dict[str, Any]) -> dict[str, Any]:
+    return item
+
+
+def _worker_init(_: int) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    try:
+        import cv2
+
+        cv2.setNumThreads(0)
+    except ImportError:  # pragma: no cover - opencv is a core dependency
+        pass
+
+
+def make_loader(ds: ChunkDataset, workers: int, prefetch: int = 4, pin_memory: bool = False):
+    """DataLoader that yields chunks in order; ``workers`` processes read ahead."""
+    from torch.utils.data import DataLoader
+
+    kw: dict[str, Any] = {}
+    if workers > 0:
+        kw.update(prefetch_factor=prefetch, worker_init_fn=_worker_init, persistent_workers=False)
+    return DataLoader(ds, batch_size=None, shuffle=False, num_workers=workers,
+                      collate_fn=_identity, pin_memory=pin_memory, **kw)
+
+
+# ---------------------------------------------------------------------------------------------
+# cohort
+
+
+def _error(type_name: str, reason: str) -> Exception:
+    return type(type_name, (Exception,), {})(reason)
+
+
+def _prepare_jobs(df, tiles_dir: Path, feat_dir: Path, encoder, views: int, seed: int,
+                  failures: FailureLog, overwrite: bool) -> tuple[list[SlideJob], list[str]]:
+    from pathstrat.features import read_attrs
+    from pathstrat.tiling import read_tiles
+
+    jobs, skipped = [], []
+    for row in df.itertuples(index=False):
+        sid, spath = str(row.slide_id), str(row.path)
+        tpath = tiles_dir / f"{sid}.h5"
+        if not tpath.is_file():
+            failures.add(sid, spath, _error("FileNotFoundError", f"no tiles file {tpath}; run "
+                                            "`pathstrat tile` for this slide first"))
+            continue
+        try:
+            ts = read_tiles(tpath)
+        except SchemaError as exc:
+            failures.add(sid, spath, exc)
+            continue
+        out = feat_dir / f"{sid}.h5"
+        job = SlideJob(sid, spath, tpath, out, ts.coords, dict(ts.attrs))
+        job.embed_hash = _embed_hash(encoder, job.tile_attrs, job.n_tiles, views, seed)
+        if not overwrite and out.is_file() and read_attrs(out).get("embed_hash") == job.embed_hash:
+            skipped.append(sid)
+            continue
+        jobs.append(job)
+    return jobs, skipped
+
+
+def embed_cohort(manifest_df, tiles_dir: str | os.PathLike, out_dir: str | os.PathLike,
+                 encoder_id: str, *, weights: str | os.PathLike | None = None,
+                 batch_size: int = 64, workers: int = 2, device: str = "auto", views: int = 0,
+                 shard: str | tuple[int, int] | None = None, dtype: str | None = None,
+                 seed: int = 0, overwrite: bool = False, encoder=None) -> EmbedResult:
+    """Embed every (shard's) slide of ``manifest_df`` from ``tiles_dir`` into ``out_dir``.
+
+    Writes ``out_dir/features/<encoder_id>/<slide_id>.h5`` (``pathstrat.features/1``) and
+    ``out_dir/failures.csv`` (per-shard name with ``shard``). ``views`` > 0 adds
+    ``features_views`` (V,N,D) from augmented tiles. ``encoder`` may be a prebuilt
+    :class:`~pathstrat.encoders.Encoder` (then ``encoder_id``/``weights`` are not used to build).
+    """
+    from pathstrat.encoders import build_encoder
+
+    if batch_size < 1 or workers < 0 or views < 0:
+        raise ConfigError(f"batch_size ({batch_size}) must be >= 1, workers ({workers}) and "
+                          f"views ({views}) >= 0")
+    shard_t = parse_shard(shard)
+    out = ensure_writable_dir(out_dir)
+    enc = encoder or build_encoder(encoder_id, weights=weights, device=device, dtype=dtype,
+                                   seed=seed)
+    feat_dir = out / "features" / enc.spec.id
+    feat_dir.mkdir(parents=True, exist_ok=True)
+    if shard_t is None:
+        clean_stale_tmp(feat_dir)  # never while other shards may be writing
+    failures = FailureLog(out / shard_failures_name(shard_t), EMBED_STAGE)
+    ids = shard_slides([str(s) for s in manifest_df["slide_id"]], shard_t)
+    df = manifest_df[manifest_df["slide_id"].astype(str).isin(set(ids))]
+    jobs, skipped = _prepare_jobs(df, resolve_tiles_dir(tiles_dir), feat_dir, enc, views, seed,
+                                  failures, overwrite)
+    result = EmbedResult(feat_dir, skipped=skipped, failures_path=failures.path, shard=shard_t)
+    t0 = time.perf_counter()
+    _run(jobs, enc, batch_size, workers, views, seed, failures, result)
+    result.seconds = time.perf_counter() - t0
+    result.failed = sorted({r["slide_id"] for r in failures.rows})
+    failures.write()
+    log.info("embed %s: %d done, %d skipped, %d failed, %d tiles in %.1f s (%.1f tiles/s)",
+             enc.spec.id, len(result.done), len(skipped), len(result.failed), result.n_tiles,
+             result.seconds, result.tiles_per_s)
+    return result
+
+
+def _run(jobs: list[SlideJob], enc, batch_size: int, workers: int, views: int, seed: int,
+         failures: FailureLog, result: EmbedResult) -> None:
+    """Drive the loader; collect per-slide chunks; write each slide when complete."""
+    from pathstrat.progress import Progress
+
+    ds = ChunkDataset(jobs, batch_size, enc.transform, views, seed)
+    parts: dict[int, list[np.ndarray]] = {}
+    vparts: dict[int, list[np.ndarray]] = {}
+    dead: set[int] = set()
+    for j, job in enumerate(jobs):  # slides without tiles: an empty, valid file
+        if job.n_tiles == 0:
+            _write(job, enc, np.zeros((0, enc.dim), np.float32), None, views, seed)
+            result.done.append(job.slide_id)
+    with Progress(len(jobs), f"embed {enc.spec.id}", unit="slide", sub_unit="tile") as bar:
+        for item in make_loader(ds, workers, pin_memory=enc.device.type == "cuda"):
+            j = item["job"]
+            job = jobs[j]
+            if j in dead:
+                continue
+            try:
+                if item["error"] is not None:
+                    raise _error(*item["error"])
+                parts.setdefault(j, []).append(_features(enc, item["tiles"]))
+                if views:
+                    vparts.setdefault(j, []).append(
+                        np.stack([_features(enc, v) for v in item["views"]]))
+                bar.update(0, units=item["stop"] - item["start"])
+                if item["stop"] == job.n_tiles:
+                    feats = np.concatenate(parts.pop(j))
+                    vfeats = np.concatenate(vparts.pop(j), axis=1) if views else None
+                    _write(job, enc, feats, vfeats, views, seed)
+                    result.done.append(job.slide_id)
+                    result.n_tiles += job.n_tiles
+                    bar.update(1)
+            except Exception as exc:  # noqa: BLE001 - one slide fails, the batch goes on
+                dead.add(j)
+                parts.pop(j, None)
+                vparts.pop(j, None)
+                failures.add(job.slide_id, job.slide_path, exc)
+                bar.update(1)
+    if ds._cache is not None:  # workers=0: handles were opened in this process
+        ds._cache.close()
+
+
+def _features(enc, tiles) -> np.ndarray:
+    out = enc.forward_uint8(tiles).numpy()
+    if not np.isfinite(out).all():
+        raise FloatingPointError(f"encoder '{enc.spec.id}' produced NaN/inf features")
+    return out
+
+
+def _write(job: SlideJob, enc, feats: np.ndarray, vfeats: np.ndarray | None, views: int,
+           seed: int) -> None:
+    from pathstrat.features import write_features
+
+    store = np.float16 if enc.compute_dtype == "fp16" else np.float32
+    attrs = {**job.tile_attrs, **enc.attrs(), "slide_id": job.slide_id,
+             "slide_path": job.slide_path, "tiles_params_hash": job.tile_attrs.get("params_hash"),
+             "embed_hash": job.embed_hash, "n_views": views,
+             "augmentation": AUGMENTATION if views else "", "view_seed": seed,
+             "pathstrat_version": _version()}
+    attrs.pop("schema", None)
+    write_features(job.out_path, feats.astype(store), job.coords, attrs,
+                   views=None if vfeats is None else vfeats.astype(store))
+
+
+def _version() -> str:
+    from pathstrat import __version__
+
+    return __version__
