@@ -1,0 +1,262 @@
+"""Cross-validated training on generated features with planted signal: recovery, contracts,
+leakage guards, checkpoint round trip, determinism, prediction and the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+from lifelines.utils import concordance_index
+from sklearn import metrics as skm
+
+from pathstrat.errors import FeatureDimError, LeakageError
+from pathstrat.testing import make_feature_cohort
+from pathstrat.train import (
+    TrainConfig,
+    check_no_overlap,
+    evaluate,
+    load_fold_model,
+    load_run_spec,
+    make_splits,
+    predict,
+    train_cv,
+)
+
+FAST = dict(epochs=14, lr=5e-3, batch_size=8, max_tiles=16, n_boot=100, patience=6,
+            hparams={"dim": 16, "attn_dim": 8})
+TARGETS = ["responder", "subtype", "marker_a,marker_b", "score", "survival"]
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cohort")
+    return make_feature_cohort(d, n_patients=60, dim=12, seed=3, tiles=(10, 24),
+                               slides_per_patient=(1, 2))
+
+
+@pytest.fixture(scope="module")
+def run(cohort, tmp_path_factory):
+    fdir, manifest = cohort
+    out = tmp_path_factory.mktemp("run") / "run"
+    return train_cv(features=str(fdir), manifest=str(manifest), targets=TARGETS, model="abmil_gated",
+                    folds=3, seed=0, out=str(out), time_col="time", event_col="event", **FAST)
+
+
+def _patient(pred: pd.DataFrame, target: str) -> pd.DataFrame:
+    d = pred[pred["target"] == target]
+    agg = {c: "mean" for c in d.columns if c in ("score", "risk") or c.startswith("prob_")}
+    agg.update({c: "first" for c in ("y_true", "time", "event")})
+    return d.groupby("patient_id").agg(agg)
+
+
+def test_multitask_run_recovers_planted_signal(run):
+    m = json.loads((run / "metrics.json").read_text())
+    assert set(m) == {"responder", "subtype", "marker_a", "marker_b", "score", "survival"}
+    for tgt in m.values():
+        for v in tgt.values():
+            assert {"mean", "std", "ci_low", "ci_high"} <= set(v)
+    assert m["responder"]["auroc"]["mean"] > 0.8
+    assert {"auroc", "auprc", "balanced_accuracy", "accuracy", "f1", "brier"} <= set(m["responder"])
+    assert m["subtype"]["auroc"]["mean"] > 0.8
+    assert m["marker_a"]["auroc"]["mean"] > 0.75 and m["marker_b"]["auroc"]["mean"] > 0.75
+    assert m["score"]["pearson_r"]["mean"] > 0.5
+    assert m["survival"]["c_index"]["mean"] > 0.65
+    assert m["survival"]["c_index"]["ci_low"] > 0.5
+
+
+def test_metrics_json_equals_sklearn_and_lifelines_on_predictions(run):
+    pred = pd.read_csv(run / "predictions.csv")
+    m = json.loads((run / "metrics.json").read_text())
+    b = _patient(pred, "responder")
+    assert m["responder"]["auroc"]["mean"] == pytest.approx(skm.roc_auc_score(b.y_true, b.score))
+    assert m["responder"]["auprc"]["mean"] == pytest.approx(
+        skm.average_precision_score(b.y_true, b.score))
+    assert m["responder"]["balanced_accuracy"]["mean"] == pytest.approx(
+        skm.balanced_accuracy_score(b.y_true, b.score >= 0.5))
+    assert m["responder"]["brier"]["mean"] == pytest.approx(skm.brier_score_loss(b.y_true, b.score))
+    ml = _patient(pred, "marker_a").dropna(subset=["y_true"])
+    assert m["marker_a"]["auroc"]["mean"] == pytest.approx(skm.roc_auc_score(ml.y_true, ml.score))
+    s = _patient(pred, "survival")
+    assert m["survival"]["c_index"]["mean"] == pytest.approx(
+        concordance_index(s.time, -s.risk, s.event))
+    r = _patient(pred, "score")
+    assert m["score"]["mae"]["mean"] == pytest.approx(skm.mean_absolute_error(r.y_true, r.score))
+    c = _patient(pred, "subtype")
+    probs = c[["prob_A", "prob_B", "prob_C"]].to_numpy()
+    y = c.y_true.map({"A": 0, "B": 1, "C": 2}).to_numpy()
+    assert m["subtype"]["auroc"]["mean"] == pytest.approx(
+        skm.roc_auc_score(y, probs, multi_class="ovr"))
+    folds = pd.read_csv(run / "metrics_folds.csv")
+    f0 = pred[(pred.fold == 0) & (pred.target == "responder")].groupby("patient_id").agg(
+        {"y_true": "first", "score": "mean"})
+    got = folds.query("fold == 0 and target == 'responder' and metric == 'auroc'")["value"].item()
+    assert got == pytest.approx(skm.roc_auc_score(f0.y_true, f0.score))
+
+
+def test_run_directory_contract(run, cohort):
+    pred = pd.read_csv(run / "predictions.csv")
+    assert list(pred.columns[:7]) == ["slide_id", "patient_id", "fold", "repeat", "target",
+                                      "y_true", "score"]
+    surv = pred[pred.target == "survival"]
+    assert {"risk", "time", "event"} <= set(pred.columns) and np.allclose(surv.risk, surv.score)
+    manifest = pd.read_csv(cohort[1])
+    assert set(pred.slide_id) == set(manifest.slide_id)
+    assert len(pred) == len(manifest) * 6  # one row per slide and label (1 repeat)
+    folds = pd.read_csv(run / "folds.csv")
+    assert list(folds.columns) == ["patient_id", "repeat", "fold"]
+    assert folds.patient_id.is_unique and set(folds.fold) == {0, 1, 2}
+    spec = load_run_spec(run)
+    assert spec["in_dim"] == 12 and spec["encoder_id"] == "synthetic" and spec["model"] == "abmil_gated"
+    assert [f["file"] for f in spec["folds"]] == ["fold0.safetensors", "fold1.safetensors",
+                                                  "fold2.safetensors"]
+    for f in spec["folds"]:
+        test_p = set(folds.loc[folds.fold == f["fold"], "patient_id"])
+        assert not test_p & set(f["training_patient_ids"])
+        assert len(test_p) + len(f["training_patient_ids"]) == 60
+    sid = manifest.slide_id.iloc[0]
+    with h5py.File(run / "attention" / f"{sid}.h5") as h:
+        att, coords = h["attention"][()], h["coords"][()]
+    assert att.shape == (len(coords),) and att.sum() == pytest.approx(1.0, abs=1e-5)
+    assert (run / "config.yaml").exists() and (run / "run.log").stat().st_size > 0
+
+
+def test_checkpoint_round_trip_equals_end_of_training_predictions(run, cohort):
+    from pathstrat.train import BagDataset, load_bags, make_loader
+    from pathstrat.cohort import load_manifest
+    from pathstrat.mil.targets import TargetSpec
+    from pathstrat.training.evaluation import decode_outputs
+
+    spec = load_run_spec(run)
+    fold = spec["folds"][1]
+    model = load_fold_model(run, "fold1")
+    df = load_manifest(cohort[1], check_files=False)
+    test_p = set(pd.read_csv(run / "folds.csv").query("fold == 1").patient_id.astype(str))
+    store = load_bags(df[df.patient_id.isin(test_p)].reset_index(drop=True), cohort[0])
+    ev = evaluate(model, make_loader(BagDataset(store, np.arange(len(store))), 1))
+    specs = [TargetSpec.from_dict(t) for t in spec["targets"]]
+    scores = decode_outputs(specs, ev.outputs, fold["target_state"])
+    pred = pd.read_csv(run / "predictions.csv").query("fold == 1 and target == 'responder'")
+    want = pred.set_index("slide_id").score
+    got = pd.Series(scores["responder"], index=[store.bags[i].key for i in ev.index])
+    np.testing.assert_allclose(got.loc[want.index].to_numpy(), want.to_numpy(), rtol=1e-6, atol=1e-7)
+
+
+def test_fixed_split_predict_round_trip_and_guards(tmp_path):
+    fdir, manifest = make_feature_cohort(tmp_path / "c", n_patients=30, dim=8, seed=1,
+                                         tasks=("binary", "survival"), tiles=(8, 16), split=True)
+    run = train_cv(features=str(fdir), manifest=str(manifest), targets=["responder", "survival"],
+                   time_col="time", event_col="event", model="meanpool", split_col="split",
+                   out=str(tmp_path / "run"), **{**FAST, "epochs": 4, "hparams": {"dim": 8}})
+    assert set(pd.read_csv(run / "folds.csv").columns) >= {"patient_id", "fold", "role"}
+    df = pd.read_csv(manifest)
+    test = df[df.split == "test"]
+    test.to_csv(tmp_path / "test.csv", index=False)
+    out = predict(run, fdir, tmp_path / "test.csv", tmp_path / "pred", device="cpu")
+    got = pd.read_csv(out / "predictions.csv").set_index(["slide_id", "target"]).score
+    want = pd.read_csv(run / "predictions.csv").set_index(["slide_id", "target"]).score
+    np.testing.assert_allclose(got.loc[want.index].to_numpy(), want.to_numpy(), rtol=1e-6, atol=1e-7)
+    assert (out / "metrics.json").exists() and (out / "attention").is_dir()
+    # training patients are refused unless --allow-overlap
+    with pytest.raises(LeakageError, match="allow-overlap"):
+        predict(run, fdir, manifest, tmp_path / "pred2", device="cpu")
+    predict(run, fdir, manifest, tmp_path / "pred3", allow_overlap=True, device="cpu")
+    # features of another dimension or encoder are refused
+    f2, m2 = make_feature_cohort(tmp_path / "c2", n_patients=4, dim=6, seed=9, tasks=("binary",))
+    with pytest.raises(FeatureDimError):
+        predict(run, f2, m2, tmp_path / "pred4", device="cpu")
+    f3, m3 = make_feature_cohort(tmp_path / "c3", n_patients=4, dim=8, seed=9, tasks=("binary",),
+                                 encoder_id="other")
+    with pytest.raises(FeatureDimError, match="other|synthetic"):
+        predict(run, f3, m3, tmp_path / "pred5", device="cpu")
+
+
+def test_leakage_patient_in_two_roles_is_an_error(tmp_path):
+    fdir, manifest = make_feature_cohort(tmp_path / "c", n_patients=10, dim=8, seed=2,
+                                         tasks=("binary",), slides_per_patient=2, split=True)
+    df = pd.read_csv(manifest)
+    p = df.patient_id.iloc[0]
+    df.loc[df.patient_id == p, "split"] = ["train", "test"]  # one patient, two roles
+    with pytest.raises(LeakageError, match=p):
+        make_splits(df, split_col="split")
+    df.to_csv(manifest, index=False)
+    with pytest.raises(LeakageError, match=p):
+        train_cv(features=str(fdir), manifest=str(manifest), targets=["responder"],
+                 split_col="split", out=str(tmp_path / "run"), epochs=1)
+    with pytest.raises(LeakageError, match="P1"):
+        check_no_overlap(["P1", "P2"], ["P3", "P1"])
+
+
+def test_kfold_keeps_all_slides_of_a_patient_in_one_fold():
+    rng = np.random.default_rng(0)
+    pats = [f"P{i}" for i in range(40) for _ in range(int(rng.integers(1, 4)))]
+    df = pd.DataFrame({"slide_id": [f"s{i}" for i in range(len(pats))], "patient_id": pats,
+                       "y": [int(p[1:]) % 2 for p in pats]})
+    folds = make_splits(df, folds=4, repeats=3, seed=7, strat_col="y")
+    assert len(folds) == 40 * 3
+    for _, g in folds.groupby("repeat"):
+        assert g.patient_id.is_unique and g.fold.nunique() == 4
+        # stratified: each fold holds both classes in similar numbers
+        lab = g.patient_id.map(lambda p: int(p[1:]) % 2)
+        assert lab.groupby(g.fold).mean().between(0.3, 0.7).all()
+    r0 = folds[folds.repeat == 0].set_index("patient_id").fold
+    r1 = folds[folds.repeat == 1].set_index("patient_id").fold
+    assert not r0.loc[r1.index].equals(r1)  # repeats use different seeds
+
+
+def test_cpu_training_is_deterministic_for_a_seed(tmp_path):
+    fdir, manifest = make_feature_cohort(tmp_path / "c", n_patients=16, dim=8, seed=4,
+                                         tasks=("binary",), tiles=(8, 20))
+    kw = dict(features=str(fdir), manifest=str(manifest), targets=["responder"], model="clam_sb",
+              folds=2, seed=11, device="cpu", **{**FAST, "epochs": 3, "n_boot": 20,
+                                                 "hparams": {"dim": 8, "attn_dim": 4, "k_sample": 2}})
+    a = pd.read_csv(train_cv(out=str(tmp_path / "a"), **kw) / "predictions.csv")
+    b = pd.read_csv(train_cv(out=str(tmp_path / "b"), **kw) / "predictions.csv")
+    pd.testing.assert_frame_equal(a, b)
+    c = pd.read_csv(train_cv(out=str(tmp_path / "c2"), **{**kw, "seed": 12}) / "predictions.csv")
+    assert not np.allclose(a.score, c.score)
+
+
+def test_discrete_survival_patient_level_bags_and_cli(tmp_path):
+    from pathstrat.cli import main
+
+    fdir, manifest = make_feature_cohort(tmp_path / "c", n_patients=48, dim=8, seed=5,
+                                         tasks=("survival",), tiles=(10, 20), slides_per_patient=(1, 2))
+    rc = main(["train", "--features", str(fdir), "--manifest", str(manifest), "--target", "survival",
+               "--time-col", "time", "--event-col", "event", "--survival-loss", "discrete",
+               "--model", "meanpool", "--folds", "3", "--seed", "0", "--out", str(tmp_path / "run"),
+               "--level", "patient", "--epochs", "15", "--lr", "0.005", "--max-tiles", "32",
+               "--hparam", "dim=16"])
+    assert rc == 0
+    run = tmp_path / "run"
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["survival"]["c_index"]["mean"] > 0.65
+    pred = pd.read_csv(run / "predictions.csv")
+    # patient-level bags: every slide of a patient carries the patient's risk
+    assert (pred.groupby("patient_id").risk.nunique() == 1).all()
+    assert set(pred.slide_id) == set(pd.read_csv(manifest).slide_id)
+    spec = load_run_spec(run)
+    cuts = [f["target_state"]["survival"]["cuts"] for f in spec["folds"]]
+    assert all(len(c) == 3 for c in cuts) and cuts[0] != cuts[1]  # bins per training fold
+    rc = main(["predict", "--run", str(run), "--features", str(fdir), "--manifest", str(manifest),
+               "--out", str(tmp_path / "pred")])
+    assert rc == 2  # training patients refused with one error line
+
+
+def test_missing_feature_file_is_recorded_and_config_is_strict(tmp_path):
+    from pathstrat.cli import main
+
+    fdir, manifest = make_feature_cohort(tmp_path / "c", n_patients=12, dim=8, seed=6,
+                                         tasks=("binary",), tiles=(6, 10))
+    df = pd.read_csv(manifest)
+    (fdir / f"{df.slide_id.iloc[0]}.h5").unlink()
+    rc = main(["train", "--features", str(fdir), "--manifest", str(manifest), "--target",
+               "responder", "--model", "maxpool", "--folds", "2", "--epochs", "1",
+               "--out", str(tmp_path / "run"), "--hparam", "dim=8"])
+    assert rc == 3
+    fails = pd.read_csv(tmp_path / "run" / "failures.csv")
+    assert fails.slide_id.tolist() == [df.slide_id.iloc[0]]
+    with pytest.raises(ValueError):
+        TrainConfig(features="f", manifest="m", targets=["y"], out="o", epochz=3)
