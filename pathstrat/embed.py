@@ -348,9 +348,11 @@ def _run(jobs: list[SlideJob], enc, batch_size: int, workers: int, views: int, s
     parts: dict[int, list[np.ndarray]] = {}
     vparts: dict[int, list[np.ndarray]] = {}
     dead: set[int] = set()
-    for j, job in enumerate(jobs):  # slides without tiles: an empty, valid file
+    for job in jobs:  # slides without tiles: an empty, valid file
         if job.n_tiles == 0:
-            _write(job, enc, np.zeros((0, enc.dim), np.float32), None, views, seed)
+            empty = np.zeros((0, enc.dim), np.float32)
+            _write(job, enc, empty, np.zeros((views, 0, enc.dim), np.float32) if views else None,
+                   views, seed)
             result.done.append(job.slide_id)
     with Progress(len(jobs), f"embed {enc.spec.id}", unit="slide", sub_unit="tile") as bar:
         for item in make_loader(ds, workers, pin_memory=enc.device.type == "cuda"):

@@ -44,14 +44,15 @@ def make_feature_cohort(out_dir: str | os.PathLike, n_patients: int = 60, dim: i
                         tiles: tuple[int, int] = (20, 60), strength: float = 3.0,
                         signal_fraction: float = 0.4, missing_fraction: float = 0.15,
                         encoder_id: str = ENCODER_ID, split: bool = False,
-                        dtype: str = "float16") -> tuple[Path, Path]:
+                        dtype: str = "float16", weights_random: bool = False) -> tuple[Path, Path]:
     """Write ``out_dir/features/<encoder_id>/<slide_id>.h5`` and ``out_dir/manifest.csv``.
 
     Label columns (by task): ``responder`` (0/1), ``subtype`` (A/B/C), ``marker_a``/``marker_b``
     (0/1 with ``missing_fraction`` left empty), ``score`` (continuous), ``time``/``event``
     (survival; higher latent risk -> earlier event). Each label is carried by its own feature
     direction in ``signal_fraction`` of a slide's tiles (scaled by the label's strength).
-    With ``split=True`` a ``split`` column assigns patients to train/val/test (60/20/20).
+    With ``split=True`` a ``split`` column assigns patients to train/val/test (60/20/20);
+    ``weights_random=True`` marks the files as coming from a random-weights encoder.
     Returns ``(features_dir, manifest_path)``.
     """
     unknown = set(tasks) - set(TASKS)
@@ -102,7 +103,7 @@ def make_feature_cohort(out_dir: str | os.PathLike, n_patients: int = 60, dim: i
             side = int(np.ceil(np.sqrt(n)))
             coords = np.stack([np.arange(n) % side, np.arange(n) // side], 1).astype(np.int64) * 224
             attrs = {"encoder_id": encoder_id, "encoder_dim": dim, "weights_sha256": "synthetic",
-                     "weights_random": False, "slide_id": sid, "tile_px": 224, "target_mpp": 0.5,
+                     "weights_random": weights_random, "slide_id": sid, "tile_px": 224, "target_mpp": 0.5,
                      "tile_size_level0": 224.0, "dtype": dtype}
             path = fdir / f"{sid}.h5"
             _write(path, feats.astype(dtype), coords, attrs)

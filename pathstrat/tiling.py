@@ -14,7 +14,9 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -23,11 +25,23 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from pathstrat.errors import (ConfigError, EmptyTissueError, PathstratError, SchemaError,
-                              SlideReadError)
-from pathstrat.io import (FailureLog, atomic_path, clean_stale_tmp, ensure_writable_dir,
-                          params_hash, write_bytes_atomic, write_dataframe_atomic,
-                          write_json_atomic)
+from pathstrat.errors import (
+    ConfigError,
+    EmptyTissueError,
+    PathstratError,
+    SchemaError,
+    SlideReadError,
+)
+from pathstrat.io import (
+    FailureLog,
+    atomic_path,
+    clean_stale_tmp,
+    ensure_writable_dir,
+    params_hash,
+    write_bytes_atomic,
+    write_dataframe_atomic,
+    write_json_atomic,
+)
 
 log = logging.getLogger(__name__)
 
@@ -105,9 +119,10 @@ def tissue_fractions(mask: np.ndarray, coords: np.ndarray, tile_size_level0: flo
     coords = np.asarray(coords, dtype=np.float64).reshape(-1, 2)
     if len(coords) == 0:
         return np.zeros(0, np.float32)
+    import cv2
+
     h, w = mask.shape
-    sat = np.zeros((h + 1, w + 1), np.float64)
-    sat[1:, 1:] = np.cumsum(np.cumsum(mask, axis=0, dtype=np.float64), axis=1)
+    sat = cv2.integral(np.ascontiguousarray(mask, dtype=np.uint8), sdepth=cv2.CV_64F)
     dsx, dsy = downsample_xy
     x0 = np.clip(coords[:, 0] / dsx, 0, w)
     x1 = np.clip((coords[:, 0] + tile_size_level0) / dsx, 0, w)
@@ -290,7 +305,6 @@ def tile_slide(slide_path: str | os.PathLike, out_dir: str | os.PathLike, params
             "stride_level0": float(grid.stride_level0),
             "slide_mpp": float(slide.mpp),
             "mpp_source": str(slide.mpp_source),
-            "mpp_override": float("nan") if override is None else override,
             "level0_width": int(slide.dimensions[0]),
             "level0_height": int(slide.dimensions[1]),
             "slide_id": slide_id,
@@ -305,6 +319,8 @@ def tile_slide(slide_path: str | os.PathLike, out_dir: str | os.PathLike, params
             "qc_n_candidates": int(grid.n_candidates),
             "qc_seconds": float(seconds),
         }
+        if override is not None:
+            attrs["mpp_override"] = override  # absent when the slide's metadata MPP was used
         write_tiles(dest, grid.coords, grid.tissue_fraction, attrs)
     log.info("tiled %s: %d tiles, %.2f mm² tissue, %.1f s", slide_id, len(grid.coords),
              tm.area_mm2, seconds)
@@ -457,7 +473,7 @@ def _jobs(df: Any, out: Path, params: TilingParams, mpp: float | None,
     has_mpp = "mpp" in df.columns
     jobs = []
     for i, row in enumerate(df.itertuples(index=False)):
-        row_mpp = float(getattr(row, "mpp")) if has_mpp else float("nan")
+        row_mpp = float(row.mpp) if has_mpp else float("nan")
         use_manifest = not math.isnan(row_mpp)
         jobs.append({
             "index": i, "slide_id": str(row.slide_id), "path": str(row.path),
@@ -468,8 +484,9 @@ def _jobs(df: Any, out: Path, params: TilingParams, mpp: float | None,
     return jobs
 
 
-def _run_jobs(jobs: list[dict[str, Any]], workers: int):
+def _run_jobs(jobs: list[dict[str, Any]], workers: int, fn: Callable | None = None):
     """Yield (job, result) as slides finish, in a process pool when ``workers > 1``."""
+    fn = fn or _tile_job
     missing = [j for j in jobs if not Path(j["path"]).is_file()]
     for j in missing:
         yield j, {"ok": False, "error_type": SlideReadError.__name__,
@@ -479,13 +496,44 @@ def _run_jobs(jobs: list[dict[str, Any]], workers: int):
     todo = [j for j in jobs if Path(j["path"]).is_file()]
     if workers <= 1 or len(todo) <= 1:
         for j in todo:
-            yield j, _tile_job(j)
+            yield j, fn(j)
         return
-    with ProcessPoolExecutor(max_workers=min(workers, len(todo)),
-                             mp_context=get_context("spawn")) as pool:
-        futures = {pool.submit(_tile_job, j): j for j in todo}
-        for fut in as_completed(futures):
-            yield futures[fut], fut.result()
+    yield from _run_pool(todo, workers, fn)
+
+
+def _run_pool(todo: list[dict[str, Any]], workers: int, fn: Callable):
+    """Process pool that survives a worker crash (e.g. a decoder segfault on a corrupt slide).
+
+    Slides in flight when a worker dies are retried once in a new pool; slides that break the
+    pool again run one per process, so only the slide that really crashes is recorded.
+    """
+    pending = todo
+    for round_ in range(3):
+        isolate = round_ == 2
+        broken: list[dict[str, Any]] = []
+        groups = [[j] for j in pending] if isolate else [pending]
+        for group in groups:
+            n = 1 if isolate else min(workers, len(group))
+            with ProcessPoolExecutor(max_workers=n, mp_context=get_context("spawn")) as pool:
+                futures = {pool.submit(fn, j): j for j in group}
+                for fut in as_completed(futures):
+                    try:
+                        res = fut.result()
+                    except BrokenProcessPool:
+                        broken.append(futures[fut])
+                        continue
+                    yield futures[fut], res
+        if broken:
+            log.warning("a tiling worker process died; %d slide(s) to retry%s", len(broken),
+                        " one per process" if round_ == 1 else "")
+        pending = broken
+        if not pending:
+            return
+    for j in pending:
+        yield j, {"ok": False, "error_type": "WorkerCrashed",
+                  "reason": f"the worker process died while tiling slide '{j['slide_id']}' "
+                            "(a crash in the slide decoder, or out of memory). Check the file with "
+                            "`pathstrat info` or re-export it; lower --workers if memory is short."}
 
 
 def _same_float(a: Any, b: float | None) -> bool:

@@ -33,7 +33,8 @@ class PenRules:
     """Hue/saturation/value rules (OpenCV units) that flag ink, not stained tissue.
 
     H&E tissue is pink to purple (hue about 125-179 and 0-5) with moderate saturation; marker
-    ink is green or pure blue (hues no stain produces), strongly saturated red, or near black.
+    ink is green or pure blue (hues no stain produces), strongly saturated red, or near black /
+    dark unsaturated grey.
     """
 
     blue_hue: tuple[int, int] = (92, 122)
@@ -45,6 +46,8 @@ class PenRules:
     red_min_sat: int = 170
     red_max_val: int = 215
     black_max_val: int = 55
+    grey_max_val: int = 120  # black ink at low resolution: dark grey, unlike saturated stain
+    grey_max_sat: int = 60
 
 
 @dataclass
@@ -184,10 +187,10 @@ def pen_mask_from_hsv(hsv: np.ndarray, rules: PenRules, mpp: float,
     green = (hue >= r.green_hue[0]) & (hue <= r.green_hue[1]) & (sat >= r.green_min_sat)
     red = (((hue <= r.red_hue_low) | (hue >= r.red_hue_high)) & (sat >= r.red_min_sat)
            & (val <= r.red_max_val))
-    black = val <= r.black_max_val
+    black = (val <= r.black_max_val) | ((val <= r.grey_max_val) & (sat <= r.grey_max_sat))
     pen = (blue | green | red | black).astype(np.uint8)
     pen = cv2.morphologyEx(pen, cv2.MORPH_OPEN, np.ones((2, 2), np.uint8))  # drop isolated pixels
-    k = _odd_px(dilate_um, mpp, minimum=1)
+    k = 2 * int(round(dilate_um / max(mpp, 1e-9))) + 1  # dilate_um is the radius
     if k > 1:
         pen = cv2.dilate(pen, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
     return pen.astype(bool)
@@ -263,9 +266,8 @@ def draw_qc(tm: TissueMask, coords: np.ndarray | None = None, tile_size_level0: 
     f = int(min(max_upscale, max(1, math.ceil(min_long_side / max(long_side, 1)))))
     if f > 1:
         img = cv2.resize(img, None, fx=f, fy=f, interpolation=cv2.INTER_LINEAR)
-    big = (lambda m: cv2.resize(m.astype(np.uint8), (img.shape[1], img.shape[0]),
-                                interpolation=cv2.INTER_NEAREST).astype(bool))
-    pen = big(tm.pen_mask)
+    size = (img.shape[1], img.shape[0])
+    pen = _resize_mask(tm.pen_mask, size)
     img[pen] = (0.5 * img[pen] + 0.5 * np.array([255, 0, 0])).astype(np.uint8)
     if coords is not None and len(coords):
         sx, sy = f / tm.downsample_xy[0], f / tm.downsample_xy[1]
@@ -275,13 +277,17 @@ def draw_qc(tm: TissueMask, coords: np.ndarray | None = None, tile_size_level0: 
         y1 = np.round((coords[:, 1] + tile_size_level0) * sy).astype(np.int32)
         for a, b, c, d in zip(x0, y0, x1, y1, strict=True):
             cv2.rectangle(img, (int(a), int(b)), (int(c), int(d)), (40, 80, 255), 1)
-    contours, _ = cv2.findContours(big(tm.mask).astype(np.uint8), cv2.RETR_CCOMP,
+    contours, _ = cv2.findContours(_resize_mask(tm.mask, size).astype(np.uint8), cv2.RETR_CCOMP,
                                    cv2.CHAIN_APPROX_SIMPLE)
     cv2.drawContours(img, contours, -1, (0, 170, 0), max(1, f))
     return img
 
 
 # ---------------------------------------------------------------------------------------------
+
+
+def _resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    return cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(bool)
 
 
 def _otsu(values: np.ndarray) -> float:

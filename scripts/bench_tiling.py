@@ -113,7 +113,7 @@ def get_slide(cache: Path, width: int, height: int, mpp: float, generator: str) 
         if use_synth:
             from pathstrat.synthetic import make_slide
 
-            make_slide(path, width=width, height=height, mpp=mpp, seed=0)
+            make_slide(path, width=width, height=height, mpp=mpp, seed=0, downsamples=LEVEL_DOWNSAMPLES)
         else:
             generate_slide(path, width, height, mpp)
         print(f"# generated {path} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)

@@ -101,3 +101,21 @@ def small_run(small_cohort, tmp_path_factory):
     d = tmp_path_factory.mktemp("small_run")
     cfg_path = write_config(d / "config.yaml", small_cohort, d / "run")
     return cfg_path, run_pipeline(load_config(cfg_path))
+
+
+@pytest.fixture(scope="session")
+def synthetic_pen_slide(tmp_path_factory):
+    """A make_slide slide (2400 x 1800 px at 0.5 µm/px, seed 3) with pen strokes and its truth."""
+    try:
+        from pathstrat.synthetic import make_slide
+    except ImportError as exc:  # pragma: no cover - synthetic is part of the package
+        pytest.skip(f"pathstrat.synthetic unavailable: {exc}")
+    path = tmp_path_factory.mktemp("synthetic-pen") / "pen.svs"
+    return make_slide(path, width=2400, height=1800, mpp=0.5, seed=3, pen=2)
+
+
+def crash_on_slide_c(job: dict) -> dict:
+    """Tiling-worker stand-in (test_tiling): dies like a segfaulting decoder on slide 'c'."""
+    if job["slide_id"] == "c":
+        os._exit(139)
+    return {"ok": True, "row": {"slide_id": job["slide_id"], "n_tiles": 1}}

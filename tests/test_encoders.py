@@ -221,3 +221,31 @@ def test_builtin_separates_tissue_from_background_on_cmu1(real_slide):
     feats = E.build_encoder("builtin", device="cpu")(tiles[keep]).numpy()
     acc = cross_val_score(LogisticRegression(max_iter=3000), feats, y, cv=5).mean()
     assert acc >= 0.9, f"tissue/background probe accuracy {acc:.3f}"
+
+
+def test_weight_lookup_never_touches_the_network(monkeypatch):
+    import socket
+
+    def refuse(*_a, **_k):
+        raise AssertionError("network access attempted")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    with pytest.raises(WeightsError, match="bioptimus/H-optimus-0 \\(not gated\\)"):
+        E.build_encoder("h_optimus_0", device="cpu")
+
+
+def test_transform_resize_crop_and_normalise(rng):
+    t = E.EncoderTransform.from_spec(E.get_spec("gigapath"))  # resize 256 bicubic, crop 224
+    assert t.describe().startswith("resize(256,bicubic)+center_crop(224)+normalize(")
+    x = rng.integers(0, 256, size=(2, 448, 448, 3), dtype=np.uint8)
+    x[:, 200:248, 200:248] = 17  # a flat patch at the centre survives resize + centre crop
+    out = t.resize(x)
+    assert out.shape == (2, 224, 224, 3) and out.dtype == np.uint8
+    assert (out[:, 108:116, 108:116] == 17).all()
+    norm = t.normalize(out)
+    mean, std = np.array(t.mean), np.array(t.std)
+    expected = (out.astype(np.float64) / 255.0 - mean) / std
+    np.testing.assert_allclose(norm.permute(0, 2, 3, 1).numpy(), expected, atol=1e-5)
+    with pytest.raises(ValueError, match=r"\(B,H,W,3\)"):
+        t.resize(x[0])

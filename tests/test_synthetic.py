@@ -190,9 +190,10 @@ def test_pen_marks_are_ink_coloured_and_in_the_truth(slide_025, tmp_path):
 
 
 def test_same_seed_same_bytes_other_seed_other_slide(tmp_path):
-    a = make_slide(tmp_path / "a.svs", width=700, height=600, mpp=0.5, seed=5, pen=True)
-    b = make_slide(tmp_path / "b.svs", width=700, height=600, mpp=0.5, seed=5, pen=True)
-    c = make_slide(tmp_path / "c.svs", width=700, height=600, mpp=0.5, seed=6, pen=True)
+    kw = dict(width=700, height=600, mpp=0.5, pen=True, patch_um=128)
+    a = make_slide(tmp_path / "a.svs", seed=5, **kw)
+    b = make_slide(tmp_path / "b.svs", seed=5, **kw)
+    c = make_slide(tmp_path / "c.svs", seed=6, **kw)
     assert _sha(a.path) == _sha(b.path)
     assert _sha(a.truth_path) == _sha(b.truth_path)
     assert _sha(a.path) != _sha(c.path)
@@ -207,6 +208,7 @@ def test_invalid_arguments_name_the_problem(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_streaming_keeps_peak_memory_far_below_the_image(tmp_path):
     """An 8000 x 6000 slide (144 MB as RGB) needs little more memory than a 2000 x 1500 one."""
     code = textwrap.dedent(f"""
@@ -247,7 +249,8 @@ def test_streaming_keeps_peak_memory_far_below_the_image(tmp_path):
 @pytest.fixture(scope="module")
 def small_cohort(tmp_path_factory):
     d = tmp_path_factory.mktemp("cohort")
-    return make_cohort(d, small=True, seed=3, second_slide_fraction=0.4, workers=1)
+    return make_cohort(d, small=True, seed=3, second_slide_fraction=0.4, workers=1,
+                       texture_banks=2)
 
 
 def test_small_cohort_manifest_and_files(small_cohort):
@@ -288,7 +291,8 @@ def test_cohort_labels_follow_measured_slide_content(small_cohort):
 
 def test_cohort_rerun_reuses_and_params_change_regenerates(small_cohort):
     before = {p: p.stat().st_mtime_ns for p in (small_cohort.parent / "slides").iterdir()}
-    again = make_cohort(small_cohort.parent, small=True, seed=3, second_slide_fraction=0.4)
+    again = make_cohort(small_cohort.parent, small=True, seed=3, second_slide_fraction=0.4,
+                        texture_banks=2)
     assert again == small_cohort
     assert {p: p.stat().st_mtime_ns for p in (small_cohort.parent / "slides").iterdir()} == before
     meta = json.loads((small_cohort.parent / "cohort.json").read_text())
@@ -296,9 +300,9 @@ def test_cohort_rerun_reuses_and_params_change_regenerates(small_cohort):
 
 
 def test_cohort_is_deterministic_with_two_workers(tmp_path):
-    a = make_cohort(tmp_path / "a", n_patients=4, width=600, height=500, seed=9, workers=2,
+    a = make_cohort(tmp_path / "a", n_patients=3, width=600, height=500, seed=9, workers=2,
                     texture_banks=1)
-    b = make_cohort(tmp_path / "b", n_patients=4, width=600, height=500, seed=9, workers=1,
+    b = make_cohort(tmp_path / "b", n_patients=3, width=600, height=500, seed=9, workers=1,
                     texture_banks=1)
     pd.testing.assert_frame_equal(pd.read_csv(a), pd.read_csv(b))
     for p in pd.read_csv(a)["path"]:
@@ -332,3 +336,19 @@ def test_planted_survival_model_is_recovered_by_cox():
     # responder / biomarker noise is small but not zero
     assert 0.0 < (t["responder"] != (t["lymphocytes"] > d.responder_threshold)).mean() < 0.08
     assert 0.0 < (t["biomarker"] != (t["mucinous_of_tumor"] > d.biomarker_threshold)).mean() < 0.08
+
+
+def test_interrupted_cohort_resumes_with_identical_files(tmp_path):
+    """A run killed after some slides: the rerun keeps finished slides and rebuilds the rest."""
+    kw = dict(n_patients=3, width=600, height=500, seed=4, texture_banks=1)
+    m = make_cohort(tmp_path, **kw)
+    paths = [tmp_path / p for p in pd.read_csv(m)["path"]]
+    digests = {p: _sha(p) for p in paths}
+    kept = {p: p.stat().st_mtime_ns for p in paths[1:]}
+    m.unlink()  # as if killed before the manifest was written ...
+    paths[0].unlink()  # ... and before the first slide finished
+    again = make_cohort(tmp_path, **kw)
+    assert {p: _sha(p) for p in paths} == digests
+    assert {p: p.stat().st_mtime_ns for p in paths[1:]} == kept
+    assert not list(tmp_path.rglob(".tmp-*"))
+    assert list(pd.read_csv(again)["path"]) == [str(p.relative_to(tmp_path)) for p in paths]

@@ -2,7 +2,7 @@
 
 Only model weights and aggregate statistics leave a site. Public API:
 
-* :class:`FederationConfig`, :class:`SiteConfig`, :class:`DPConfig`, :class:`SecAggConfig`
+* :class:`FederationConfig`, :class:`SiteConfig`, :class:`DPConfig`, :class:`TargetDef`
 * :func:`simulate`, :func:`split_sites`: K simulated sites from one cohort's ``site`` column
 * :func:`build_server_app`, :func:`build_client_app`: the Flower apps (deployment:
   ``pathstrat.federated.app:server_app`` / ``:client_app``)
@@ -16,7 +16,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from pathstrat.federated.config import DPConfig, FederationConfig, SecAggConfig, SiteConfig, TargetDef
+from pathstrat.federated.config import (
+    DPConfig,
+    FederationConfig,
+    SiteConfig,
+    TargetDef,
+)
 
 _LAZY = {
     "simulate": "pathstrat.federated.simulation",
@@ -35,7 +40,7 @@ _LAZY = {
     "check_egress": "pathstrat.federated.audit",
 }
 
-__all__ = ["DPConfig", "FederationConfig", "SecAggConfig", "SiteConfig", "TargetDef", *_LAZY]
+__all__ = ["DPConfig", "FederationConfig", "SiteConfig", "TargetDef", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

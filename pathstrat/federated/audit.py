@@ -1,7 +1,7 @@
 """Egress audit: a record of everything a site sends, and a checker for it.
 
 ``make_audit_mod`` is a Flower client mod (outermost, so it sees the final reply after DP
-clipping or SecAgg+ masking) that appends a JSON line per outgoing message to
+clipping) that appends a JSON line per outgoing message to
 ``<audit_dir>/<site>.jsonl``: message type, round, and per record its keys, array names with
 shape/dtype/sha256, and metric/config values. ``check_egress`` verifies such a log against what
 is allowed to leave: model arrays of the right names and shapes, and a fixed vocabulary of
@@ -32,8 +32,7 @@ ALLOWED_CONFIG_KEYS = (
     r"site", r"accepted", r"reason", r"encoder-id", r"feature-dim", r"pathstrat-version",
     r"[^.]+\.classes",
 )
-# Records of the SecAgg+ protocol (public keys, encrypted shares, masked integer vectors).
-SECAGG_RECORD_KEYS = ("secaggplus",)
+
 
 
 def summarize(message: Any, site: str) -> dict[str, Any]:
@@ -132,7 +131,7 @@ def check_egress(summaries: Iterable[Mapping[str, Any]], model_shapes: Mapping[s
                     vals = v if isinstance(v, list) else [v]
                     if not all(isinstance(x, (int, float)) for x in vals):
                         problems.append(f"{where}: metric '{k}' is not numeric")
-            elif rec["kind"] == "config" and not rec["key"].startswith(SECAGG_RECORD_KEYS):
+            elif rec["kind"] == "config":
                 for k in rec["values"]:
                     if not config_re.match(k):
                         problems.append(f"{where}: config entry '{k}' is not allowed to leave")

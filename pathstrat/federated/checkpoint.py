@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 
 from pathstrat.federated.config import FederationConfig, SiteConfig
@@ -109,4 +108,4 @@ def _scalars(m: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in m.items() if not isinstance(v, list) and np.isfinite(float(v))}
 
 
-__all__ = ["finetune_site", "load_federated_run", "save_federated_checkpoint", "torch"]
+__all__ = ["finetune_site", "load_federated_run", "save_federated_checkpoint"]

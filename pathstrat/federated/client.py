@@ -82,7 +82,6 @@ def build_client_app(sites: Sequence[SiteConfig] | None = None, extra_mods: Sequ
 
     resolve = SiteResolver(sites)
     app = ClientApp(mods=[make_audit_mod(resolve.audit_target), *extra_mods])
-    torch.set_num_threads(max(1, min(4, int(os.environ.get("PATHSTRAT_FL_THREADS", "1")))))
 
     @app.query("join")
     def join(msg: Message, context) -> Message:
@@ -102,6 +101,9 @@ def build_client_app(sites: Sequence[SiteConfig] | None = None, extra_mods: Sequ
                        reply_to=msg)
 
     def _setup(msg: Message, context):
+        threads = os.environ.get("PATHSTRAT_FL_THREADS")
+        if threads:
+            torch.set_num_threads(int(threads))
         cfg = msg.content["config"]
         fed = FederationConfig.from_json(cfg["federation"])
         state = GlobalState.from_dict(json.loads(cfg["global"]))
@@ -140,6 +142,8 @@ def build_client_app(sites: Sequence[SiteConfig] | None = None, extra_mods: Sequ
     def evaluate(msg: Message, context) -> Message:
         fed, state, site, local, arrays, _ = _setup(msg, context)
         metrics = local.evaluate(arrays, state)
+        if fed.dp is not None:
+            metrics["dp-weight"] = 1
         return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
 
     return app

@@ -58,16 +58,6 @@ class DPConfig(_Strict):
     delta: float = Field(1e-5, gt=0, lt=1, description="delta of the reported (epsilon, delta).")
 
 
-class SecAggConfig(_Strict):
-    """SecAgg+ (Flower's SecAggPlusWorkflow + secaggplus_mod): the coordinator sees only sums."""
-
-    num_shares: float = Field(1.0, gt=0, description="Shares per key (int) or fraction of sampled sites.")
-    reconstruction_threshold: float = Field(1.0, gt=0)
-    clipping_range: float = Field(8.0, gt=0, description="Parameters are clipped to ±range before quantisation.")
-    quantization_range: int = Field(2**22, gt=0)
-    max_weight: float = Field(1e4, gt=0, description="Largest site weight (number of training bags).")
-
-
 class FederationConfig(_Strict):
     """Everything the coordinator decides; sent to every site with each round."""
 
@@ -84,6 +74,9 @@ class FederationConfig(_Strict):
     fraction_train: float = Field(1.0, gt=0, le=1)
     fraction_evaluate: float = Field(1.0, ge=0, le=1)
     min_sites: int = Field(2, ge=1, description="Sites that must join before training starts.")
+    expected_sites: int | None = Field(None, ge=1, description="Wait (up to join_timeout_s) for "
+                                       "this many SuperNodes before the join; then go on with "
+                                       "those connected (at least min_sites).")
     lr: float = Field(2e-4, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     batch_size: int = Field(1, ge=1)
@@ -96,7 +89,6 @@ class FederationConfig(_Strict):
     time_grid_bins: int = Field(200, ge=10, description="Bins of the shared survival time grid.")
     score_bins: int = Field(100, ge=10, description="Bins of the score histograms for pooled AUROC.")
     dp: DPConfig | None = None
-    secagg: SecAggConfig | None = None
     timeout_s: float = Field(3600, gt=0, description="Seconds to wait for the sites each round.")
     join_timeout_s: float = Field(600, gt=0, description="Seconds to wait for min_sites to connect.")
     device: str = "cpu"
@@ -108,8 +100,6 @@ class FederationConfig(_Strict):
         if any(t.kind == "discrete" for t in self.targets) and self.time_max is None:
             raise ValueError("discrete survival needs time_max (upper edge of the shared time grid; "
                              "sites histogram their times on it, raw times never leave a site)")
-        if self.dp is not None and self.secagg is not None:
-            raise ValueError("dp and secagg cannot be combined in this version; choose one")
         return self
 
     def to_json(self) -> str:

@@ -25,7 +25,7 @@ import numpy as np
 
 from pathstrat.errors import PathstratError
 from pathstrat.federated.config import FederationConfig
-from pathstrat.federated.site import GlobalState, build_global_model, resolved_specs
+from pathstrat.federated.site import GlobalState, build_global_model
 from pathstrat.federated.stats import global_target_state, merge_site_stats, time_grid
 
 log = logging.getLogger(__name__)
@@ -100,14 +100,18 @@ def _round_of(messages) -> int | None:
     return None
 
 
-def wait_for_sites(grid, n: int, timeout_s: float) -> list[int]:
-    """Node ids once at least ``n`` SuperNodes are connected (FederationError after the timeout)."""
+def wait_for_sites(grid, n: int, timeout_s: float, expected: int | None = None) -> list[int]:
+    """Node ids once ``expected`` (else ``n``) SuperNodes are connected; after the timeout go on
+    with at least ``n`` (FederationError with fewer)."""
     t0 = time.monotonic()
+    want = max(n, expected or n)
     while True:
         ids = list(grid.get_node_ids())
-        if len(ids) >= n:
+        if len(ids) >= want:
             return ids
         if time.monotonic() - t0 > timeout_s:
+            if len(ids) >= n:
+                return ids
             raise FederationError(f"Only {len(ids)} of the {n} required sites connected within "
                                   f"{timeout_s:.0f} s. Check that each site's SuperNode is running "
                                   "and reaches the SuperLink (address, TLS certificates).")
@@ -175,7 +179,8 @@ def aggregate_metrics(records, weight_key: str):
                 sums[k] = sums.get(k, 0.0) + float(v)
                 continue
             head = k.split(".", 1)[0] if "." in k else None
-            w = float(m.get(f"{head}.n", m.get(weight_key, 1))) if head else float(m.get(weight_key, 1))
+            base = float(m.get("num-examples", m.get(weight_key, 1)))
+            w = float(m.get(f"{head}.n", base)) if head else base
             if not math.isfinite(float(v)) or w <= 0:
                 continue
             sums[k] = sums.get(k, 0.0) + w * float(v)
@@ -217,7 +222,6 @@ def make_strategy(fed: FederationConfig, n_sites: int):
 
 def run_federation(grid, fed: FederationConfig, out_dir: str | Path) -> dict[str, Any]:
     """The coordinator's whole run; returns (and writes) the federation summary."""
-    import torch
     from flwr.app import ArrayRecord, ConfigRecord
 
     from pathstrat.federated.checkpoint import save_federated_checkpoint
@@ -226,7 +230,7 @@ def run_federation(grid, fed: FederationConfig, out_dir: str | Path) -> dict[str
 
     out = ensure_writable_dir(out_dir)
     t0 = time.monotonic()
-    nodes = wait_for_sites(grid, fed.min_sites, fed.join_timeout_s)
+    nodes = wait_for_sites(grid, fed.min_sites, fed.join_timeout_s, fed.expected_sites)
     joined, refused = join_sites(grid, nodes, fed)
     for name, reason in refused.items():
         log.warning("site %s is not part of this federation: %s", name, reason)
@@ -271,7 +275,6 @@ def run_federation(grid, fed: FederationConfig, out_dir: str | Path) -> dict[str
     write_json_atomic(out / "federation.json", summary)
     log.info("federation finished: %d sites, %d rounds; checkpoint in %s", len(joined), fed.rounds,
              out / "checkpoints")
-    del torch
     return summary
 
 

@@ -79,6 +79,8 @@ def simulate(fed: FederationConfig, sites: Sequence[SiteConfig], out_dir: str | 
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if fed.expected_sites is None:  # every simulated SuperNode is there from the start
+        fed = fed.model_copy(update={"expected_sites": len(sites)})
     (out / "federation.json").unlink(missing_ok=True)
     server = build_server_app(fed, out)
     client = build_client_app(sites, extra_mods=extra_client_mods)
@@ -86,6 +88,9 @@ def simulate(fed: FederationConfig, sites: Sequence[SiteConfig], out_dir: str | 
                "init_args": {"num_cpus": max(1, int(workers)), "include_dashboard": False,
                              "configure_logging": False}}
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    # one CPU per simulated site: keep torch in each Ray worker from oversubscribing the cores
+    os.environ.setdefault("PATHSTRAT_FL_THREADS", "1")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         run_simulation(server_app=server, client_app=client, num_supernodes=len(sites),

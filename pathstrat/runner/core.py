@@ -93,8 +93,7 @@ def run_pipeline(cfg: PipelineConfig, *, executor: str | None = None, address: s
         log.info("pathstrat run '%s' -> %s (executor %s, stages %s)", cfg.name, run_dir, kind,
                  ",".join(todo))
         ctx = RunContext(cfg, kind, address)
-        for d in (run_dir, ctx.tiles_dir, ctx.features_dir, ctx.state_dir / "stages"):
-            clean_stale_tmp(d)
+        _clean_partial_files(ctx)
         ctx.manifest()
         for name in STAGES:  # the hash chain is known up front (also inside a Slurm job)
             ctx.hashes[name] = stage_hash(ctx, STAGE_DEFS[name])
@@ -112,6 +111,16 @@ def run_pipeline(cfg: PipelineConfig, *, executor: str | None = None, address: s
                  ", ".join(f"{s.name}={s.status}" for s in summary.stages), summary.n_failed,
                  ctx.failures_path)
     return summary
+
+
+def _clean_partial_files(ctx: RunContext) -> None:
+    """Remove temporary files a killed run left (every folder of the run; tiles/features too)."""
+    n = 0
+    dirs = {p.parent for p in ctx.run_dir.rglob(".tmp-*")} | {ctx.run_dir, ctx.tiles_dir, ctx.features_dir}
+    for d in sorted(dirs):
+        n += clean_stale_tmp(d)
+    if n:
+        log.info("removed %d partial file(s) left by an interrupted run", n)
 
 
 def _run_stage(ctx: RunContext, name: str, force: bool = False) -> StageReport:

@@ -61,20 +61,20 @@ class CohortDesign:
     biomarker_threshold: float = 0.25
     biomarker_scale: float = 0.04
     label_flip: float = 0.02
-    necrosis: tuple[float, float] = (0.02, 0.26)
+    necrosis: tuple[float, float] = (0.02, 0.30)
     tumor: tuple[float, float] = (0.22, 0.34)
     min_stroma: float = 0.12
     slide_jitter: float = 0.10  # relative log-normal jitter of a slide around its patient
-    tissue: tuple[float, float] = (0.45, 0.6)
+    tissue: tuple[float, float] = (0.3, 0.42)
     # survival (months)
     baseline_median: float = 30.0
     weibull_shape: float = 1.3
-    beta_necrosis: float = 16.0  # per unit fraction: +0.1 necrosis -> hazard x 5
-    necrosis_centre: float = 0.14
+    beta_necrosis: float = 22.0  # per unit fraction: +0.1 necrosis -> hazard x 9
+    necrosis_centre: float = 0.16
     beta_stage: float = 0.2
     beta_age_decade: float = 0.1
     beta_arm: float = 0.4  # treatment alone: a little harm (toxicity) ...
-    beta_interaction: float = -2.4  # ... and clear benefit if biomarker-positive (HR 0.13)
+    beta_interaction: float = -2.6  # ... clear benefit if biomarker-positive (HR 0.11)
     admin_censor: float = 96.0
     random_censor_mean: float = 500.0
 
@@ -103,14 +103,14 @@ def make_cohort(out_dir: str | os.PathLike, *, n_patients: int | None = None, se
     """Generate slides, ``manifest.csv``, ``truth.csv`` and ``cohort.json`` under ``out_dir``.
 
     ``small=True`` defaults to 12 patients on 1024 x 768 px slides (fast tests); otherwise 60
-    patients on 3200 x 2400 px at 0.5 µm/px (about 60-110 tissue tiles of 224 px at 0.5 µm/px).
+    patients on 4000 x 3000 px at 0.5 µm/px (about 60-110 tissue tiles of 224 px at 0.5 µm/px).
     A rerun with the same parameters returns the existing manifest; slides already written
     (truth present with the same seed) are reused after an interruption.
     """
     design = design or CohortDesign()
     n_patients = n_patients if n_patients is not None else (12 if small else 60)
-    width = width if width is not None else (1024 if small else 3200)
-    height = height if height is not None else (768 if small else 2400)
+    width = width if width is not None else (1024 if small else 4000)
+    height = height if height is not None else (768 if small else 3000)
     if n_patients < 2:
         raise ConfigError(f"n_patients={n_patients}: a cohort needs at least 2 patients")
     if not 0.0 <= second_slide_fraction <= 1.0 or not 0.0 <= pen_fraction <= 1.0:

@@ -189,7 +189,7 @@ def make_layout(width_um: float, height_um: float, spec: LayoutSpec, rng: np.ran
     gw = int(math.floor(width_um / field_mpp)) + 2
     gh = int(math.floor(height_um / field_mpp)) + 2
     yy, xx = np.mgrid[0:gh, 0:gw].astype(np.float32) * np.float32(field_mpp)
-    tissue = _tissue_field(xx, yy, width_um, height_um, spec.n_blobs, rng, field_mpp)
+    tissue = _tissue_field(xx, yy, width_um, height_um, spec.n_blobs, spec.tissue, rng, field_mpp)
     inside = _in_slide(xx, yy, width_um, height_um)
     tissue -= _quantile_threshold(tissue[inside], 1.0 - spec.tissue)
     is_tissue = (tissue > 0) & inside
@@ -216,14 +216,14 @@ def _in_slide(xx: np.ndarray, yy: np.ndarray, width_um: float, height_um: float)
 
 
 def _tissue_field(xx: np.ndarray, yy: np.ndarray, w: float, h: float, n_blobs: int,
-                  rng: np.random.Generator, field_mpp: float) -> np.ndarray:
-    """Union of rotated elliptical fragments with noisy, irregular outlines, tapered at the edges."""
+                  coverage: float, rng: np.random.Generator, field_mpp: float) -> np.ndarray:
+    """Union of rotated elliptical fragments with noisy, irregular outlines, faded at the edges."""
     base = np.full(xx.shape, -1.0, dtype=np.float32)
     n_blobs = max(1, n_blobs)
-    area_each = w * h * 0.6 / n_blobs
+    area_each = w * h * min(0.9, 1.15 * coverage) / n_blobs
     for _ in range(n_blobs):
-        cx, cy = rng.uniform(0.22, 0.78) * w, rng.uniform(0.22, 0.78) * h
-        ratio = rng.uniform(0.45, 1.0)
+        cx, cy = rng.uniform(0.28, 0.72) * w, rng.uniform(0.28, 0.72) * h
+        ratio = rng.uniform(0.5, 1.0)
         a = math.sqrt(area_each / (math.pi * ratio))
         b = a * ratio
         th = rng.uniform(0, math.pi)
@@ -231,12 +231,12 @@ def _tissue_field(xx: np.ndarray, yy: np.ndarray, w: float, h: float, n_blobs: i
         u = ((xx - cx) * c + (yy - cy) * s) / a
         v = (-(xx - cx) * s + (yy - cy) * c) / b
         base = np.maximum(base, 1.0 - np.sqrt(u * u + v * v))
-    coarse = smooth_noise(xx.shape, 0.12 * min(w, h) / field_mpp, rng)
+    coarse = smooth_noise(xx.shape, 0.08 * min(w, h) / field_mpp, rng)
     fine = smooth_noise(xx.shape, 25.0 / field_mpp, rng)
-    f = base + 0.35 * coarse + 0.08 * fine
-    margin = 0.04 * min(w, h)
+    f = base + 0.3 * coarse + 0.08 * fine
+    margin = 0.1 * min(w, h)
     edge = np.minimum.reduce([xx, yy, w - xx, h - yy])
-    f -= 2.0 * np.clip(1.0 - edge / margin, 0.0, 1.0)
+    f -= 1.5 * np.clip(1.0 - edge / margin, 0.0, 1.0) ** 2  # fade out near the slide border
     return f.astype(np.float32)
 
 

@@ -87,7 +87,7 @@ def texture_bank(p: int, mpp: float, seed: int) -> np.ndarray:
         if idx != BACKGROUND:
             ch, ce, cn = (_wrap_blur(c, blur) for c in (ch, ce, cn))
         grain = rng.standard_normal((p, p), dtype=np.float32)
-        cn = cn + grain * np.float32(0.006 if idx == BACKGROUND else 0.014)
+        cn = cn + grain * np.float32(0.003 if idx == BACKGROUND else 0.014)
         for k, (c, scale, off) in enumerate(((ch, Q_HE, 0.0), (ce, Q_HE, 0.0),
                                              (cn, Q_N, N_OFFSET))):
             q = (c + np.float32(off)) * np.float32(scale) + np.float32(0.5)
@@ -206,8 +206,8 @@ def _stroma(c: _Ctx) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     t2 = t1 + c.rng.uniform(0.4, 0.9)
     w = 1 / (1 + np.exp(-2.5 * c.noise(60.0)))
     fib = np.tanh(1.3 * (w * _fibres(c, t1) + (1 - w) * _fibres(c, t2)))
-    ce = 0.34 + 0.16 * fib
-    ce[fib < -0.8] *= 0.35  # clefts between bundles
+    ce = 0.32 + 0.12 * fib
+    ce = ce * (1.0 - 0.5 * (fib < -0.85))  # pale clefts between bundles
     ch = c.zeros(0.03) + 0.008 * c.noise(8.0)
     n = int(c.area_um2 / 900)
     xy = c.points(n)
@@ -239,7 +239,7 @@ def _tumor(c: _Ctx) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         ring_xy.append(np.stack([x + rr * np.cos(phi), y + rr * np.sin(phi)], 1) % c.p)
         ring_ax.append(np.stack([c.rng.uniform(4.5, 6.5, m), c.rng.uniform(2.3, 3.3, m)], 1))
         ring_ang.append(np.degrees(phi))
-    n = int(c.area_um2 / 85.0)
+    n = int(c.area_um2 / 110.0)
     xy = c.points(n)
     free = lumen[xy[:, 1].astype(int), xy[:, 0].astype(int)] == 0
     xy = xy[free]
@@ -254,7 +254,7 @@ def _tumor(c: _Ctx) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     nucleoli = c.rng.random(len(all_xy)) < 0.3
     dots = np.full((int(nucleoli.sum()), 2), 1.0 * u)
     _ellipses(nuc, all_xy[nucleoli], dots, np.zeros(len(dots)), vals[nucleoli] + 0.45)
-    chromatin = 1.0 + 0.22 * c.noise(0.8)
+    chromatin = 1.0 + 0.15 * c.noise(0.8)
     ch = np.where(nuc > 0, nuc * chromatin, ch)
     ce = np.where(nuc > 0, 0.10, ce)
     pale = lumen > 0
@@ -317,7 +317,7 @@ def _mucinous(c: _Ctx) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     r = c.rng.uniform(6.0, 9.0, m) * u
     cells = _ellipses(c.zeros(), xy, np.stack([r, r], 1), np.zeros(m), np.ones(m))
     membrane = _ellipses(c.zeros(), xy, np.stack([r, r], 1), np.zeros(m), np.ones(m),
-                         thickness=max(1, int(round(0.9 * u))))
+                         thickness=max(1, int(round(0.7 * u))))
     phi = c.rng.uniform(0, 2 * math.pi, m)
     nxy = (xy + (r - 2.2 * u)[:, None] * np.stack([np.cos(phi), np.sin(phi)], 1)) % c.p
     nax = np.stack([np.full(m, 3.6), np.full(m, 1.7)], 1) * u
@@ -325,6 +325,6 @@ def _mucinous(c: _Ctx) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     inside = cells > 0
     ch = np.where(inside, 0.06, ch)
     ce = np.where(inside, 0.06, ce)
-    ce = np.where(membrane > 0, 0.24, ce)
+    ce = np.where(membrane > 0, 0.17, ce)
     ch = np.where(nuc > 0, nuc, ch)
     return ch.astype(np.float32), ce.astype(np.float32), c.zeros(0.015)

@@ -108,6 +108,7 @@ def _run(cfg: TrainConfig, out: Path) -> Path:
                         strat_col=strat_col, strat_kind=strat_kind, split_col=cfg.split_col)
     write_dataframe_atomic(out / "folds.csv", folds)
     device = resolve_device(cfg.device)
+    _maybe_preload(store, device)
     ckpt_dir = out / "checkpoints"
     ckpt_dir.mkdir(exist_ok=True)
     rows: list[dict[str, Any]] = []
@@ -115,6 +116,8 @@ def _run(cfg: TrainConfig, out: Path) -> Path:
     hparams: dict[str, Any] = {}
     for (r, k), test_df in folds.groupby(["repeat", "fold"], sort=True):
         seed = cfg.seed + 1000 * int(r) + int(k)
+        if "role" in test_df.columns:  # fixed split: the fold holds every patient with a role
+            test_df = test_df[test_df["role"] == "test"]
         test_p = set(test_df["patient_id"].astype(str))
         train_p, val_p = _train_val_patients(cfg, folds, table, specs[0], int(r), test_p, seed)
         check_no_overlap(np.concatenate([train_p, val_p]), test_p, f"repeat {r}, fold {k}")
@@ -132,7 +135,7 @@ def _run(cfg: TrainConfig, out: Path) -> Path:
                             task_weights=cfg.task_weights)
         train_loader = make_loader(
             BagDataset(store, tr_idx, y, max_tiles=cfg.max_tiles, train=True, seed=seed),
-            cfg.batch_size, shuffle=True, seed=seed, pin_memory=device.startswith("cuda"),
+            cfg.batch_size, shuffle=True, seed=seed, pin_memory=device.startswith("cuda") and not store.on_device,
             balance_on=(y[specs[0].name][tr_idx] if cfg.balanced_sampling
                         and specs[0].kind in CLASSIFICATION_KINDS else None))
         val_loader = (make_loader(BagDataset(store, va_idx, y), 1) if len(va_idx) else None)
@@ -152,6 +155,7 @@ def _run(cfg: TrainConfig, out: Path) -> Path:
         name = f"fold{k}" + (f"_r{r}" if cfg.repeats > 1 else "")
         fold_entries.append(_save_checkpoint(ckpt_dir, name, model, cfg, int(r), int(k),
                                              np.concatenate([train_p, val_p]), states, history))
+        fold_entries[-1]["validation_patient_ids"] = sorted(map(str, val_p))
         log.info("repeat %d fold %d: %d train / %d val / %d test bags, %d epochs", r, k,
                  len(tr_idx), len(va_idx), len(te_idx), len(history))
     pred = _predictions_frame(rows)
@@ -166,8 +170,21 @@ def _run(cfg: TrainConfig, out: Path) -> Path:
         "schema": "pathstrat.mil_run/1"})
     if len(failures):
         failures.write()
+    cache = store.attrs.get("cache")
+    if cache:  # the memory-mapped feature cache is rebuilt by each run; do not leave it behind
+        Path(cache).unlink(missing_ok=True)
     log.info("run written to %s", out)
     return out
+
+
+def _maybe_preload(store: BagStore, device: str) -> None:
+    """On CUDA, keep the whole cohort's features on the GPU when they use < 40% of free memory."""
+    if not device.startswith("cuda") or store.attrs.get("cache"):
+        return
+    free, _ = torch.cuda.mem_get_info()
+    if store.nbytes < 0.4 * free:
+        store.to(device)
+        log.info("features preloaded on %s (%.2f GiB)", device, store.nbytes / 2**30)
 
 
 def _train_val_patients(cfg: TrainConfig, folds: pd.DataFrame, table: pd.DataFrame,

@@ -50,6 +50,22 @@ class BagStore:
     def __len__(self) -> int:
         return len(self.bags)
 
+    @property
+    def on_device(self) -> bool:
+        """True when the features live on an accelerator (see :meth:`to`)."""
+        return bool(self.bags) and self.bags[0].features.device.type != "cpu"
+
+    @property
+    def nbytes(self) -> int:
+        return sum(b.features.numel() * b.features.element_size() for b in self.bags)
+
+    def to(self, device: str | torch.device) -> BagStore:
+        """Move every bag's features to ``device`` once (e.g. a GPU with room for the cohort), so
+        subsampling and padding run there and no batch crosses the host-device bus."""
+        for b in self.bags:
+            b.features = b.features.to(device)
+        return self
+
 
 def resolve_features_dir(features_dir: str | os.PathLike, slide_ids: list[str]) -> Path:
     """``DIR/<slide_id>.h5``, or ``DIR/<encoder_id>/`` when DIR holds exactly one encoder folder."""
@@ -95,7 +111,10 @@ def load_bags(manifest: pd.DataFrame, features_dir: str | os.PathLike, *, level:
     if store not in ("memory", "mmap"):
         raise ConfigError(f"store '{store}' unknown; use 'memory' or 'mmap'.")
     fdir = resolve_features_dir(features_dir, manifest["slide_id"].astype(str).tolist())
-    slides: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    if level == "patient":  # slides of a patient stored contiguously (one slice per bag)
+        manifest = manifest.sort_values("patient_id", kind="stable")
+    sink = _Sink(store, cache_dir)
+    coords: dict[str, np.ndarray] = {}
     dim, enc, warned = expected_dim, expected_encoder, False
     for sid in manifest["slide_id"].astype(str):
         path = fdir / f"{sid}.h5"
@@ -126,51 +145,72 @@ def load_bags(manifest: pd.DataFrame, features_dir: str | os.PathLike, *, level:
         if not warned and attrs.get("weights_random"):
             _warn_random(attrs, path)
             warned = True
-        slides[sid] = (feats, np.asarray(bag.coords, np.int64))
-    if not slides:
+        sink.add(sid, feats)
+        coords[sid] = np.asarray(bag.coords, np.int64)
+    if not coords:
         raise SchemaError(f"No usable feature files for the manifest's slides in '{fdir}'. "
                           "Check --features (the folder holding <slide_id>.h5).")
-    df = manifest[manifest["slide_id"].astype(str).isin(slides)].reset_index(drop=True)
+    df = manifest[manifest["slide_id"].astype(str).isin(coords)].reset_index(drop=True)
     groups = ([[s] for s in df["slide_id"].astype(str)] if level == "slide" else
               [g["slide_id"].astype(str).tolist() for _, g in df.groupby("patient_id", sort=True)])
-    arrays = _materialise([np.concatenate([slides[s][0] for s in g]) for g in groups], store,
-                          cache_dir)
+    first_row = {sid: i for i, sid in enumerate(df["slide_id"].astype(str))}
+    sink.finish(int(dim))
     bags, rows = [], []
-    for g, feats in zip(groups, arrays, strict=True):
-        sizes = [len(slides[s][0]) for s in g]
-        first = df[df["slide_id"].astype(str) == g[0]].iloc[0]
+    for g in groups:
+        first = df.iloc[first_row[g[0]]]
         key = g[0] if level == "slide" else str(first["patient_id"])
+        feats, sizes = sink.bag(g)
         bags.append(Bag(key, str(first["patient_id"]), g, feats,
-                        np.concatenate([slides[s][1] for s in g]),
-                        [0, *np.cumsum(sizes).tolist()]))
+                        np.concatenate([coords[s] for s in g]), [0, *np.cumsum(sizes).tolist()]))
         rows.append(first)
     table = pd.DataFrame(rows).reset_index(drop=True)
     log.info("loaded %d bags (%s level, %d slides, dim %d, %s)", len(bags), level, len(df), dim, store)
-    return BagStore(bags, table, int(dim), enc, level)
+    return BagStore(bags, table, int(dim), enc, level, {"cache": str(sink.path) if sink.path else None})
 
 
-def _materialise(arrays: list[np.ndarray], store: str, cache_dir) -> list[torch.Tensor]:
-    """Keep bags as CPU tensors (file dtype) or as views into one memory-mapped cache file."""
-    if store == "memory":
-        return [torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]
-    if cache_dir is None:
-        raise ConfigError("store='mmap' needs a cache_dir for the memory-mapped features file.")
-    total = sum(len(a) for a in arrays)
-    dim = arrays[0].shape[1]
-    path = Path(cache_dir) / "features_cache.f16"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mm = np.memmap(path, dtype=np.float16, mode="w+", shape=(total, dim))
-    starts = np.cumsum([0] + [len(a) for a in arrays])
-    for a, s in zip(arrays, starts, strict=False):
-        mm[s:s + len(a)] = a
-    mm.flush()
-    del mm
-    ro = np.memmap(path, dtype=np.float16, mode="r", shape=(total, dim))
-    import warnings
+class _Sink:
+    """Holds slide features in RAM (file dtype) or appends them to one float16 cache file that is
+    memory-mapped read-only afterwards (cohorts larger than RAM never sit in memory at once)."""
 
-    with warnings.catch_warnings():  # read-only memmap: tensors are never written in place
-        warnings.simplefilter("ignore", UserWarning)
-        return [torch.from_numpy(ro[s:s + len(a)]) for a, s in zip(arrays, starts, strict=False)]
+    def __init__(self, store: str, cache_dir) -> None:
+        self.store = store
+        self.arrays: dict[str, np.ndarray] = {}
+        self.spans: dict[str, tuple[int, int]] = {}
+        self.path: Path | None = None
+        self._fh = None
+        self._rows = 0
+        self._mm = None
+        if store == "mmap":
+            if cache_dir is None:
+                raise ConfigError("store='mmap' needs a cache_dir for the memory-mapped features file.")
+            self.path = Path(cache_dir) / "features_cache.f16"
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(self.path, "wb")  # noqa: SIM115 - closed in finish()
+
+    def add(self, sid: str, feats: np.ndarray) -> None:
+        if self._fh is None:
+            self.arrays[sid] = np.ascontiguousarray(feats)
+            return
+        np.ascontiguousarray(feats, dtype=np.float16).tofile(self._fh)
+        self.spans[sid] = (self._rows, len(feats))
+        self._rows += len(feats)
+
+    def finish(self, dim: int) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._mm = np.memmap(self.path, dtype=np.float16, mode="r", shape=(self._rows, dim))
+
+    def bag(self, slide_ids: list[str]) -> tuple[torch.Tensor, list[int]]:
+        if self._mm is None:
+            parts = [self.arrays[s] for s in slide_ids]
+            arr = parts[0] if len(parts) == 1 else np.concatenate(parts)
+            return torch.from_numpy(arr), [len(p) for p in parts]
+        start, sizes = self.spans[slide_ids[0]][0], [self.spans[s][1] for s in slide_ids]
+        import warnings
+
+        with warnings.catch_warnings():  # read-only memmap: tensors are never written in place
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.from_numpy(self._mm[start:start + sum(sizes)]), sizes
 
 
 class BagDataset(Dataset):
@@ -196,7 +236,7 @@ class BagDataset(Dataset):
         x = self.store.bags[b].features
         if self.max_tiles and x.shape[0] > self.max_tiles:
             idx = torch.randperm(x.shape[0], generator=self.generator)[: self.max_tiles].sort().values
-            x = x[idx]
+            x = x[idx.to(x.device)]
         return x, {k: v[b] for k, v in self.targets.items()}, b
 
 
@@ -204,8 +244,9 @@ def collate_bags(batch) -> dict[str, Any]:
     """Pad bags to the longest: ``x`` (B, N, D) float32, ``mask`` (B, N), ``targets``, ``index``."""
     n = max(item[0].shape[0] for item in batch)
     d = batch[0][0].shape[1]
-    x = torch.zeros(len(batch), n, d, dtype=torch.float32)
-    mask = torch.zeros(len(batch), n, dtype=torch.bool)
+    dev = batch[0][0].device  # CPU, or the GPU when the store was moved there
+    x = torch.zeros(len(batch), n, d, dtype=torch.float32, device=dev)
+    mask = torch.zeros(len(batch), n, dtype=torch.bool, device=dev)
     for i, (feats, _, _) in enumerate(batch):
         x[i, : feats.shape[0]] = feats  # copies (and casts float16 -> float32) once
         mask[i, : feats.shape[0]] = True

@@ -113,13 +113,13 @@ def evaluate(model: nn.Module, loader, loss_fn: MultiTaskLoss | None = None, *,
         x, mask = batch["x"].to(device), batch["mask"].to(device)
         with _autocast(device, amp):
             out = model(x, mask)
-        idx.append(batch["index"].numpy())
+        idx.append(batch["index"].cpu().numpy())
         for k, v in out.logits.items():
             outs.setdefault(k, []).append(v.float().cpu())
         for k, v in batch["targets"].items():
-            targets.setdefault(k, []).append(v)
+            targets.setdefault(k, []).append(v.cpu())
         if keep_attention:
-            m = batch["mask"].numpy()
+            m = batch["mask"].cpu().numpy()
             a = out.attention.float().cpu().numpy()
             ab = None if out.attention_branches is None else out.attention_branches.float().cpu().numpy()
             for i in range(len(m)):
