@@ -167,13 +167,14 @@ def test_site_with_other_encoder_or_dim_is_refused(cohort, tmp_path):
 
 @pytest.fixture(scope="module")
 def federation(cohort, tmp_path_factory):
-    """3 sites x 8 rounds x 2 local epochs; every outgoing message audited."""
+    """3 sites x 8 rounds x 2 local epochs; every outgoing message audited (sites run in-process;
+    the Ray-based Flower Simulation Runtime is exercised by the dropout test)."""
     from pathstrat.federated import simulate, split_sites
 
     fdir, man, _ = cohort
     out = tmp_path_factory.mktemp("fedrun")
     sites = split_sites(man, out, features_dir=fdir, audit_dir=out / "audit")
-    summary = simulate(fed_config(), sites, out / "run", workers=1)
+    summary = simulate(fed_config(), sites, out / "run", backend="inprocess")
     return summary, out, sites
 
 

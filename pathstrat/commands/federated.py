@@ -88,6 +88,8 @@ def simulate_cmd(
     strategy: str = typer.Option(None, "--strategy", help="Override: fedavg or fedprox."),
     local_epochs: int = typer.Option(None, "--local-epochs", help="Override the config's local epochs."),
     workers: int = typer.Option(2, "--workers", help="Simulated sites training at once (one CPU each)."),
+    backend: str = typer.Option("ray", "--backend", help="'ray' (Flower Simulation Runtime) or "
+                                "'inprocess' (sites one after the other, no Ray)."),
 ) -> None:
     """Simulate K sites from one cohort split by its site column (real Flower messages)."""
     from pathstrat.federated import simulate, split_sites
@@ -97,7 +99,7 @@ def simulate_cmd(
     sites = split_sites(manifest, out, site_col, features_dir=features,
                         site_features=_kv(site_features, "--site-features"), audit_dir=audit_dir,
                         drop_at_round=drops)
-    summary = simulate(fed, sites, out, workers=workers)
+    summary = simulate(fed, sites, out, workers=workers, backend=backend)
     _print_summary(summary, out)
 
 

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pathstrat.errors import ManifestError, import_optional
+from pathstrat.errors import ConfigError, ManifestError, import_optional
 from pathstrat.federated.config import FederationConfig, SiteConfig
 
 log = logging.getLogger(__name__)
@@ -65,25 +65,100 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name) or "site"
 
 
-def simulate(fed: FederationConfig, sites: Sequence[SiteConfig], out_dir: str | os.PathLike, *,
-             workers: int = 2, extra_client_mods: Sequence[Any] = ()) -> dict[str, Any]:
-    """Run the federation over ``sites`` in-process; returns the contents of ``federation.json``.
+def _inprocess_grid_cls():
+    from flwr.serverapp import Grid
 
-    ``workers`` simulated sites train in parallel (one CPU each).
+    class InProcessGrid(Grid):
+        """Delivers each message to the ClientApp of its node in this process, one at a time.
+
+        Same ServerApp, ClientApp (with its mods), strategies and Message objects as Flower's
+        Simulation Runtime, without Ray: a copy of each message's content goes to the node, an
+        exception in the ClientApp becomes an error reply. Fast and deterministic (tests).
+        """
+
+        def __init__(self, client_app, n_nodes: int) -> None:
+            from flwr.app import Context, RecordDict
+
+            self.app = client_app
+            self.nodes = {1000 + i: Context(run_id=1, node_id=1000 + i, node_config={
+                "partition-id": i, "num-partitions": n_nodes}, state=RecordDict(), run_config={})
+                for i in range(n_nodes)}
+            self._run = None
+
+        def set_run(self, run) -> None:
+            self._run = run
+
+        @property
+        def run(self):
+            return self._run
+
+        def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):
+            from flwr.app import Message
+
+            return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
+
+        def get_node_ids(self):
+            return list(self.nodes)
+
+        def push_messages(self, messages):
+            raise NotImplementedError("InProcessGrid delivers with send_and_receive only")
+
+        def pull_messages(self, message_ids):
+            raise NotImplementedError("InProcessGrid delivers with send_and_receive only")
+
+        def send_and_receive(self, messages, *, timeout=None):
+            import copy
+
+            from flwr.app import Error, Message
+            from flwr.common.constant import ErrorCode
+
+            replies = []
+            for msg in messages:
+                node = msg.metadata.dst_node_id
+                delivered = Message(copy.deepcopy(msg.content), node, msg.metadata.message_type,
+                                    group_id=msg.metadata.group_id)
+                try:
+                    reply = self.app(delivered, self.nodes[node])
+                except Exception as exc:  # noqa: BLE001 - a failing site becomes an error reply
+                    log.warning("site node %d failed: %s", node, exc)
+                    reply = Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, str(exc)),
+                                    reply_to=delivered)
+                replies.append(reply)
+            return replies
+
+    return InProcessGrid
+
+
+def simulate(fed: FederationConfig, sites: Sequence[SiteConfig], out_dir: str | os.PathLike, *,
+             workers: int = 2, backend: str = "ray",
+             extra_client_mods: Sequence[Any] = ()) -> dict[str, Any]:
+    """Run the federation over ``sites``; returns the contents of ``federation.json``.
+
+    ``backend="ray"``: Flower's Simulation Runtime (``run_simulation``; ``workers`` sites train in
+    parallel, one CPU each). ``backend="inprocess"``: the same apps and messages delivered one site
+    after the other in this process (no Ray start-up; for tests and debugging).
     """
     import_optional("flwr", "federated", "federated training")
     from flwr.simulation import run_simulation
 
     from pathstrat.federated.client import build_client_app
-    from pathstrat.federated.server import build_server_app
+    from pathstrat.federated.server import build_server_app, run_federation
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if fed.expected_sites is None:  # every simulated SuperNode is there from the start
         fed = fed.model_copy(update={"expected_sites": len(sites)})
     (out / "federation.json").unlink(missing_ok=True)
-    server = build_server_app(fed, out)
     client = build_client_app(sites, extra_mods=extra_client_mods)
+    if backend == "inprocess":
+        from flwr.supercore.task_identity import TaskIdentity
+
+        TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
+        run_federation(_inprocess_grid_cls()(client, len(sites)), fed, out)
+        return json.loads((out / "federation.json").read_text(encoding="utf-8"))
+    if backend != "ray":
+        raise ConfigError(f"Simulation backend '{backend}' unknown; use 'ray' or 'inprocess'.")
+    server = build_server_app(fed, out)
     backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
                "init_args": {"num_cpus": max(1, int(workers)), "include_dashboard": False,
                              "configure_logging": False}}
