@@ -81,10 +81,17 @@ def atomic_path(dest: str | os.PathLike, suffix: str | None = None) -> Iterator[
         raise
 
 
-def _umask() -> int:
+def _read_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+_UMASK = _read_umask()  # read once at import: os.umask is process-global and racy in threads
+
+
+def _umask() -> int:
+    return _UMASK
 
 
 def _fsync_file(path: Path) -> None:
