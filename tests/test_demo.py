@@ -63,7 +63,7 @@ def test_out_of_fold_auroc(demo: Path, target: str):
 
 def _attention_auroc(run: Path, cohort: Path, classes: tuple[str, ...]) -> float:
     """Mean over slides of the AUROC of attention for tiles mostly made of ``classes``."""
-    from pathstrat.synthetic import tile_truth
+    from pathstrat.synthetic import tile_truth, truth_path_for
     from pathstrat.tiling import read_tiles
 
     man = pd.read_csv(cohort / "manifest.csv", dtype={"slide_id": str})
@@ -74,8 +74,8 @@ def _attention_auroc(run: Path, cohort: Path, classes: tuple[str, ...]) -> float
             a, coords = f["attention"][:], f["coords"][:]
         ts = read_tiles(run / "tiles" / f"{row.slide_id}.h5")
         np.testing.assert_array_equal(coords, ts.coords)
-        truth = tile_truth(Path(cohort / row.path).with_name(Path(row.path).stem + ".truth.npz"),
-                           coords, ts.attrs["tile_size_level0"], ts.attrs["slide_mpp"])
+        truth = tile_truth(truth_path_for(cohort / row.path), coords, ts.attrs["tile_size_level0"],
+                           ts.attrs["slide_mpp"])
         planted = truth[list(classes)].sum(axis=1).to_numpy() >= 0.5
         if 0 < planted.sum() < len(planted):
             aucs.append(roc_auc_score(planted, a))

@@ -451,3 +451,53 @@ def test_init_app_writes_a_valid_flower_app(tmp_path):
     assert config["tool"]["flwr"]["app"]["config"]["config-file"] == str(cfg.resolve())
     conn = (tmp_path / "app" / "superlink-connection.toml").read_text()
     assert 'address = "link.example.org:9093"' in conn and "/certs/ca.crt" in conn
+
+
+def test_fraction_sampling_trains_a_subset_each_round(cohort, tmp_path):
+    from pathstrat.federated import simulate, split_sites
+
+    fdir, man, _ = cohort
+    df = pd.read_csv(man)
+    df.groupby("site").head(6).to_csv(tmp_path / "m.csv", index=False)
+    sites = split_sites(tmp_path / "m.csv", tmp_path, features_dir=fdir)
+    fed = fed_config(rounds=3, local_epochs=1, fraction_train=0.6, fraction_evaluate=1.0, seed=3)
+    summary = simulate(fed, sites, tmp_path / "run", backend="inprocess")
+    for r in (1, 2, 3):
+        trained = [e["site"] for e in summary["events"] if e["round"] == r and e["type"] == "train"]
+        evaluated = [e for e in summary["events"] if e["round"] == r and e["type"] == "evaluate"]
+        assert len(trained) == 2 and len(set(trained)) == 2  # ceil(0.6 * 3) sites train
+        assert len(evaluated) == 3
+
+
+def test_secagg_plus_gives_the_fedavg_model_without_revealing_updates(cohort, tmp_path):
+    """SecAgg+ (Flower's legacy workflow + secaggplus_mod): same global model as plain FedAvg up
+    to quantisation, and no site sends its weights in the clear (only masked vectors)."""
+    from safetensors.torch import load_file
+
+    from pathstrat.federated import check_egress, read_audit, simulate, split_sites
+    from pathstrat.federated.site import GlobalState, build_global_model
+
+    fdir, man, _ = cohort
+    df = pd.read_csv(man)
+    df.groupby("site").head(6).to_csv(tmp_path / "m.csv", index=False)
+    sites = split_sites(tmp_path / "m.csv", tmp_path, features_dir=fdir, audit_dir=tmp_path / "audit")
+    plain = fed_config(rounds=1, local_epochs=1)
+    secure = fed_config(rounds=1, local_epochs=1,
+                        secagg={"num_shares": 3, "reconstruction_threshold": 2})
+    simulate(plain, [s.model_copy(update={"audit_dir": None}) for s in sites], tmp_path / "plain",
+             backend="inprocess")
+    summary = simulate(secure, sites, tmp_path / "secure", backend="inprocess")
+    a = load_file(str(tmp_path / "plain" / "checkpoints" / "fold0.safetensors"))
+    b = load_file(str(tmp_path / "secure" / "checkpoints" / "fold0.safetensors"))
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-4
+    assert summary["secagg"] and summary["final_metrics"]["responder.n"] == len(df.groupby("site").head(6).query("split == 'test'"))
+    log = read_audit(tmp_path / "audit")
+    train = [m for m in log if m["message_type"] == "train"]
+    assert len(train) == 3 * 4  # four SecAgg+ stages per site
+    for m in train:
+        for r in m["records"]:
+            if r["kind"] == "array":
+                assert r["entries"] == {}  # cleared by secaggplus_mod: weights never in the clear
+    shapes = {k: tuple(v.shape) for k, v in
+              build_global_model(secure, GlobalState({}, {})).state_dict().items()}
+    assert check_egress(log, shapes, df["patient_id"].tolist() + df["slide_id"].tolist()) == []

@@ -205,6 +205,11 @@ def test_invalid_arguments_name_the_problem(tmp_path):
         make_slide(tmp_path / "x.svs", width=512, height=512, seed=0, layout={"lymph": 0.3})
     with pytest.raises(ConfigError, match="too small"):
         make_slide(tmp_path / "x.svs", width=10, height=512, seed=0)
+    with pytest.raises(ConfigError, match=r"downsamples \[1, 3\]"):
+        make_slide(tmp_path / "x.svs", width=512, height=512, seed=0, downsamples=(1, 3),
+                   patch_um=128)
+    with pytest.raises(ConfigError, match="n_patients=1"):
+        make_cohort(tmp_path / "c", n_patients=1)
     assert not list(tmp_path.iterdir())
 
 

@@ -286,3 +286,39 @@ def test_missing_feature_file_is_recorded_and_config_is_strict(tmp_path):
     assert fails.slide_id.tolist() == [df.slide_id.iloc[0]]
     with pytest.raises(ValueError):
         TrainConfig(features="f", manifest="m", targets=["y"], out="o", epochz=3)
+
+
+def test_repeats_write_one_prediction_per_slide_fold_and_repeat(tmp_path):
+    fdir, manifest = make_feature_cohort(tmp_path / "c", n_patients=12, dim=8, seed=8,
+                                         tasks=("binary",), tiles=(6, 10), slides_per_patient=(1, 2))
+    run = train_cv(features=str(fdir), manifest=str(manifest), targets=["responder"],
+                   model="dsmil", folds=2, repeats=2, seed=3, out=str(tmp_path / "run"),
+                   **{**FAST, "epochs": 1, "n_boot": 20, "hparams": {"dim": 8, "q_dim": 4}})
+    pred = pd.read_csv(run / "predictions.csv")
+    n_slides = len(pd.read_csv(manifest))
+    assert len(pred) == 2 * n_slides and set(pred["repeat"]) == {0, 1}
+    assert pred.groupby("repeat").slide_id.nunique().eq(n_slides).all()
+    assert sorted(p.name for p in (run / "checkpoints").glob("*.safetensors")) == [
+        "fold0_r0.safetensors", "fold0_r1.safetensors", "fold1_r0.safetensors", "fold1_r1.safetensors"]
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["responder"]["auroc"]["n"] == 12  # pooled over repeats at patient level
+    assert len(pd.read_csv(run / "metrics_folds.csv").query("metric == 'auroc'")) == 4
+
+
+def test_cli_config_file_and_flags(tmp_path):
+    import yaml
+
+    from pathstrat.cli import main
+
+    fdir, manifest = make_feature_cohort(tmp_path / "c", n_patients=10, dim=8, seed=0,
+                                         tasks=("binary",), tiles=(5, 8))
+    cfg = tmp_path / "train.yaml"
+    cfg.write_text(yaml.safe_dump({"epochs": 2, "n_boot": 10, "hparams": {"dim": 8}, "folds": 4}))
+    rc = main(["train", "--config", str(cfg), "--features", str(fdir), "--manifest", str(manifest),
+               "--target", "responder", "--folds", "2", "--model", "meanpool",
+               "--out", str(tmp_path / "run")])
+    assert rc == 0
+    used = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert used["epochs"] == 2 and used["folds"] == 2 and used["hparams"] == {"dim": 8}
+    assert main(["train", "--features", str(fdir), "--manifest", str(manifest), "--target",
+                 "responder", "--model", "abmill", "--out", str(tmp_path / "r2")]) == 2

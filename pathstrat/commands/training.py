@@ -14,6 +14,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command("train")
     def train(
+        ctx: typer.Context,
         features: Path = typer.Option(None, "--features", help="Folder of <slide_id>.h5 feature files."),
         manifest: Path = typer.Option(None, "--manifest", help="Cohort manifest (CSV/Parquet)."),
         target: list[str] = typer.Option([], "--target", help="Label column (repeat for multi-task); "
@@ -34,6 +35,9 @@ def register(app: typer.Typer) -> None:
         batch_size: int = typer.Option(8, "--batch-size"),
         lr: float = typer.Option(2e-4, "--lr"),
         device: str = typer.Option("auto", "--device"),
+        store: str = typer.Option("memory", "--store", help="memory | mmap (features read once either way)."),
+        schedule: str = typer.Option("cosine", "--schedule", help="cosine | onecycle | constant."),
+        balanced_sampling: bool = typer.Option(False, "--balanced-sampling", help="Draw bags inversely to class frequency."),
         config: Optional[Path] = typer.Option(None, "--config", help="YAML with the same keys (CLI flags win)."),  # noqa: UP045
         hparam: list[str] = typer.Option([], "--hparam", help="Model hyperparameter key=value (repeatable)."),
         list_models: bool = typer.Option(False, "--list-models", help="Print the MIL model registry and exit."),
@@ -46,6 +50,7 @@ def register(app: typer.Typer) -> None:
                 typer.echo(json.dumps(spec.describe()))
             return
         import yaml
+        from click.core import ParameterSource
 
         from pathstrat.errors import ConfigError
         from pathstrat.train import TrainConfig, train_cv
@@ -54,9 +59,13 @@ def register(app: typer.Typer) -> None:
         given = {"features": features, "manifest": manifest, "targets": target or None,
                  "out": out, "time_col": time_col, "event_col": event_col, "split_col": split_col}
         cli = {k: (str(v) if isinstance(v, Path) else v) for k, v in given.items() if v is not None}
-        cli.update(model=model, folds=folds, repeats=repeats, seed=seed, survival_loss=survival_loss,
-                   level=level, epochs=epochs, max_tiles=max_tiles or None, batch_size=batch_size,
-                   lr=lr, device=device)
+        flags = dict(model=model, folds=folds, repeats=repeats, seed=seed,
+                     survival_loss=survival_loss, level=level, epochs=epochs,
+                     max_tiles=max_tiles or None, batch_size=batch_size, lr=lr, device=device,
+                     store=store, schedule=schedule, balanced_sampling=balanced_sampling)
+        # flags left at their default do not override values from --config
+        cli.update({k: v for k, v in flags.items()
+                    if not base or ctx.get_parameter_source(k) != ParameterSource.DEFAULT})
         hp = dict(base.get("hparams", {}))
         for kv in hparam:
             k, sep, v = kv.partition("=")

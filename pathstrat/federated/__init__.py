@@ -2,7 +2,8 @@
 
 Only model weights and aggregate statistics leave a site. Public API:
 
-* :class:`FederationConfig`, :class:`SiteConfig`, :class:`DPConfig`, :class:`TargetDef`
+* :class:`FederationConfig`, :class:`SiteConfig`, :class:`DPConfig`, :class:`SecAggConfig`,
+  :class:`TargetDef`
 * :func:`simulate`, :func:`split_sites`: K simulated sites from one cohort's ``site`` column
 * :func:`build_server_app`, :func:`build_client_app`: the Flower apps (deployment:
   ``pathstrat.federated.app:server_app`` / ``:client_app``)
@@ -19,6 +20,7 @@ from typing import Any
 from pathstrat.federated.config import (
     DPConfig,
     FederationConfig,
+    SecAggConfig,
     SiteConfig,
     TargetDef,
 )
@@ -40,7 +42,7 @@ _LAZY = {
     "check_egress": "pathstrat.federated.audit",
 }
 
-__all__ = ["DPConfig", "FederationConfig", "SiteConfig", "TargetDef", *_LAZY]
+__all__ = ["DPConfig", "FederationConfig", "SecAggConfig", "SiteConfig", "TargetDef", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

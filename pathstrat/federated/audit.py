@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 # Keys a site may send besides model arrays (regular expressions over record entries).
 ALLOWED_METRIC_KEYS = (
-    r"num-examples", r"dp-weight", r"n-train", r"n-eval", r"train-loss", r"eval-loss",
+    r"num-examples", r"num_examples", r"loss", r"dp-weight", r"n-train", r"n-eval", r"train-loss", r"eval-loss",
     r"[^.]+\.(pos|neg|class_counts|moments|event_hist|time_hist)",
     r"[^.]+\.(auroc|auprc|balanced_accuracy|accuracy|f1|brier|c_index|mae|rmse|pearson_r|"
     r"macro_auroc|n|hist_pos|hist_neg)",
@@ -32,6 +32,8 @@ ALLOWED_CONFIG_KEYS = (
     r"site", r"accepted", r"reason", r"encoder-id", r"feature-dim", r"pathstrat-version",
     r"[^.]+\.classes",
 )
+# SecAgg+ protocol entries (public keys, encrypted key shares, masked quantised vectors).
+SECAGG_KEYS = {"pk1", "pk2", "ctxts", "dsts", "masked_params", "nids", "shares"}
 
 
 
@@ -132,7 +134,16 @@ def check_egress(summaries: Iterable[Mapping[str, Any]], model_shapes: Mapping[s
                     if not all(isinstance(x, (int, float)) for x in vals):
                         problems.append(f"{where}: metric '{k}' is not numeric")
             elif rec["kind"] == "config":
+                key = rec["key"]
+                if key == "secaggplus_configs":
+                    allowed = lambda k: k in SECAGG_KEYS  # noqa: E731
+                elif key.endswith(".metrics"):  # legacy fitres/evaluateres metrics (SecAgg+ path)
+                    allowed = metric_re.match
+                elif key.endswith(".status"):
+                    allowed = lambda k: k in ("code", "message")  # noqa: E731
+                else:
+                    allowed = config_re.match
                 for k in rec["values"]:
-                    if not config_re.match(k):
+                    if not allowed(k):
                         problems.append(f"{where}: config entry '{k}' is not allowed to leave")
     return problems

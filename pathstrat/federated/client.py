@@ -22,8 +22,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from pathstrat.errors import PathstratError
+from pathstrat.federated import secagg
 from pathstrat.federated.config import FederationConfig, SiteConfig
-from pathstrat.federated.site import GlobalState, LocalSite, SiteRefusedError
+from pathstrat.federated.site import GlobalState, LocalSite, SiteRefusedError, build_global_model
 
 log = logging.getLogger(__name__)
 
@@ -104,22 +105,31 @@ def build_client_app(sites: Sequence[SiteConfig] | None = None, extra_mods: Sequ
         threads = os.environ.get("PATHSTRAT_FL_THREADS")
         if threads:
             torch.set_num_threads(int(threads))
-        cfg = msg.content["config"]
+        legacy = secagg.is_legacy(msg)
+        cfg = (dict(msg.content.config_records.get("fitins.config")
+                    or msg.content.config_records["evaluateins.config"]) if legacy
+               else msg.content["config"])
         fed = FederationConfig.from_json(cfg["federation"])
         state = GlobalState.from_dict(json.loads(cfg["global"]))
         site = resolve(context)
         rnd = int(cfg.get("server-round", 0))
         if site.drop_at_round is not None and rnd >= site.drop_at_round:
             raise SiteDropoutError(f"site '{site.name}' dropped out in round {rnd} (simulated)")
-        arrays = msg.content["arrays"].to_torch_state_dict()
-        return fed, state, site, load_site(site, fed), arrays, rnd
+        if legacy:  # SecAgg+ rounds: unnamed parameter list in the model's key order
+            keys = list(build_global_model(fed, state).state_dict())
+            arrays, _ = secagg.legacy_inputs(msg, keys)
+        else:
+            arrays = msg.content["arrays"].to_torch_state_dict()
+        return fed, state, site, load_site(site, fed), arrays, rnd, cfg
 
     def _train(msg: Message, context) -> Message:
-        fed, state, site, local, arrays, rnd = _setup(msg, context)
-        mu = float(msg.content["config"].get("proximal-mu", 0.0))
+        fed, state, site, local, arrays, rnd, cfg = _setup(msg, context)
+        mu = float(cfg.get("proximal-mu", 0.0))
         new, loss = local.train(arrays, state, epochs=fed.local_epochs, proximal_mu=mu,
                                 seed=fed.seed * 1000 + rnd)
         metrics = {"num-examples": len(local.train_idx), "train-loss": float(loss)}
+        if secagg.is_legacy(msg):
+            return secagg.fit_reply(msg, new, len(local.train_idx), metrics)
         if fed.dp is not None:
             metrics["dp-weight"] = 1  # DP averages sites with equal weights (see privacy.py)
         return Message(RecordDict({"arrays": ArrayRecord(new), "metrics": MetricRecord(metrics)}),
@@ -127,8 +137,12 @@ def build_client_app(sites: Sequence[SiteConfig] | None = None, extra_mods: Sequ
 
     @app.train()
     def train(msg: Message, context) -> Message:
+        if secagg.SECAGG_CONFIGS in msg.content.config_records:  # a SecAgg+ protocol stage
+            from flwr.client.mod import secaggplus_mod
+
+            return secaggplus_mod(msg, context, _train)
         site = resolve(context)
-        clipped = CLIP_KEY in msg.content["config"]
+        clipped = CLIP_KEY in msg.content.config_records.get("config", {})
         if site.require_dp and not clipped:
             raise PrivacyPolicyError(f"site '{site.name}' requires differential privacy "
                                      "(require-dp) but this federation does not clip updates")
@@ -140,8 +154,10 @@ def build_client_app(sites: Sequence[SiteConfig] | None = None, extra_mods: Sequ
 
     @app.evaluate()
     def evaluate(msg: Message, context) -> Message:
-        fed, state, site, local, arrays, _ = _setup(msg, context)
+        fed, state, site, local, arrays, _, _ = _setup(msg, context)
         metrics = local.evaluate(arrays, state)
+        if secagg.is_legacy(msg):
+            return secagg.evaluate_reply(msg, metrics)
         if fed.dp is not None:
             metrics["dp-weight"] = 1
         return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)

@@ -58,6 +58,19 @@ class DPConfig(_Strict):
     delta: float = Field(1e-5, gt=0, lt=1, description="delta of the reported (epsilon, delta).")
 
 
+class SecAggConfig(_Strict):
+    """SecAgg+ (Flower's SecAggPlusWorkflow + secaggplus_mod): the coordinator sees only sums."""
+
+    num_shares: float = Field(1.0, gt=0, description="Shares per site key: an int > 2, or a "
+                              "fraction of the sampled sites.")
+    reconstruction_threshold: float = Field(1.0, gt=0, description="Shares needed to rebuild a "
+                                            "dropped site's mask: an int, or a fraction.")
+    clipping_range: float = Field(8.0, gt=0, description="Parameters clipped to ±range before quantisation.")
+    quantization_range: int = Field(2**22, gt=0)
+    max_weight: float | None = Field(None, gt=0, description="Largest site weight (training bags); "
+                                     "null = the largest joined site's count (best precision).")
+
+
 class FederationConfig(_Strict):
     """Everything the coordinator decides; sent to every site with each round."""
 
@@ -89,6 +102,7 @@ class FederationConfig(_Strict):
     time_grid_bins: int = Field(200, ge=10, description="Bins of the shared survival time grid.")
     score_bins: int = Field(100, ge=10, description="Bins of the score histograms for pooled AUROC.")
     dp: DPConfig | None = None
+    secagg: SecAggConfig | None = None
     timeout_s: float = Field(3600, gt=0, description="Seconds to wait for the sites each round.")
     join_timeout_s: float = Field(600, gt=0, description="Seconds to wait for min_sites to connect.")
     device: str = "cpu"
@@ -100,6 +114,8 @@ class FederationConfig(_Strict):
         if any(t.kind == "discrete" for t in self.targets) and self.time_max is None:
             raise ValueError("discrete survival needs time_max (upper edge of the shared time grid; "
                              "sites histogram their times on it, raw times never leave a site)")
+        if self.dp is not None and self.secagg is not None:
+            raise ValueError("dp and secagg cannot be combined in this version; choose one")
         return self
 
     def to_json(self) -> str:

@@ -15,7 +15,7 @@ by sampling is claimed, so the figure is conservative when fraction_train < 1.
 What it covers: the sequence of global models (and the final checkpoint) with respect to any one
 site's whole dataset. What it does not cover: the per-site metrics and counts the sites report,
 the join statistics, and the coordinator itself, which sees each clipped update before adding
-noise (combine with SecAgg+ in a later version to hide individual updates from it).
+noise (SecAgg+ hides individual updates from it, but DP and SecAgg+ cannot be combined yet).
 """
 
 from __future__ import annotations

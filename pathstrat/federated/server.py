@@ -94,9 +94,10 @@ def _grid_wrapper_cls():
 
 def _round_of(messages) -> int | None:
     for m in messages:
-        cfg = m.content.config_records.get("config")
-        if cfg is not None and "server-round" in cfg:
-            return int(cfg["server-round"])
+        for key in ("config", "fitins.config", "evaluateins.config"):
+            cfg = m.content.config_records.get(key)
+            if cfg is not None and "server-round" in cfg:
+                return int(cfg["server-round"])
     return None
 
 
@@ -246,16 +247,27 @@ def run_federation(grid, fed: FederationConfig, out_dir: str | Path) -> dict[str
         log.info("%s", guarantee.describe())
     names = {n: j["name"] for n, j in joined.items()}
     site_grid = _grid_wrapper_cls()(grid, set(joined), names)
-    strategy = make_strategy(fed, len(joined))
     cfg = {"federation": fed.to_json(), "global": json.dumps(state.to_dict())}
-    result = strategy.start(grid=site_grid, initial_arrays=ArrayRecord(model.state_dict()),
-                            num_rounds=fed.rounds, timeout=fed.timeout_s,
-                            train_config=ConfigRecord(dict(cfg)),
-                            evaluate_config=ConfigRecord(dict(cfg)))
-    if result.arrays is None or len(result.arrays) == 0:
-        raise FederationError("No training round could be aggregated (every site failed); see the "
-                              "site errors in the log.")
-    final = result.arrays.to_torch_state_dict()
+    if fed.secagg is not None:
+        from pathstrat.federated.secagg import run_secagg_rounds
+
+        biggest = max(float(j["stats"].get("n-train", 1)) for j in joined.values())
+        final, history = run_secagg_rounds(site_grid, fed, model, cfg, len(joined), biggest)
+        rounds = [{"round": r, "train": h.get("train", {}), "evaluate": h.get("evaluate", {}),
+                   "failed_sites": []} for r, h in sorted(history.items())]
+        final_metrics = history.get(max(history), {}).get("evaluate", {}) if history else {}
+    else:
+        strategy = make_strategy(fed, len(joined))
+        result = strategy.start(grid=site_grid, initial_arrays=ArrayRecord(model.state_dict()),
+                                num_rounds=fed.rounds, timeout=fed.timeout_s,
+                                train_config=ConfigRecord(dict(cfg)),
+                                evaluate_config=ConfigRecord(dict(cfg)))
+        if result.arrays is None or len(result.arrays) == 0:
+            raise FederationError("No training round could be aggregated (every site failed); "
+                                  "see the site errors in the log.")
+        final = result.arrays.to_torch_state_dict()
+        rounds = _round_table(result, site_grid.events)
+        final_metrics = _plain(result.evaluate_metrics_clientapp.get(fed.rounds, {}))
     model.load_state_dict({k: v.to(model.state_dict()[k].dtype) for k, v in final.items()})
     summary = {
         "schema": "pathstrat.federation/1",
@@ -264,9 +276,10 @@ def run_federation(grid, fed: FederationConfig, out_dir: str | Path) -> dict[str
                    "n_eval": j["stats"].get("n-eval")} for j in joined.values()],
         "refused": refused,
         "agreed": state.to_dict(),
-        "rounds": _round_table(result, site_grid.events),
+        "rounds": rounds,
         "events": site_grid.events,
-        "final_metrics": _plain(result.evaluate_metrics_clientapp.get(fed.rounds, {})),
+        "secagg": fed.secagg is not None,
+        "final_metrics": final_metrics,
         "dp": guarantee.to_dict() if guarantee else None,
         "dp_statement": guarantee.describe() if guarantee else "no differential privacy",
         "seconds": round(time.monotonic() - t0, 2),

@@ -83,7 +83,9 @@ def _inprocess_grid_cls():
             self.nodes = {1000 + i: Context(run_id=1, node_id=1000 + i, node_config={
                 "partition-id": i, "num-partitions": n_nodes}, state=RecordDict(), run_config={})
                 for i in range(n_nodes)}
-            self._run = None
+            from flwr.supercore.run import Run
+
+            self._run = Run.create_empty(run_id=1)
 
         def set_run(self, run) -> None:
             self._run = run

@@ -56,6 +56,8 @@ class RunContext:
         self._manifest_hash: str | None = None
         self.hashes: dict[str, str] = {}
         self._executor = None
+        self.slurm_then: Any = None  # the dependent Slurm job (train + decisions), if any
+        self.slurm_then_result: Any = None
 
     # -- paths ---------------------------------------------------------------------------------
     @property
@@ -84,16 +86,13 @@ class RunContext:
                 c.cohort.manifest, check_files=c.cohort.check_files, label_cols=labels,
                 time_col=c.train.time_col if surv else None,
                 event_col=c.train.event_col if surv else None, on_missing="record")
-            if problems:
-                flog = FailureLog(self.failures_path, "cohort")
-                for p in problems:
-                    flog.add(p.slide_id, p.path, f"slide file problem: {p.reason}")
+            flog = FailureLog(self.failures_path, "cohort")
+            for p in problems:
+                flog.add(p.slide_id, p.path, f"slide file problem: {p.reason}")
+            if problems or self.failures_path.exists():  # also clears rows of a fixed manifest
                 flog.write()
-                bad = {p.slide_id for p in problems}
-                df = df[~df["slide_id"].isin(bad)].reset_index(drop=True)
-            else:
-                FailureLog(self.failures_path, "cohort").write() if self.failures_path.exists() else None
-            self._manifest = df
+            bad = {p.slide_id for p in problems}
+            self._manifest = df[~df["slide_id"].isin(bad)].reset_index(drop=True)
         return self._manifest
 
     def manifest_hash(self) -> str:

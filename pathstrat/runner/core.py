@@ -169,7 +169,7 @@ def _run_slurm(ctx: RunContext, todo: list[str], summary: RunSummary, force: boo
     ctx.slurm_then = _Downstream(ctx.cfg, downstream)
     rep = _run_stage(ctx, "embed", force)
     summary.stages.append(rep)
-    remote = getattr(ctx, "slurm_then_result", None)
+    remote = ctx.slurm_then_result
     if remote is None:  # embed was skipped: the downstream still runs as a Slurm job
         _, remote = ctx.executor().map_then(_NoWork(), [], ctx.slurm_then)
     for d in remote or []:

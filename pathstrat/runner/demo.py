@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 from pathstrat.io import ensure_writable_dir
@@ -28,7 +29,15 @@ def run_demo(out: str | Path, *, n_patients: int = 60, seed: int = 0,
     from pathstrat.runner.core import run_pipeline
 
     out = ensure_writable_dir(Path(out).resolve(), min_free_mb=300.0)
+    manifest_path = out / "cohort" / "manifest.csv"
+    before = manifest_path.stat().st_mtime_ns if manifest_path.exists() else None
     manifest = make_demo_cohort(out, n_patients=n_patients, seed=seed)
-    sets = [f"cohort.manifest={manifest}", f"out_dir={out / 'run'}", *(overrides or [])]
+    run_dir = out / "run"
+    if before != manifest.stat().st_mtime_ns and run_dir.exists():
+        # The slides were (re)generated in place: tiles and features of the old slides would be
+        # reused by path, so start the run afresh.
+        log.warning("demo cohort was regenerated: removing the previous run in %s", run_dir)
+        shutil.rmtree(run_dir)
+    sets = [f"cohort.manifest={manifest}", f"out_dir={run_dir}", *(overrides or [])]
     cfg = load_config(find_config(DEMO_CONFIG), sets)
     return run_pipeline(cfg, executor=executor)

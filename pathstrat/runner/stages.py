@@ -87,7 +87,7 @@ def run_embed(ctx: RunContext) -> StageReport:
     ex_cfg = ctx.cfg.executor
     gpus = ex_cfg.ray.num_gpus if ctx.executor_kind == "ray" else ex_cfg.slurm.gpus_per_task
     work = EmbedWork(manifest_csv, ctx.tiles_dir, root, encoder_id, gpus=gpus, **kw)
-    then = getattr(ctx, "slurm_then", None)
+    then = ctx.slurm_then
     res, remote = ctx.executor().map_then(work, ctx.rows(df), then)
     ctx.slurm_then_result = remote
     n = _record_outcomes(ctx, "embed", res.outcomes)

@@ -179,6 +179,7 @@ def smooth_noise(shape: tuple[int, int], sigma_px: float, rng: np.random.Generat
     fx = np.fft.rfftfreq(wp).astype(np.float32)[None, :]
     filt = np.exp(-2.0 * np.pi**2 * sigma_px**2 * (fx * fx + fy * fy))
     out = sfft.irfft2(sfft.rfft2(n) * filt, s=(hp, wp))[pad:pad + shape[0], pad:pad + shape[1]]
+    out = out - out.mean()  # zero mean, so a scale near the canvas size cannot blow up
     sd = float(out.std())
     return (out / sd if sd > 0 else out).astype(np.float32)
 

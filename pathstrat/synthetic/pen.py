@@ -55,7 +55,7 @@ class PenStrokes:
 
 def random_pen_strokes(width: int, height: int, mpp: float, n: int,
                        rng: np.random.Generator) -> PenStrokes:
-    """``n`` wandering strokes, 60-120 µm wide, spanning a good part of the slide."""
+    """``n`` wandering strokes, 80-160 µm wide, spanning a good part of the slide."""
     s = PenStrokes()
     for _ in range(n):
         length = rng.uniform(0.35, 0.7) * max(width, height)
@@ -69,7 +69,7 @@ def random_pen_strokes(width: int, height: int, mpp: float, n: int,
             y += math.sin(ang) * length / k
             pts.append((x, y))
         s.lines.append(np.array(pts))
-        s.radius.append(rng.uniform(30, 60) / mpp)
+        s.radius.append(rng.uniform(40, 80) / mpp)
         s.ink.append(INKS["blue" if rng.random() < 0.6 else "green"])
     return s
 

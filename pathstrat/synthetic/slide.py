@@ -101,6 +101,9 @@ def make_slide(path: str | os.PathLike, *, width: int, height: int, mpp: float =
         A :class:`Stain` or a mapping of its fields used as the centre of the per-slide jitter.
     associated
         Also write thumbnail, label (with synthetic identifying text) and macro images.
+    field_mpp, patch_um
+        Layout grid step (µm) and the period of the tileable class textures (µm; smaller is
+        faster to build, larger repeats less).
     texture_seed
         Seed of the periodic class textures (default ``seed``); slides sharing it reuse the
         per-process texture cache, which is how ``make_cohort`` stays fast.

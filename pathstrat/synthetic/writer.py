@@ -19,6 +19,8 @@ import cv2
 import numpy as np
 import tifffile
 
+from pathstrat.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 TILE = 256
@@ -104,8 +106,9 @@ def write_pyramid(path: str | Path, width: int, height: int, mpp: float,
     """
     path = Path(path)
     ds_list = list(downsamples) if downsamples is not None else default_downsamples(width, height)
-    if ds_list[0] != 1 or any(TILE % d for d in ds_list) or sorted(ds_list) != ds_list:
-        raise ValueError(f"downsamples {ds_list} must start at 1, increase and divide {TILE}")
+    if ds_list[0] != 1 or any(TILE % d for d in ds_list) or sorted(set(ds_list)) != ds_list:
+        raise ConfigError(f"downsamples {ds_list} must start at 1, increase strictly and divide "
+                          f"{TILE} (e.g. (1, 4, 16, 32))")
     nx, ny = math.ceil(width / TILE), math.ceil(height / TILE)
     spools = [_LevelSpool(width // d, height // d, nx * TILE // d, path.parent) for d in ds_list[1:]]
     big = width * height * 3 > 2**31
