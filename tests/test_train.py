@@ -125,6 +125,19 @@ def test_run_directory_contract(run, cohort):
     assert (run / "config.yaml").exists() and (run / "run.log").stat().st_size > 0
 
 
+def test_train_scores_are_each_fold_models_training_patients(run):
+    """train_scores.csv: fold k's model on exactly fold k's training patients (for cut-offs)."""
+    tr = pd.read_csv(run / "train_scores.csv")
+    folds = pd.read_csv(run / "folds.csv")
+    spec = load_run_spec(run)
+    for f in spec["folds"]:
+        k = f["fold"]
+        rows = tr[(tr.fold == k) & (tr.target == "survival")]
+        assert set(rows.patient_id.astype(str)) == set(map(str, f["training_patient_ids"]))
+        assert not set(rows.patient_id) & set(folds.loc[folds.fold == k, "patient_id"])
+    assert tr.loc[tr.target == "survival", "risk"].notna().all()
+
+
 def test_checkpoint_round_trip_equals_end_of_training_predictions(run, cohort):
     from pathstrat.cohort import load_manifest
     from pathstrat.mil.targets import TargetSpec

@@ -71,7 +71,9 @@ def train_cv(config: TrainConfig | dict[str, Any] | None = None, **kwargs: Any) 
 
     Keyword arguments mirror the CLI (``features, manifest, targets, model, folds, repeats, seed,
     out, time_col, event_col`` ...) and override ``config``. Writes config.yaml, folds.csv,
-    predictions.csv, metrics.json, metrics_folds.csv, checkpoints/, attention/, run.log.
+    predictions.csv (out of fold), train_scores.csv (each fold model's scores of its own training
+    patients, for cut-offs fitted on training folds), metrics.json, metrics_folds.csv,
+    checkpoints/, attention/, run.log.
     """
     base = config.model_dump() if isinstance(config, TrainConfig) else dict(config or {})
     cfg = TrainConfig(**{**base, **kwargs})
@@ -112,6 +114,7 @@ def _run(cfg: TrainConfig, out: Path) -> Path:
     ckpt_dir = out / "checkpoints"
     ckpt_dir.mkdir(exist_ok=True)
     rows: list[dict[str, Any]] = []
+    train_rows: list[dict[str, Any]] = []
     fold_entries: list[dict[str, Any]] = []
     hparams: dict[str, Any] = {}
     for (r, k), test_df in folds.groupby(["repeat", "fold"], sort=True):
@@ -148,6 +151,12 @@ def _run(cfg: TrainConfig, out: Path) -> Path:
                       amp=cfg.amp, keep_attention=keep_att)
         scores = decode_outputs(specs, ev.outputs, states)
         rows += prediction_rows(store, ev.index, scores, specs, fold=int(k), repeat=int(r))
+        # The fold model's scores of its own training patients: risk-group cut-offs are fitted
+        # on these (same model, same scale) and applied to the held-out fold, never on it.
+        fit_idx = np.concatenate([tr_idx, va_idx])
+        ev_fit = evaluate(model, make_loader(BagDataset(store, fit_idx, y), 1), device=device, amp=cfg.amp)
+        train_rows += prediction_rows(store, ev_fit.index, decode_outputs(specs, ev_fit.outputs, states),
+                                      specs, fold=int(k), repeat=int(r))
         if keep_att:
             write_attention(out / "attention", store, ev.index, ev.attention, ev.attention_branches,
                             {"model": cfg.model, "fold": int(k), "repeat": int(r),
@@ -160,6 +169,7 @@ def _run(cfg: TrainConfig, out: Path) -> Path:
                  len(tr_idx), len(va_idx), len(te_idx), len(history))
     pred = _predictions_frame(rows)
     write_dataframe_atomic(out / "predictions.csv", pred)
+    write_dataframe_atomic(out / "train_scores.csv", _predictions_frame(train_rows))
     metrics, per_fold = compute_metrics(pred, specs, n_boot=cfg.n_boot, seed=cfg.seed)
     write_json_atomic(out / "metrics.json", metrics)
     write_dataframe_atomic(out / "metrics_folds.csv", per_fold)
