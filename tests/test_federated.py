@@ -340,6 +340,7 @@ def test_refused_sites_and_dropout_do_not_stop_the_federation(cohort, tmp_path):
     assert sorted(summary["refused"]) == ["D_wrong_encoder", "E_wrong_dim"]
     assert "encoder 'uni'" in summary["refused"]["D_wrong_encoder"]
     assert "dimension 32" in summary["refused"]["E_wrong_dim"]
+    assert str(tmp_path) not in json.dumps(summary)  # no site paths reach the coordinator
     rounds = {r["round"]: r for r in summary["rounds"]}
     assert rounds[1]["failed_sites"] == []
     assert rounds[2]["failed_sites"] == ["C"] and rounds[3]["failed_sites"] == ["C"]
@@ -501,3 +502,27 @@ def test_secagg_plus_gives_the_fedavg_model_without_revealing_updates(cohort, tm
     shapes = {k: tuple(v.shape) for k, v in
               build_global_model(secure, GlobalState({}, {})).state_dict().items()}
     assert check_egress(log, shapes, df["patient_id"].tolist() + df["slide_id"].tolist()) == []
+
+
+def test_check_site_and_privacy_commands(cohort, tmp_path, capsys):
+    from pathstrat.cli import main
+
+    fdir, man, _ = cohort
+    (tmp_path / "fed.json").write_text(json.dumps({"federation": fed_config().model_dump(mode="json")}))
+    assert main(["federated", "check-site", "-c", str(tmp_path / "fed.json"), "--manifest", str(man),
+                 "--features", str(fdir), "--name", "hospA"]) == 0
+    shared = json.loads(capsys.readouterr().out)
+    df = pd.read_csv(man)
+    train = df[df["split"] == "train"]
+    assert shared["n-train"] == len(train) and shared["n-eval"] == len(df) - len(train)
+    assert shared["responder.pos"] == [int(train["responder"].sum())]
+    assert main(["federated", "check-site", "-c", str(tmp_path / "fed.json"), "--manifest", str(man),
+                 "--features", str(fdir)]) == 0
+    bad = fed_config(feature_dim=32).model_dump(mode="json")
+    (tmp_path / "bad.json").write_text(json.dumps({"federation": bad}))
+    assert main(["federated", "check-site", "-c", str(tmp_path / "bad.json"), "--manifest", str(man),
+                 "--features", str(fdir)]) == 2
+    assert "refuses to join" in capsys.readouterr().err
+    assert main(["federated", "privacy", "-z", "1.0", "-C", "1.0", "--rounds", "4"]) == 0
+    g = dp_guarantee(1.0, 1.0, 4, 1e-5)
+    assert f"({g.epsilon_total:.3g}, 1e-05)" in capsys.readouterr().out

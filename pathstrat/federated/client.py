@@ -52,6 +52,43 @@ def load_site(site: SiteConfig, fed: FederationConfig) -> LocalSite:
     return _SITES[key]
 
 
+class SiteFailedError(PathstratError, RuntimeError):
+    """A site-side failure as the coordinator sees it (no paths or ids; details in the site log)."""
+
+
+def _public(exc: BaseException, site: str, doing: str) -> str:
+    """The part of a site-side error that may leave the site."""
+    if isinstance(exc, (SiteRefusedError,)) and getattr(exc, "public", None):
+        return str(exc.public)
+    if isinstance(exc, (SiteDropoutError, PrivacyPolicyError)):
+        return str(exc)
+    return f"site '{site}' failed while {doing}: {type(exc).__name__} (details in the site's log)"
+
+
+def _sanitized(resolve, doing: str):
+    """Handler wrapper: log a failure in full at the site, send only a sanitized reason."""
+    import functools
+
+    def deco(fn):
+        @functools.wraps(fn)
+        def wrapper(msg, context):
+            try:
+                return fn(msg, context)
+            except (SiteDropoutError, PrivacyPolicyError):
+                raise  # their messages are public already
+            except Exception as exc:
+                try:
+                    name = resolve(context).name
+                except Exception:  # noqa: BLE001
+                    name = "?"
+                log.error("site '%s' failed while %s: %s", name, doing, exc, exc_info=True)
+                raise SiteFailedError(_public(exc, name, doing)) from None
+
+        return wrapper
+
+    return deco
+
+
 class SiteResolver:
     """Finds a node's SiteConfig: its ``--node-config`` or the simulation list by partition-id."""
 
@@ -95,9 +132,9 @@ def build_client_app(sites: Sequence[SiteConfig] | None = None, extra_mods: Sequ
             stats, names = local.join_stats()
             info.update(names)
             info.update({"encoder-id": str(local.store.encoder_id), "feature-dim": int(local.store.dim)})
-        except (SiteRefusedError, PathstratError) as exc:
-            log.error("%s", exc)
-            info.update({"accepted": False, "reason": str(exc)})
+        except Exception as exc:  # noqa: BLE001 - any local problem means: do not join
+            log.error("site '%s' does not join: %s", site.name, exc)
+            info.update({"accepted": False, "reason": _public(exc, site.name, "checking its data")})
         return Message(RecordDict({"site": ConfigRecord(info), "stats": MetricRecord(stats)}),
                        reply_to=msg)
 
@@ -136,6 +173,7 @@ def build_client_app(sites: Sequence[SiteConfig] | None = None, extra_mods: Sequ
                        reply_to=msg)
 
     @app.train()
+    @_sanitized(resolve, "training")
     def train(msg: Message, context) -> Message:
         if secagg.SECAGG_CONFIGS in msg.content.config_records:  # a SecAgg+ protocol stage
             from flwr.client.mod import secaggplus_mod
@@ -153,6 +191,7 @@ def build_client_app(sites: Sequence[SiteConfig] | None = None, extra_mods: Sequ
         return _train(msg, context)
 
     @app.evaluate()
+    @_sanitized(resolve, "evaluation")
     def evaluate(msg: Message, context) -> Message:
         fed, state, site, local, arrays, _, _ = _setup(msg, context)
         metrics = local.evaluate(arrays, state)

@@ -149,6 +149,8 @@ class SiteConfig(_Strict):
     manifest: Path
     features_dir: Path = Field(description="Folder of <slide_id>.h5 feature files of encoder_id.")
     require_dp: bool = Field(False, description="Refuse rounds that do not clip updates for DP.")
+    device: str | None = Field(None, description="This site's device ('cpu', 'cuda', 'auto'); "
+                               "default: the federation's.")
     audit_dir: Path | None = Field(None, description="Write every outgoing message's summary here.")
     drop_at_round: int | None = Field(None, ge=1, description="Simulation only: the site fails "
                                       "from this training round on (tests robustness to dropouts).")

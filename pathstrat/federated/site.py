@@ -26,7 +26,15 @@ log = logging.getLogger(__name__)
 
 
 class SiteRefusedError(PathstratError, ValueError):
-    """A site's data does not match the federation (encoder, feature dimension, columns)."""
+    """A site's data does not match the federation (encoder, feature dimension, columns).
+
+    ``public`` is the part of the message that may be sent to the coordinator (no paths, no ids);
+    the full message stays in the site's log.
+    """
+
+    def __init__(self, message: str, public: str | None = None) -> None:
+        super().__init__(message)
+        self.public = public
 
 
 @dataclass
@@ -96,16 +104,21 @@ class LocalSite:
     def __init__(self, site: SiteConfig, fed: FederationConfig) -> None:
         from pathstrat.cohort import load_manifest
         from pathstrat.training.data import load_bags
+        from pathstrat.training.engine import resolve_device
 
         self.site, self.fed = site, fed
+        self.device = resolve_device(site.device or fed.device)
         if not site.manifest.exists():
-            raise SiteRefusedError(f"Site '{site.name}': manifest '{site.manifest}' does not exist.")
+            raise SiteRefusedError(f"Site '{site.name}': manifest '{site.manifest}' does not exist.",
+                                   f"Site '{site.name}': its manifest file does not exist.")
         df = load_manifest(site.manifest, check_files=False)
         self._check_columns(df)
         try:
             store = load_bags(df, site.features_dir, level=fed.level)
         except FeatureDimError as exc:  # features disagree among themselves
-            raise SiteRefusedError(f"Site '{site.name}' cannot join: {exc}") from exc
+            raise SiteRefusedError(f"Site '{site.name}' cannot join: {exc}",
+                                   f"Site '{site.name}' cannot join: its feature files disagree "
+                                   "in encoder or dimension.") from exc
         self._check_features(store)
         self.store = store
         table = store.table
@@ -117,8 +130,9 @@ class LocalSite:
         self.eval_idx = np.flatnonzero(held.to_numpy())
         self.train_idx = np.flatnonzero(~held.to_numpy())
         if len(self.train_idx) == 0:
-            raise SiteRefusedError(f"Site '{site.name}' has no training patients after holding out "
-                                   f"{fed.holdout_fraction:.0%}; add patients or lower holdout_fraction.")
+            msg = (f"Site '{site.name}' has no training patients after holding out "
+                   f"{fed.holdout_fraction:.0%}; add patients or lower holdout_fraction.")
+            raise SiteRefusedError(msg, msg)
         log.info("site %s: %d training and %d held-out bags (encoder %s, dim %d)", site.name,
                  len(self.train_idx), len(self.eval_idx), store.encoder_id, store.dim)
 
@@ -126,19 +140,19 @@ class LocalSite:
     def _check_columns(self, df) -> None:
         missing = sorted({c for s in self.fed.specs() for c in s.needed_columns} - set(df.columns))
         if missing:
-            raise SiteRefusedError(f"Site '{self.site.name}' cannot join: its manifest "
-                                   f"'{self.site.manifest}' lacks the column(s) {missing} that the "
-                                   "federation's heads need. Add them (empty = missing label).")
+            msg = (f"Site '{self.site.name}' cannot join: its manifest lacks the column(s) "
+                   f"{missing} that the federation's heads need. Add them (empty = missing label).")
+            raise SiteRefusedError(f"{msg} Manifest: {self.site.manifest}", msg)
 
     def _check_features(self, store) -> None:
         fed, name = self.fed, self.site.name
         if store.encoder_id != fed.encoder_id or store.dim != fed.feature_dim:
-            raise SiteRefusedError(
-                f"Site '{name}' refuses to join: its features come from encoder "
-                f"'{store.encoder_id}' with dimension {store.dim}, but the federation trains on "
-                f"encoder '{fed.encoder_id}' with dimension {fed.feature_dim}. Re-embed this site's "
-                f"slides with `pathstrat embed --encoder {fed.encoder_id}` (same weights) and point "
-                "features-dir at that folder.")
+            msg = (f"Site '{name}' refuses to join: its features come from encoder "
+                   f"'{store.encoder_id}' with dimension {store.dim}, but the federation trains on "
+                   f"encoder '{fed.encoder_id}' with dimension {fed.feature_dim}. Re-embed this "
+                   f"site's slides with `pathstrat embed --encoder {fed.encoder_id}` (same weights) "
+                   "and point features-dir at that folder.")
+            raise SiteRefusedError(msg, msg)
 
     # --- join statistics --------------------------------------------------------------------
     def join_stats(self) -> tuple[dict[str, Any], dict[str, str]]:
@@ -160,13 +174,15 @@ class LocalSite:
             try:
                 out[s.name] = s.encode(self.store.table, state.target_states.get(s.name))
             except ManifestError as exc:
-                raise SiteRefusedError(f"Site '{self.site.name}': {exc}") from exc
+                raise SiteRefusedError(f"Site '{self.site.name}': {exc}",
+                                       f"Site '{self.site.name}': labels of head '{s.name}' do not "
+                                       "match the federation's classes.") from exc
         return out
 
     def model(self, arrays: dict[str, torch.Tensor], state: GlobalState) -> nn.Module:
         model = build_global_model(self.fed, state)
         model.load_state_dict(arrays)
-        return model.to(self.fed.device)
+        return model.to(self.device)
 
     def train(self, arrays: dict[str, torch.Tensor], state: GlobalState, *, epochs: int,
               proximal_mu: float = 0.0, seed: int = 0) -> tuple[dict[str, torch.Tensor], float]:
@@ -181,7 +197,7 @@ class LocalSite:
         loss_fn: nn.Module = make_loss(specs, state.target_states)
         if proximal_mu > 0:
             loss_fn = ProximalLoss(loss_fn, model, proximal_mu)
-        loss_fn.to(fed.device)
+        loss_fn.to(self.device)
         ds = BagDataset(self.store, self.train_idx, self._targets(specs, state),
                         max_tiles=fed.max_tiles, train=True, seed=seed)
         loader = make_loader(ds, fed.batch_size, shuffle=True, seed=seed)
@@ -189,7 +205,7 @@ class LocalSite:
         torch.manual_seed(seed)
         loss = float("nan")
         for _ in range(epochs):
-            loss = train_one_epoch(model, loader, loss_fn, opt, device=fed.device)
+            loss = train_one_epoch(model, loader, loss_fn, opt, device=self.device)
         return {k: v.detach().cpu() for k, v in model.state_dict().items()}, loss
 
     def predict(self, arrays: dict[str, torch.Tensor], state: GlobalState, which: str = "eval"):
@@ -204,7 +220,7 @@ class LocalSite:
         model = self.model(arrays, state)
         loader = make_loader(BagDataset(self.store, idx, targets), 1, shuffle=False)
         res = evaluate(model, loader, make_loss(specs, state.target_states) if len(idx) else None,
-                       device=self.fed.device)
+                       device=self.device)
         scores = {s.name: s.decode_with_state(res.outputs[s.name], state.target_states.get(s.name, {}))
                   for s in specs} if len(idx) else {}
         labels = {s.name: targets[s.name][res.index] for s in specs}

@@ -129,7 +129,6 @@ def make_slide(path: str | os.PathLike, *, width: int, height: int, mpp: float =
     with atomic_path(path, suffix=path.suffix) as tmp:
         ds = write_pyramid(tmp, width, height, mpp, render, quality=quality,
                            downsamples=downsamples, associated=assoc)
-        _umask_mode(tmp)
     tpath = truth_path_for(path)
     meta = _save_truth(tpath, truth, width=width, height=height, mpp=mpp, truth_mpp=truth_mpp,
                        seed=seed, spec=spec, stain=st)
@@ -248,15 +247,7 @@ def _save_truth(tpath: Path, arrays: dict[str, np.ndarray], *, width: int, heigh
                 mucinous_fraction=np.float64(meta["mucinous_fraction"]),
                 stain=np.array([stain.h_scale, stain.e_scale, stain.hue_shift, stain.brightness]),
                 schema=np.array(TRUTH_SCHEMA))
-        _umask_mode(tmp)
     return meta
-
-
-def _umask_mode(path: Path) -> None:
-    """Give a temp file (created 0600) the permissions a normal file would get under the umask."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
 
 
 def load_truth(path: str | os.PathLike) -> dict[str, Any]:
