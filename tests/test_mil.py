@@ -23,11 +23,20 @@ SMALL = {  # small hyperparameters keep the contract suite fast; defaults are te
     "transmil": {"dim": 16, "n_heads": 2, "num_landmarks": 4},
 }
 NAMES = MODELS.names()
+# attention modes of the ABMIL family: HEADS has two heads, so the default ("auto") is
+# per-target attention; the shared single-map mode is covered by its own cases
+VARIANTS = {f"{n}[shared]": (n, {"attention": "shared"}) for n in ("abmil", "abmil_gated")}
+CASES = NAMES + sorted(VARIANTS)
 
 
-def _model(name: str, seed: int = 0) -> torch.nn.Module:
+def _model(case: str, seed: int = 0) -> torch.nn.Module:
+    name, extra = VARIANTS.get(case, (case, {}))
     torch.manual_seed(seed)
-    return build_model(name, D, HEADS, **SMALL[name])
+    return build_model(name, D, HEADS, **SMALL[name], **extra)
+
+
+def _claim(case: str) -> bool:
+    return MODELS.get(VARIANTS.get(case, (case, {}))[0]).permutation_invariant
 
 
 def _batch(seed: int = 0):
@@ -65,7 +74,7 @@ def test_unknown_model_and_hparam_errors():
         build_model("abmil", D, HEADS, attn_dimm=3)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", CASES)
 def test_shapes_and_attention_normalised(name):
     model = _model(name).eval()
     x, mask = _batch()
@@ -77,7 +86,7 @@ def test_shapes_and_attention_normalised(name):
     assert out.aux_loss.shape == () and float(out.aux_loss) == 0.0
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", CASES)
 def test_padding_does_not_change_outputs(name):
     model = _model(name).eval()
     x, mask = _batch()
@@ -90,9 +99,12 @@ def test_padding_does_not_change_outputs(name):
         for k in HEADS:
             torch.testing.assert_close(out.logits[k][b], alone.logits[k][0], atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(out.attention[b, :n], alone.attention[0], atol=1e-5, rtol=1e-4)
+        if out.attention_branches is not None:
+            torch.testing.assert_close(out.attention_branches[b, :, :n],
+                                       alone.attention_branches[0], atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", CASES)
 def test_permutation_invariance_matches_claim(name):
     model = _model(name).eval()
     x, mask = _batch()
@@ -100,14 +112,13 @@ def test_permutation_invariance_matches_claim(name):
     full = torch.ones(3, 10, dtype=torch.bool)
     a, b = model(x, full), model(x[:, perm], full)
     same = all(torch.allclose(a.logits[k], b.logits[k], atol=1e-5) for k in HEADS)
-    assert same == MODELS.get(name).permutation_invariant, (
-        f"{name}: permutation invariance {same} but the registry claims "
-        f"{MODELS.get(name).permutation_invariant}")
+    assert same == _claim(name), (
+        f"{name}: permutation invariance {same} but the registry claims {_claim(name)}")
     if same:
         torch.testing.assert_close(a.attention[:, perm], b.attention, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", CASES)
 def test_every_parameter_gets_a_gradient(name):
     model = _model(name).train()
     x, mask = _batch()
@@ -121,13 +132,52 @@ def test_every_parameter_gets_a_gradient(name):
         assert float(out.aux_loss.detach()) > 0
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", CASES)
 def test_eval_mode_is_deterministic(name):
     m1, m2 = _model(name, seed=5).eval(), _model(name, seed=5).eval()
     x, mask = _batch()
     o1, o2, o3 = m1(x, mask), m1(x, mask), m2(x, mask)
     for k in HEADS:
         assert torch.equal(o1.logits[k], o2.logits[k]) and torch.equal(o1.logits[k], o3.logits[k])
+
+
+@pytest.mark.parametrize("name", ["abmil", "abmil_gated"])
+def test_per_target_attention_one_branch_per_head(name):
+    """Multi-head ABMIL defaults to one attention branch per head; each head reads only its own
+    attention-pooled embedding, and `attention` is the mean of the branches."""
+    model = _model(name).eval()
+    assert model.attention_mode == "per_target"
+    x, mask = _batch()
+    out = model(x, mask)
+    assert out.branch_names == list(HEADS) and out.attention_branches.shape == (3, 2, 10)
+    torch.testing.assert_close(out.attention_branches.sum(-1), torch.ones(3, 2))
+    assert (out.attention_branches.permute(0, 2, 1)[~mask] == 0).all()
+    torch.testing.assert_close(out.attention, out.attention_branches.mean(1))
+    # head "a" is scored from branch 0 only: changing branch 1's attention scores leaves it alone
+    with torch.no_grad():
+        model.attn.w.weight[1] += 5.0
+        model.attn.w.bias[1] -= 3.0
+    out2 = model(x, mask)
+    torch.testing.assert_close(out2.logits["a"], out.logits["a"])
+    torch.testing.assert_close(out2.attention_branches[:, 0], out.attention_branches[:, 0])
+    assert not torch.allclose(out2.logits["b"], out.logits["b"])
+    # by hand: head b = linear layer on the branch-1 attention-weighted sum of projected tiles
+    h = model.proj(x)
+    emb_b = torch.einsum("bn,bne->be", out2.attention_branches[:, 1], h)
+    torch.testing.assert_close(out2.logits["b"], model.heads.layers["b"](emb_b), atol=1e-5, rtol=1e-4)
+
+
+def test_attention_mode_resolution_and_errors():
+    single = build_model("abmil", D, {"y": 1}, **SMALL["abmil"])
+    assert single.attention_mode == "shared" and single.attn.w.out_features == 1
+    out = single.eval()(*_batch())
+    assert out.attention_branches is None and out.branch_names is None
+    forced = build_model("abmil_gated", D, {"y": 1}, attention="per_target", **SMALL["abmil"])
+    assert forced.attention_mode == "per_target" and forced.eval()(*_batch()).branch_names == ["y"]
+    assert build_model("abmil", D, HEADS, attention="shared").attn.w.out_features == 1
+    assert build_model("abmil", D, {"a": 1, "b": 1, "c": 1}).attn.w.out_features == 3
+    with pytest.raises(ConfigError, match="per_target"):
+        build_model("abmil", D, HEADS, attention="per_head")
 
 
 def test_standard_mil_poison_test_for_models_that_claim_it():

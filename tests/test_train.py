@@ -122,6 +122,16 @@ def test_run_directory_contract(run, cohort):
     with h5py.File(run / "attention" / f"{sid}.h5") as h:
         att, coords = h["attention"][()], h["coords"][()]
     assert att.shape == (len(coords),) and att.sum() == pytest.approx(1.0, abs=1e-5)
+    heads = ["responder", "subtype", "marker_a+marker_b", "score", "survival"]
+    with h5py.File(run / "attention" / f"{sid}.h5") as h:  # per-target attention (multi-head default)
+        assert json.loads(h.attrs["branch_names"]) == heads
+        branches = h["attention_branches"][()]
+        assert branches.shape == (5, len(coords))
+        for i, name in enumerate(heads):
+            own = h[f"attention_{name}"][()]
+            assert own.sum() == pytest.approx(1.0, abs=1e-5)
+            np.testing.assert_allclose(own, branches[i] / branches[i].sum(), rtol=1e-5)
+        np.testing.assert_allclose(att, branches.mean(0) / branches.mean(0).sum(), rtol=1e-5)
     assert (run / "config.yaml").exists() and (run / "run.log").stat().st_size > 0
 
 
@@ -157,6 +167,27 @@ def test_checkpoint_round_trip_equals_end_of_training_predictions(run, cohort):
     want = pred.set_index("slide_id").score
     got = pd.Series(scores["responder"], index=[store.bags[i].key for i in ev.index])
     np.testing.assert_allclose(got.loc[want.index].to_numpy(), want.to_numpy(), rtol=1e-6, atol=1e-7)
+
+
+def test_predict_writes_per_target_attention_of_the_fold_ensemble(run, cohort, tmp_path):
+    """`predict` averages each head's attention branch over the fold models."""
+    import torch
+
+    from pathstrat.features import read_bag
+
+    fdir, manifest = cohort
+    out = predict(run, fdir, manifest, tmp_path / "pred", allow_overlap=True, device="cpu")
+    sid = pd.read_csv(manifest).slide_id.iloc[0]
+    x = torch.as_tensor(np.asarray(read_bag(fdir / f"{sid}.h5").features, np.float32))[None]
+    maps = []
+    for f in load_run_spec(run)["folds"]:
+        with torch.no_grad():
+            maps.append(load_fold_model(run, f["name"]).eval()(x).attention_branches[0, 0].numpy())
+    want = np.mean(maps, axis=0)
+    with h5py.File(out / "attention" / f"{sid}.h5") as h:
+        got = h["attention_responder"][()]
+        assert json.loads(h.attrs["branch_names"])[0] == "responder"
+    np.testing.assert_allclose(got, want / want.sum(), rtol=1e-4, atol=1e-7)
 
 
 def test_fixed_split_predict_round_trip_and_guards(tmp_path):

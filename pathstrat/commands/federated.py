@@ -137,7 +137,8 @@ def init_app_cmd(
     app_dir: Path = typer.Argument(..., help="Folder to write the Flower app (pyproject.toml) into."),
     config: Path = typer.Option(..., "--config", "-c", help="Federation config on the coordinator."),
     out: Path = typer.Option(Path("federated_run"), "--out", help="Run directory on the coordinator."),
-    address: str = typer.Option("coordinator.example.org:9093", "--address", help="SuperLink Control API."),
+    address: str = typer.Option("coordinator.example.org:8000", "--address",
+                                help="SuperLink address (flwr 1.41: all APIs on one host:port)."),
     root_cert: str = typer.Option("certificates/ca.crt", "--root-cert", help="CA certificate for TLS."),
     connection: str = typer.Option("pathstrat", "--connection", help="SuperLink connection name."),
 ) -> None:

@@ -23,7 +23,9 @@ class MILOutput:
     ``logits`` maps head name to (B, n_outputs); ``attention`` (B, N) sums to 1 over the valid
     tiles of each bag (0 on padding); ``embedding`` (B, E) is the bag embedding; ``aux_loss`` is an
     already-weighted scalar to add to the task loss (0 in eval mode); ``attention_branches``
-    (B, K, N) is set by models with one attention branch per class (CLAM-MB, DSMIL).
+    (B, K, N) is set by models with one attention branch per class (CLAM-MB, DSMIL) or per
+    target (ABMIL ``attention="per_target"``); ``branch_names`` names the K branches when they
+    are per target (head names), else None.
     """
 
     logits: dict[str, torch.Tensor]
@@ -31,6 +33,7 @@ class MILOutput:
     embedding: torch.Tensor
     aux_loss: torch.Tensor
     attention_branches: torch.Tensor | None = None
+    branch_names: list[str] | None = None
 
 
 @dataclass(frozen=True)

@@ -92,29 +92,62 @@ class _AttentionMIL(nn.Module):
         return h, a, emb
 
 
+ATTENTION_MODES = ("auto", "shared", "per_target")
+
+
+def resolve_attention_mode(mode: str, heads: dict[str, int]) -> str:
+    """``auto`` -> ``per_target`` for multi-head models, ``shared`` for one head."""
+    if mode not in ATTENTION_MODES:
+        from pathstrat.errors import ConfigError
+
+        raise ConfigError(f"attention='{mode}' unknown; use one of {list(ATTENTION_MODES)}.")
+    if mode == "auto":
+        return "per_target" if len(heads) > 1 else "shared"
+    return mode
+
+
 @register_model("abmil", standard_mil=False, permutation_invariant=True,
                 citation="Ilse, Tomczak & Welling 2018, Attention-based deep multiple instance learning",
-                description="Attention-weighted sum of projected tiles (tanh attention).",
-                dim=512, attn_dim=256, dropout=0.25, gated=False)
+                description="Attention-weighted sum of projected tiles (tanh attention); with several "
+                            "heads one attention branch per target (attention='per_target').",
+                dim=512, attn_dim=256, dropout=0.25, gated=False, attention="auto")
 class ABMIL(_AttentionMIL):
-    """Attention MIL (Ilse et al. 2018); ``gated=True`` is the gated-attention variant."""
+    """Attention MIL (Ilse et al. 2018); ``gated=True`` is the gated-attention variant.
+
+    ``attention="per_target"`` gives every head its own attention branch (shared projection and
+    hidden attention layer, one score vector per head, as in multi-branch CLAM): each head is
+    scored from its own attention-pooled embedding, so the responder head can attend to other
+    tiles than the biomarker or survival head. ``attention`` of the output is then the mean of
+    the branches, ``attention_branches`` (B, H, N) the per-head maps in ``branch_names`` order.
+    ``"shared"`` is the original single map; ``"auto"`` picks per_target for > 1 head.
+    """
 
     def __init__(self, in_dim: int, heads: dict[str, int], dim: int = 512, attn_dim: int = 256,
-                 dropout: float = 0.25, gated: bool = False):
-        super().__init__(in_dim, heads, dim, attn_dim, dropout, gated)
+                 dropout: float = 0.25, gated: bool = False, attention: str = "auto"):
+        self.attention_mode = resolve_attention_mode(attention, heads)
+        per_target = self.attention_mode == "per_target"
+        super().__init__(in_dim, heads, dim, attn_dim, dropout, gated,
+                         n_branches=len(heads) if per_target else 1)
         self.heads = Heads(dim, heads)
+        self.branch_names = list(heads) if per_target else None
 
     def forward(self, x, mask=None, bag_labels=None) -> MILOutput:
         mask = _full_mask(x, mask)
-        _, a, emb = self.pool(x, mask)
-        emb = emb[:, 0]
-        return MILOutput(self.heads(emb), a[:, 0], emb, zero_loss(emb))
+        _, a, embs = self.pool(x, mask)  # a (B, K, N), embs (B, K, E)
+        if self.branch_names is None:
+            emb = embs[:, 0]
+            return MILOutput(self.heads(emb), a[:, 0], emb, zero_loss(emb))
+        logits = {k: self.heads.layers[k](embs[:, i]) for i, k in enumerate(self.branch_names)}
+        emb = embs.mean(1)
+        return MILOutput(logits, a.mean(1), emb, zero_loss(emb), attention_branches=a,
+                         branch_names=list(self.branch_names))
 
 
 @register_model("abmil_gated", standard_mil=False, permutation_invariant=True,
                 citation="Ilse, Tomczak & Welling 2018, Attention-based deep multiple instance learning",
-                description="ABMIL with gated attention tanh(Vh) * sigmoid(Uh).",
-                dim=512, attn_dim=256, dropout=0.25, gated=True)
+                description="ABMIL with gated attention tanh(Vh) * sigmoid(Uh); per-target branches "
+                            "with several heads.",
+                dim=512, attn_dim=256, dropout=0.25, gated=True, attention="auto")
 class GatedABMIL(ABMIL):
     """Gated-attention ABMIL (same class, different registered default)."""
 

@@ -160,7 +160,7 @@ def _run(cfg: TrainConfig, out: Path) -> Path:
         if keep_att:
             write_attention(out / "attention", store, ev.index, ev.attention, ev.attention_branches,
                             {"model": cfg.model, "fold": int(k), "repeat": int(r),
-                             "targets": [s.name for s in specs]})
+                             "targets": [s.name for s in specs]}, ev.branch_names)
         name = f"fold{k}" + (f"_r{r}" if cfg.repeats > 1 else "")
         fold_entries.append(_save_checkpoint(ckpt_dir, name, model, cfg, int(r), int(k),
                                              np.concatenate([train_p, val_p]), states, history))

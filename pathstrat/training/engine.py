@@ -47,6 +47,7 @@ class EvalResult:
     loss: float
     attention: list[np.ndarray] = field(default_factory=list)
     attention_branches: list[np.ndarray | None] = field(default_factory=list)
+    branch_names: list[str] | None = None  # per-target attention branches (head names)
 
 
 def set_seed(seed: int) -> None:
@@ -108,7 +109,7 @@ def evaluate(model: nn.Module, loader, loss_fn: MultiTaskLoss | None = None, *,
     """Whole-bag inference; the loss is computed once over all bags (a Cox risk set needs them)."""
     model.eval()
     idx, outs, targets = [], {}, {}
-    atts, branches = [], []
+    atts, branches, names = [], [], None
     for batch in loader:
         x, mask = batch["x"].to(device), batch["mask"].to(device)
         with _autocast(device, amp):
@@ -122,6 +123,7 @@ def evaluate(model: nn.Module, loader, loss_fn: MultiTaskLoss | None = None, *,
             m = batch["mask"].cpu().numpy()
             a = out.attention.float().cpu().numpy()
             ab = None if out.attention_branches is None else out.attention_branches.float().cpu().numpy()
+            names = names or out.branch_names
             for i in range(len(m)):
                 atts.append(a[i, m[i]])
                 branches.append(None if ab is None else ab[i][:, m[i]])
@@ -130,7 +132,7 @@ def evaluate(model: nn.Module, loader, loss_fn: MultiTaskLoss | None = None, *,
     if loss_fn is not None and targets:
         loss = float(loss_fn(logits, {k: torch.cat(v) for k, v in targets.items()})[0])
     return EvalResult(np.concatenate(idx) if idx else np.zeros(0, int),
-                      {k: v.numpy() for k, v in logits.items()}, loss, atts, branches)
+                      {k: v.numpy() for k, v in logits.items()}, loss, atts, branches, names)
 
 
 def make_optimizer(model: nn.Module, params: TrainParams, steps_per_epoch: int):

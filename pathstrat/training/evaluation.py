@@ -139,8 +139,14 @@ def compute_metrics(pred: pd.DataFrame, specs: Sequence[TargetSpec], *, n_boot: 
 
 
 def write_attention(out_dir: Path, store: BagStore, index: np.ndarray, attention: list[np.ndarray],
-                    branches: list[np.ndarray | None], attrs: dict[str, Any]) -> None:
-    """``attention/<slide_id>.h5`` per slide: coords, attention (sums to 1), optional branches."""
+                    branches: list[np.ndarray | None], attrs: dict[str, Any],
+                    branch_names: Sequence[str] | None = None) -> None:
+    """``attention/<slide_id>.h5`` per slide: coords, attention (sums to 1), optional branches.
+
+    With ``branch_names`` (per-target attention: one branch per head) each branch is also
+    written as ``attention_<name>`` (N,), normalised to sum to 1 over the slide's tiles, so a
+    heatmap or a test reads the responder's own map as ``attention_responder``.
+    """
     import h5py
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -150,10 +156,20 @@ def write_attention(out_dir: Path, store: BagStore, index: np.ndarray, attention
             lo, hi = bag.offsets[s], bag.offsets[s + 1]
             a = np.asarray(attention[j][lo:hi], np.float32)
             mass = float(a.sum())
+            extra = {"branch_names": list(branch_names)} if branch_names else {}
             with atomic_path(out_dir / f"{sid}.h5") as tmp, h5py.File(tmp, "w") as f:
                 f["coords"] = bag.coords[lo:hi]
-                f["attention"] = a / mass if mass > 0 else a
+                f["attention"] = _normalised(a)
                 if branches[j] is not None:
-                    f["attention_branches"] = np.asarray(branches[j][:, lo:hi], np.float32)
-                for k, v in {**attrs, "slide_id": sid, "bag_mass": mass}.items():
+                    ab = np.asarray(branches[j][:, lo:hi], np.float32)
+                    f["attention_branches"] = ab
+                    for name, row in zip(branch_names or [], ab, strict=False):
+                        f[f"attention_{name}"] = _normalised(row)
+                for k, v in {**attrs, **extra, "slide_id": sid, "bag_mass": mass}.items():
                     f.attrs[k] = json.dumps(v) if isinstance(v, (list, dict)) else v
+
+
+def _normalised(a: np.ndarray) -> np.ndarray:
+    """``a`` scaled to sum to 1 (a slide of a patient-level bag holds part of the bag's mass)."""
+    mass = float(a.sum())
+    return (a / mass if mass > 0 else a).astype(np.float32)

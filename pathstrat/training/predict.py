@@ -104,6 +104,8 @@ def predict(run_dir: str | os.PathLike, features_dir: str | os.PathLike,
     loader = make_loader(BagDataset(store, np.arange(len(store))), 1)
     sums: dict[str, np.ndarray] = {}
     att_sum: list[np.ndarray] | None = None
+    br_sum: list[np.ndarray | None] | None = None
+    br_names: list[str] | None = None
     index = np.arange(len(store))
     for fold in spec["folds"]:
         model = load_fold_model(run_dir, fold, spec, device)
@@ -113,18 +115,30 @@ def predict(run_dir: str | os.PathLike, features_dir: str | os.PathLike,
             sums[k] = sums.get(k, 0) + np.asarray(v, float)
         if save_attention:
             att_sum = ev.attention if att_sum is None else [a + b for a, b in zip(att_sum, ev.attention, strict=True)]
+            br_sum, br_names = _add_branches(br_sum, ev.attention_branches), ev.branch_names
         index = ev.index
     n = len(spec["folds"])
     mean = {k: v / n for k, v in sums.items()}
     pred = pd.DataFrame(prediction_rows(store, index, mean, specs))
     write_dataframe_atomic(out / "predictions.csv", pred)
     if save_attention and att_sum is not None:
+        branches = ([None] * len(index) if br_sum is None or br_names is None
+                    else [None if b is None else b / n for b in br_sum])
         write_attention(out / "attention", store, index, [a / n for a in att_sum],
-                        [None] * len(index), {"model": spec["model"], "ensemble": n,
-                                              "targets": [s.name for s in specs]})
+                        branches, {"model": spec["model"], "ensemble": n,
+                                   "targets": [s.name for s in specs]},
+                        br_names if br_sum is not None else None)
     if pred["y_true"].notna().any():
         metrics, _ = compute_metrics(pred, specs, n_boot=n_boot)
         write_json_atomic(out / "metrics.json", metrics)
     if len(failures):
         failures.write()
     return out
+
+
+def _add_branches(acc: list[np.ndarray | None] | None,
+                  new: list[np.ndarray | None]) -> list[np.ndarray | None] | None:
+    """Running sum of per-bag attention branches over fold models (None when a model has none)."""
+    if not new or any(b is None for b in new):
+        return None
+    return list(new) if acc is None else [a + b for a, b in zip(acc, new, strict=True)]
