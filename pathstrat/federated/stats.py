@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from pathstrat.mil.targets import _key, _py, _sort_key  # one definition of class keys
+
 # --- shared grids ------------------------------------------------------------------------
 
 
@@ -158,17 +160,3 @@ def global_target_state(spec: Any, merged: Mapping[str, Any], *, edges: np.ndarr
         qs = np.linspace(0, 1, spec.n_bins + 1)[1:-1]
         return {"cuts": histogram_quantiles(counts, edges, qs)}, None
     return {}, None
-
-
-def _py(v: Any) -> Any:
-    return v.item() if isinstance(v, np.generic) else v
-
-
-def _key(v: Any) -> Any:
-    v = _py(v)
-    return float(v) if isinstance(v, (int, float, bool)) else str(v)
-
-
-def _sort_key(v: Any):
-    v = _py(v)
-    return (0, float(v), "") if isinstance(v, (int, float, bool)) else (1, 0.0, str(v))
