@@ -200,7 +200,8 @@ def plot_calibration(y: np.ndarray, s: np.ndarray, ax, n_bins: int = 8):
     for k in np.unique(b):
         m = b == k
         lo, hi = wilson_ci(int(y[m].sum()), int(m.sum()))
-        ax.errorbar(s[m].mean(), y[m].mean(), yerr=[[y[m].mean() - lo], [hi - y[m].mean()]],
+        p = y[m].mean()  # Wilson bounds can sit a rounding error inside p at 0 or 1 observed
+        ax.errorbar(s[m].mean(), p, yerr=[[max(p - lo, 0.0)], [max(hi - p, 0.0)]],
                     fmt="o", color="tab:purple", ms=4, capsize=2)
     ax.plot([0, 1], [0, 1], "--", color="0.6", lw=1)
     ax.set(xlabel="predicted probability", ylabel="observed fraction", title="Calibration",

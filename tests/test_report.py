@@ -214,3 +214,20 @@ def test_report_renders_in_headless_chromium(full_run, tmp_path):
     for key in ORDER:
         assert f'id="{key}"' in dom, key
     assert dom.count("data:image/png;base64,") >= 11
+
+
+def test_calibration_handles_bins_with_all_or_no_events():
+    """Bins whose observed fraction is exactly 0 or 1 must not give negative error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pathstrat.report import plot_calibration
+
+    s = np.linspace(0.01, 0.99, 80)  # 8 bins of 10: Wilson's bound for 10/10 is 1 - 1e-16
+    y = (s > 0.5).astype(float)  # every bin is pure: fractions 0 or 1
+    fig, ax = plt.subplots()
+    assert plot_calibration(y, s, ax) is ax
+    assert len(ax.lines) >= 1
+    plt.close(fig)
