@@ -130,6 +130,7 @@ def _embed_hash(encoder, tile_attrs: dict[str, Any], n_tiles: int, views: int, s
         "encoder_id": encoder.spec.id, "weights_sha256": encoder.weights_sha256,
         "transform": encoder.transform_description, "dtype": encoder.compute_dtype,
         "tiles_params_hash": tile_attrs.get("params_hash", ""), "n_tiles": n_tiles,
+        "slide_fingerprint": tile_attrs.get("slide_fingerprint", ""),
         "views": views, "augmentation": AUGMENTATION if views else "", "seed": seed if views else 0,
     })
 

@@ -244,6 +244,8 @@ def tiles_file_reusable(path: str | os.PathLike, params: TilingParams, *, slide_
         return "slide path changed"
     if not _same_float(a.get("mpp_override"), mpp_override):
         return "mpp override changed"
+    if "slide_fingerprint" in a and a["slide_fingerprint"] != slide_fingerprint(slide_path):
+        return "slide file changed since it was tiled"
     if int(a.get("n_tiles", -1)) != len(ts):
         return "tile count does not match the file's attributes"
     sid = a.get("slide_id", p.stem)
@@ -251,6 +253,15 @@ def tiles_file_reusable(path: str | os.PathLike, params: TilingParams, *, slide_
     if not (qc / f"{sid}.png").is_file() or not (qc / f"{sid}.geojson").is_file():
         return "QC files missing"
     return None
+
+
+def slide_fingerprint(slide_path: str | os.PathLike) -> str:
+    """Size and modification time of the slide file: a slide replaced at the same path is retiled."""
+    try:
+        st = os.stat(slide_path)
+    except OSError:
+        return ""
+    return f"{st.st_size}:{st.st_mtime_ns}"
 
 
 def write_tiles(dest: str | os.PathLike, coords: np.ndarray, tissue_fraction: np.ndarray,
@@ -309,6 +320,7 @@ def tile_slide(slide_path: str | os.PathLike, out_dir: str | os.PathLike, params
             "level0_height": int(slide.dimensions[1]),
             "slide_id": slide_id,
             "slide_path": slide_path,
+            "slide_fingerprint": slide_fingerprint(slide_path),
             "params_hash": params.hash(),
             "pathstrat_version": _version(),
             "schema": TILES_SCHEMA,

@@ -462,3 +462,21 @@ def test_worker_crash_fails_only_that_slide(gen_dir):
     assert sorted(out) == list("abcde")
     assert out["c"]["ok"] is False and out["c"]["error_type"] == "WorkerCrashed"
     assert all(out[s]["ok"] for s in "abde")
+
+
+def test_slide_replaced_at_the_same_path_is_retiled(gen_dir, tmp_path):
+    """A slide regenerated in place (same path, other content) must not reuse its old tiles."""
+    import shutil
+
+    slide = tmp_path / "s.svs"
+    shutil.copy(gen_dir / "ellipse.svs", slide)
+    df = pd.DataFrame({"slide_id": ["s"], "path": [str(slide)]})
+    out = tmp_path / "out"
+    first = tile_cohort(df, out, SMALL, progress=False)
+    n_ellipse = len(read_tiles(out / "tiles" / "s.h5"))
+    assert first.n_tiled == 1 and n_ellipse > 0
+    assert tile_cohort(df, out, SMALL, progress=False).n_skipped == 1
+    shutil.copy(gen_dir / "inked.svs", slide)  # same path, new content (ink band removes tiles)
+    again = tile_cohort(df, out, SMALL, progress=False)
+    assert (again.n_tiled, again.n_skipped) == (1, 0)
+    assert len(read_tiles(out / "tiles" / "s.h5")) < n_ellipse
