@@ -116,6 +116,9 @@ class EmbedResult:
 def resolve_tiles_dir(tiles_dir: str | os.PathLike) -> Path:
     """Accept the tiling output folder (holding ``tiles/``) or the ``tiles/`` folder itself."""
     d = Path(tiles_dir)
+    if not d.is_dir():
+        raise ConfigError(f"Tiles folder '{d}' does not exist. Pass the --out folder of "
+                          "`pathstrat tile` (holding tiles/<slide_id>.h5), or run `pathstrat tile` first.")
     return d / "tiles" if (d / "tiles").is_dir() else d
 
 
@@ -316,6 +319,7 @@ def embed_cohort(manifest_df, tiles_dir: str | os.PathLike, out_dir: str | os.Pa
         raise ConfigError(f"batch_size ({batch_size}) must be >= 1, workers ({workers}) and "
                           f"views ({views}) >= 0")
     shard_t = parse_shard(shard)
+    tiles_root = resolve_tiles_dir(tiles_dir)  # fail before building the encoder
     out = ensure_writable_dir(out_dir)
     enc = encoder or build_encoder(encoder_id, weights=weights, device=device, dtype=dtype,
                                    seed=seed)
@@ -326,7 +330,7 @@ def embed_cohort(manifest_df, tiles_dir: str | os.PathLike, out_dir: str | os.Pa
     failures = FailureLog(out / shard_failures_name(shard_t), EMBED_STAGE)
     ids = shard_slides([str(s) for s in manifest_df["slide_id"]], shard_t)
     df = manifest_df[manifest_df["slide_id"].astype(str).isin(set(ids))]
-    jobs, skipped = _prepare_jobs(df, resolve_tiles_dir(tiles_dir), feat_dir, enc, views, seed,
+    jobs, skipped = _prepare_jobs(df, tiles_root, feat_dir, enc, views, seed,
                                   failures, overwrite)
     result = EmbedResult(feat_dir, skipped=skipped, failures_path=failures.path, shard=shard_t)
     t0 = time.perf_counter()

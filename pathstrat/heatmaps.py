@@ -319,8 +319,12 @@ def heatmap_run(run_dir: str | Path, manifest: Any | None = None, out_dir: str |
 
     from pathstrat.cohort import load_manifest
     from pathstrat.io import FailureLog, ensure_writable_dir, write_dataframe_atomic
+    from pathstrat.progress import track
 
     run = Path(run_dir)
+    if not run.is_dir():  # check before creating <run>/heatmaps
+        raise SchemaError(f"run directory '{run}' does not exist; pass the --out folder of "
+                          "`pathstrat train` (holding attention/ and predictions.csv).")
     out = ensure_writable_dir(out_dir or run / "heatmaps")
     cfg = _run_config(run)
     if manifest is None:
@@ -339,7 +343,7 @@ def heatmap_run(run_dir: str | Path, manifest: Any | None = None, out_dir: str |
         slides = extreme_slides(preds, target=target, n=n_extreme)
     failures = FailureLog(out / "failures.csv", stage="heatmap")
     rows: list[dict[str, Any]] = []
-    for sid in slides:
+    for sid in track(list(slides), "heatmaps", unit="slide"):
         try:
             if sid not in man.index:
                 raise SchemaError(f"slide '{sid}' is not in the manifest.")

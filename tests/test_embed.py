@@ -209,3 +209,10 @@ def test_encoders_list_cli(capsys):
     assert set(lines) == {s.id for s in E.list_specs()}
     assert lines["uni"].split()[1:6] == ["1024", "224", "0.5", "fp16", "yes"]
     assert "n/a" in lines["builtin"]
+
+
+def test_missing_tiles_folder_is_one_error_not_a_failure_per_slide(cohort, tmp_path):
+    root, df = cohort
+    with pytest.raises(ConfigError, match=r"Tiles folder .*nowhere.* does not exist.*pathstrat tile"):
+        embed_cohort(df, tmp_path / "nowhere", tmp_path / "out", "builtin", workers=0)
+    assert not (tmp_path / "out").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import h5py
@@ -88,7 +89,7 @@ def test_geojson_is_qupath_ready():
     json.dumps(gj)  # serialisable
 
 
-def test_heatmap_run_top_tiles_come_from_the_slide(tmp_path):
+def test_heatmap_run_top_tiles_come_from_the_slide(tmp_path, caplog):
     slide = make_tiff(tmp_path / "slide.tiff")
     run = tmp_path / "run"
     c = grid_coords()
@@ -101,7 +102,9 @@ def test_heatmap_run_top_tiles_come_from_the_slide(tmp_path):
     pd.DataFrame({"slide_id": ["s1", "s2"], "patient_id": ["p1", "p2"], "fold": [0, 1], "repeat": 0,
                   "target": "os", "y_true": np.nan, "score": [0.2, 0.9], "risk": [0.2, 0.9]}
                  ).to_csv(run / "predictions.csv", index=False)
-    index, n_failed = H.heatmap_run(run, tmp_path / "manifest.csv", top_k=3)
+    with caplog.at_level(logging.INFO, logger="pathstrat.progress"):
+        index, n_failed = H.heatmap_run(run, tmp_path / "manifest.csv", top_k=3)
+    assert "heatmaps: 2/2 slide" in caplog.text  # progress reported (log lines off a terminal)
     out = run / "heatmaps"
     assert n_failed == 1  # s2 has no attention file and no slide: recorded, batch goes on
     fails = pd.read_csv(out / "failures.csv")
@@ -180,3 +183,13 @@ def test_heatmap_never_touches_label_or_macro(tmp_path, monkeypatch):
     assert rows[0]["thumb_mpp"] == pytest.approx(0.5)  # 1024 px wide: thumbnail at level 0 mpp
     heat = np.asarray(Image.open(tmp_path / "out" / rows[0]["heatmap_png"]).convert("RGB"))
     assert heat.std() > 10
+
+
+def test_missing_run_dir_is_one_clear_error_and_creates_nothing(tmp_path, capsys):
+    from pathstrat.cli import main
+
+    gone = tmp_path / "no-such-run"
+    assert main(["heatmap", "--run", str(gone), "--manifest", str(tmp_path / "m.csv")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: run directory") and str(gone) in err and "pathstrat train" in err
+    assert not gone.exists()  # no stray <run>/heatmaps folder for `pathstrat report` to pick up

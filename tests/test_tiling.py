@@ -480,3 +480,35 @@ def test_slide_replaced_at_the_same_path_is_retiled(gen_dir, tmp_path):
     again = tile_cohort(df, out, SMALL, progress=False)
     assert (again.n_tiled, again.n_skipped) == (1, 0)
     assert len(read_tiles(out / "tiles" / "s.h5")) < n_ellipse
+
+
+def test_tile_and_info_never_decode_label_or_macro(tmp_path, monkeypatch, capsys):
+    """A slide with label/macro images (synthetic identifiers): names may be listed, pixels never read."""
+    import openslide
+    import openslide.lowlevel
+    import tifffile
+
+    from pathstrat.cli import main
+    from pathstrat.slide.backends import _jpeg_levels
+    from pathstrat.synthetic import make_slide
+
+    s = make_slide(tmp_path / "a.svs", width=1024, height=768, mpp=0.5, seed=3, associated=True)
+
+    def forbidden(*_a, **_k):
+        raise AssertionError("label/macro/associated image decoded")
+
+    monkeypatch.setattr(openslide.lowlevel, "read_associated_image", forbidden)
+    monkeypatch.setattr(openslide.OpenSlide, "get_thumbnail", forbidden)
+    row = tile_slide(s.path, tmp_path / "out", TilingParams(tile_px=64), slide_id="a")
+    assert row["n_tiles"] > 0
+    assert main(["info", str(s.path)]) == 0
+    assert "label, macro" in capsys.readouterr().out
+    # the fast backend's byte ranges come from pyramid pages only, never from label/macro pages
+    with open_slide(s.path) as sl:
+        levels = _jpeg_levels(Path(s.path), sl.level_dimensions)
+    used = {int(o) for lvl in levels.values() for o in lvl.offsets}
+    with tifffile.TiffFile(s.path) as t:
+        assoc = [p for p in t.pages if p.description.splitlines()[-1].split(" ")[0] in ("label", "macro")]
+        assert len(assoc) == 2
+        assert used.isdisjoint(int(o) for p in assoc for o in p.dataoffsets)
+    assert not list((tmp_path / "out").rglob("*label*")) and not list((tmp_path / "out").rglob("*macro*"))

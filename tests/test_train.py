@@ -112,6 +112,7 @@ def test_run_directory_contract(run, cohort):
     assert folds.patient_id.is_unique and set(folds.fold) == {0, 1, 2}
     spec = load_run_spec(run)
     assert spec["in_dim"] == 12 and spec["encoder_id"] == "synthetic" and spec["model"] == "abmil_gated"
+    assert spec["hparams"]["attention"] == "per_target"  # resolved from "auto" (5 heads)
     assert [f["file"] for f in spec["folds"]] == ["fold0.safetensors", "fold1.safetensors",
                                                   "fold2.safetensors"]
     for f in spec["folds"]:

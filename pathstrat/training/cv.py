@@ -134,6 +134,8 @@ def _run(cfg: TrainConfig, out: Path) -> Path:
         set_seed(seed)
         model = build_model(cfg.model, store.dim, {s.name: s.n_outputs for s in specs}, **cfg.hparams)
         hparams = {**model.spec.defaults, **cfg.hparams}
+        if hasattr(model, "attention_mode"):  # record the resolved mode ("auto" -> per_target/shared)
+            hparams["attention"] = model.attention_mode
         loss_fn = make_loss(specs, states, weighting=cfg.class_weighting, ties=cfg.ties,
                             task_weights=cfg.task_weights)
         train_loader = make_loader(

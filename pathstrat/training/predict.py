@@ -50,8 +50,11 @@ def load_fold_model(run_dir: str | os.PathLike, fold: dict[str, Any] | str,
                                f"{[f['name'] for f in spec['folds']]}.")
         fold = matches[0]
     targets = [TargetSpec.from_dict(t) for t in spec["targets"]]
+    hparams = dict(spec["hparams"])
+    if spec["model"] in ("abmil", "abmil_gated") and "attention" not in hparams:
+        hparams["attention"] = "shared"  # runs written before per-target attention existed
     model = build_model(spec["model"], spec["in_dim"], {t.name: t.n_outputs for t in targets},
-                        **{k: v for k, v in spec["hparams"].items()})
+                        **hparams)
     path = Path(run_dir) / "checkpoints" / fold["file"]
     if not path.exists():
         raise WeightsError(f"Checkpoint {path} is missing; the run directory is incomplete.")

@@ -1,0 +1,23 @@
+"""The CLI front end: `pathstrat --help` stays instant because heavy libraries load lazily."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+HEAVY = ("numpy", "pandas", "torch", "timm", "h5py", "openslide", "lifelines", "matplotlib",
+         "sklearn", "scipy", "cv2", "flwr", "ray", "pydantic", "yaml", "tifffile")
+
+
+def test_help_imports_no_heavy_library():
+    """Every command module is registered by `--help`; none may import a heavy library."""
+    code = ("import sys\nfrom pathstrat.cli import main\nrc = main(['--help'])\n"
+            f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\nprint('rc', rc)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert lines[-1] == "rc 0"
+    assert lines[-2] == "[]", f"heavy modules imported by `pathstrat --help`: {lines[-2]}"
+    for cmd in ("info", "tile", "embed", "encoders", "stratify", "select", "heatmap", "report",
+                "federated"):
+        assert cmd in proc.stdout
