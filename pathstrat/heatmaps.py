@@ -99,13 +99,17 @@ def pick_values(tv: TileValues, target: str | None = None) -> dict[str, np.ndarr
     """Value maps to draw, fold-averaged.
 
     With ``target``: datasets whose name contains it (per-target tile scores), else the shared
-    ``attention`` (an attention-MIL model attends once for all heads). Without: ``attention`` when
-    present, else every array. Arrays differing only by a fold/repeat component
+    ``attention`` (an attention-MIL model attends once for all heads). Without: ``attention`` and
+    every per-target ``attention_<target>`` map when present (the raw ``attention_branches``
+    rows duplicate those and are skipped), else every array. Arrays differing only by a fold/repeat component
     (``fold0/attention``, ``fold1/attention``) are averaged into one map named without it.
     """
     names = [k for k in tv.values if target is not None and (target in k.split("/") or target in k)]
     if not names:
         shared = [k for k in tv.values if k.split("/")[-1] == "attention"]
+        if target is None:  # per-target maps of a multi-head model: one heatmap per task
+            shared += [k for k in tv.values if k.split("/")[-1].startswith("attention_")
+                       and "attention_branches" not in k.split("/")]
         names = shared or ([] if target is not None else list(tv.values))
     if not names:
         raise SchemaError(f"slide '{tv.slide_id}': no per-tile values for target '{target}'; "

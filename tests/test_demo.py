@@ -61,8 +61,9 @@ def test_out_of_fold_auroc(demo: Path, target: str):
     assert auc >= 0.85, f"{target} out-of-fold AUROC {auc:.3f} < 0.85"
 
 
-def _attention_auroc(run: Path, cohort: Path, classes: tuple[str, ...]) -> float:
-    """Mean over slides of the AUROC of attention for tiles mostly made of ``classes``."""
+def _attention_auroc(run: Path, cohort: Path, classes: tuple[str, ...],
+                     dataset: str = "attention") -> float:
+    """Mean over slides of the AUROC of ``dataset`` for tiles mostly made of ``classes``."""
     from pathstrat.synthetic import tile_truth, truth_path_for
     from pathstrat.tiling import read_tiles
 
@@ -71,7 +72,7 @@ def _attention_auroc(run: Path, cohort: Path, classes: tuple[str, ...]) -> float
     for row in man.itertuples():
         att = run / "attention" / f"{row.slide_id}.h5"
         with h5py.File(att) as f:
-            a, coords = f["attention"][:], f["coords"][:]
+            a, coords = f[dataset][:], f["coords"][:]
         ts = read_tiles(run / "tiles" / f"{row.slide_id}.h5")
         np.testing.assert_array_equal(coords, ts.coords)
         truth = tile_truth(truth_path_for(cohort / row.path), coords, ts.attrs["tile_size_level0"],
@@ -83,13 +84,15 @@ def _attention_auroc(run: Path, cohort: Path, classes: tuple[str, ...]) -> float
     return float(np.mean(aucs))
 
 
-def test_attention_ranks_planted_tiles(demo: Path):
-    """The labels are planted as lymphocyte-dense tissue (responder), mucinous tumour
-    (biomarker) and necrosis (survival); the model's attention must rank tiles mostly made of
-    planted tissue (truth masks) above stroma, ordinary tumour and background."""
-    classes = tuple(c for cs in PLANTED.values() for c in cs)
-    auc = _attention_auroc(demo / "run", demo / "cohort", classes)
-    assert auc >= 0.8, f"attention tile-level AUROC vs planted masks {auc:.3f} < 0.8"
+@pytest.mark.parametrize("target", ["responder", "survival"])
+def test_attention_ranks_planted_tiles(demo: Path, target: str):
+    """Each target has its own attention map (multi-task ABMIL, per-target attention). The
+    responder is planted as lymphocyte-dense tissue and the hazard as necrosis: each target's
+    attention must rank tiles mostly made of its planted tissue (truth masks) above the rest.
+    (The biomarker is planted as a mucinous tumour variant covering few whole tiles; its map is
+    reported in docs/benchmarks.md, not asserted.)"""
+    auc = _attention_auroc(demo / "run", demo / "cohort", PLANTED[target], f"attention_{target}")
+    assert auc >= 0.8, f"{target} attention tile-level AUROC vs planted masks {auc:.3f} < 0.8"
 
 
 def test_risk_groups_separate(demo: Path):

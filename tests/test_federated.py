@@ -452,6 +452,23 @@ def test_init_app_writes_a_valid_flower_app(tmp_path):
     assert config["tool"]["flwr"]["app"]["config"]["config-file"] == str(cfg.resolve())
     conn = (tmp_path / "app" / "superlink-connection.toml").read_text()
     assert 'address = "link.example.org:9093"' in conn and "/certs/ca.crt" in conn
+    # the connection must parse with Flower's own reader (it requires an absolute CA path)
+    import tomllib
+
+    from flwr.cli.flower_config import parse_superlink_connection
+
+    def parsed(app):
+        text = (tmp_path / app / "superlink-connection.toml").read_text()
+        return parse_superlink_connection(tomllib.loads(text)["superlink"]["pathstrat"], "pathstrat")
+
+    assert parsed("app").root_certificates == "/certs/ca.crt" and not parsed("app").insecure
+    base = ["federated", "init-app", "--config", str(cfg), "--address", "127.0.0.1:8000"]
+    assert main([*base[:2], str(tmp_path / "rel"), *base[2:], "--root-cert", "ca.crt"]) == 0
+    assert parsed("rel").root_certificates == str(Path("ca.crt").resolve())
+    assert main([*base[:2], str(tmp_path / "local"), *base[2:], "--insecure"]) == 0
+    assert parsed("local").insecure and parsed("local").root_certificates is None
+    assert main([*base[:2], str(tmp_path / "none"), *base[2:]]) == 2  # neither: one clear error
+    assert not (tmp_path / "none").exists()
 
 
 def test_fraction_sampling_trains_a_subset_each_round(cohort, tmp_path):
@@ -526,3 +543,38 @@ def test_check_site_and_privacy_commands(cohort, tmp_path, capsys):
     assert main(["federated", "privacy", "-z", "1.0", "-C", "1.0", "--rounds", "4"]) == 0
     g = dp_guarantee(1.0, 1.0, 4, 1e-5)
     assert f"({g.epsilon_total:.3g}, 1e-05)" in capsys.readouterr().out
+
+
+def test_every_head_kind_trains_federated(tmp_path):
+    """Binary, multi-label, Cox and discrete-time survival heads in one federated model."""
+    from pathstrat.federated import simulate, split_sites
+    from pathstrat.testing import make_feature_cohort
+
+    fdir, man = make_feature_cohort(tmp_path / "c", n_patients=45, dim=16, seed=3,
+                                    tasks=("binary", "multilabel", "survival"), tiles=(6, 10))
+    df = pd.read_csv(man)
+    df["site"] = np.array(["A", "B", "C"])[np.arange(len(df)) % 3]
+    df.to_csv(man, index=False)
+    time_max = float(np.ceil(df["time"].max()))
+    fed = fed_config(model="abmil", hparams={"dim": 16}, feature_dim=16, rounds=3, local_epochs=2,
+                     time_max=time_max, time_grid_bins=20, targets=[
+                         {"name": "responder", "kind": "binary"},
+                         {"name": "markers", "kind": "multilabel", "columns": ["marker_a", "marker_b"]},
+                         {"name": "os", "kind": "cox", "time_col": "time", "event_col": "event"},
+                         {"name": "osd", "kind": "discrete", "time_col": "time", "event_col": "event",
+                          "n_bins": 4}])
+    sites = split_sites(man, tmp_path / "s", features_dir=fdir)
+    summary = simulate(fed, sites, tmp_path / "run", backend="inprocess")
+    assert summary["refused"] == {} and len(summary["rounds"]) == 3
+    for r in summary["rounds"]:
+        assert r["failed_sites"] == []
+        for key in ("responder.auroc", "markers.macro_auroc", "os.c_index", "osd.c_index"):
+            assert np.isfinite(r["evaluate"][key]), (r["round"], key)
+    losses = [r["evaluate"]["eval-loss"] for r in summary["rounds"]]
+    assert losses[-1] < losses[0]  # the shared model learns across rounds
+    agreed = summary["agreed"]["target_states"]
+    assert len(agreed["markers"]["pos_weight"]) == 2
+    cuts = agreed["osd"]["cuts"]  # agreed from time histograms: 3 increasing inner cut points
+    assert len(cuts) == 3 and all(0 < a < b < time_max for a, b in zip(cuts, cuts[1:], strict=False))
+    spec = json.loads((tmp_path / "run" / "checkpoints" / "model.json").read_text())
+    assert {"responder", "markers", "os", "osd"} <= set(json.dumps(spec).split('"'))

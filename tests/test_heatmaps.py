@@ -193,3 +193,24 @@ def test_missing_run_dir_is_one_clear_error_and_creates_nothing(tmp_path, capsys
     err = capsys.readouterr().err
     assert err.startswith("error: run directory") and str(gone) in err and "pathstrat train" in err
     assert not gone.exists()  # no stray <run>/heatmaps folder for `pathstrat report` to pick up
+
+
+def test_per_target_attention_gives_one_map_per_task(tmp_path):
+    """Multi-head attention files (attention, attention_branches, attention_<target>): every task
+    gets its own map by default, survival included; --target picks that task's own map."""
+    c = grid_coords()
+    n = len(c)
+    resp, surv = np.linspace(0, 1, n), np.linspace(1, 0, n)
+    path = write_attention(tmp_path / "s.h5", c, {"attention": np.full(n, 1 / n),
+                                                  "attention_responder": resp,
+                                                  "attention_survival": surv},
+                           tile_size_level0=float(TILE0), tile_px=64)
+    with h5py.File(path, "a") as f:
+        f["attention_branches"] = np.stack([resp, surv])
+    tv = H.read_tile_values(path)
+    maps = H.pick_values(tv)
+    assert sorted(maps) == ["attention", "attention_responder", "attention_survival"]
+    np.testing.assert_allclose(maps["attention_survival"], surv)
+    only = H.pick_values(tv, target="survival")
+    assert list(only) == ["attention_survival"]
+    np.testing.assert_allclose(only["attention_survival"], surv)

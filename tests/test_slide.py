@@ -114,6 +114,10 @@ def test_resolve_mpp_rejects_meaningless(props):
         resolve_mpp(props, slide_name="S1")
     msg = str(ei.value)
     assert "S1" in msg and "--mpp" in msg and "`mpp`" in msg and all(k in msg for k in KEYS_TRIED)
+    assert "ignored as writer defaults" in msg  # says why a found value was not used
+    for k in props:
+        if k in KEYS_TRIED:
+            assert f"{k}={props[k]!r}" in msg
 
 
 def test_explicit_mpp_must_be_plausible():

@@ -48,7 +48,7 @@ CONNECTION_TEMPLATE = """\
 # default ~/.flwr/config.toml); flwr 1.41 reads SuperLink connections from there.
 [superlink.{connection}]
 address = "{address}"
-root-certificates = "{root_cert}"
+{security}
 """
 
 
@@ -139,19 +139,29 @@ def init_app_cmd(
     out: Path = typer.Option(Path("federated_run"), "--out", help="Run directory on the coordinator."),
     address: str = typer.Option("coordinator.example.org:8000", "--address",
                                 help="SuperLink address (flwr 1.41: all APIs on one host:port)."),
-    root_cert: str = typer.Option("certificates/ca.crt", "--root-cert", help="CA certificate for TLS."),
+    root_cert: Path = typer.Option(None, "--root-cert", help="CA certificate for TLS (stored as an "
+                                   "absolute path, as flwr requires)."),
+    insecure: bool = typer.Option(False, "--insecure", help="Plain HTTP to the SuperLink: local "
+                                  "tests on one machine only, never across sites."),
     connection: str = typer.Option("pathstrat", "--connection", help="SuperLink connection name."),
 ) -> None:
     """Write the Flower app (pyproject.toml + SuperLink connection) used by `flwr run`."""
+    from pathstrat.errors import ConfigError
     from pathstrat.federated import FederationConfig
     from pathstrat.io import write_text_atomic
 
     FederationConfig.load(config)  # fail now, not on the coordinator
+    if (root_cert is None) == (not insecure):
+        raise ConfigError("init-app needs exactly one of --root-cert CA.crt (TLS, the CA that signed "
+                          "the SuperLink's certificate; see docs/federated.md) or --insecure "
+                          "(local tests only).")
+    security = ("insecure = true" if insecure
+                else f'root-certificates = "{Path(root_cert).expanduser().resolve()}"')
     text = PYPROJECT_TEMPLATE.format(app_dir=app_dir, config_file=Path(config).resolve(),
                                      out_dir=Path(out).resolve(), connection=connection)
     path = write_text_atomic(Path(app_dir) / "pyproject.toml", text)
     conn = write_text_atomic(Path(app_dir) / "superlink-connection.toml", CONNECTION_TEMPLATE.format(
-        connection=connection, address=address, root_cert=root_cert))
+        connection=connection, address=address, security=security))
     typer.echo(f"wrote {path} and {conn}; append the latter to ~/.flwr/config.toml, then run: "
                f"flwr run {app_dir} {connection} --stream")
 

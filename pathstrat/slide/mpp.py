@@ -115,7 +115,9 @@ def resolve_mpp(
     found = ", ".join(f"{k}={props[k]!r}" for k in KEYS_TRIED if k in props) or "none of them present"
     raise MissingMPPError(
         f"Slide '{slide_name}' has no usable microns-per-pixel (MPP) metadata. Keys tried: "
-        f"{', '.join(KEYS_TRIED)} (found: {found}). Supply it either in the manifest's `mpp` "
+        f"{', '.join(KEYS_TRIED)} (found: {found}; values outside {MPP_RANGE[0]}..{MPP_RANGE[1]} "
+        "µm/px or without a physical resolution unit are ignored as writer defaults). "
+        "Supply it either in the manifest's `mpp` "
         "column for this slide, or with `--mpp` on the command line (e.g. --mpp 0.25 for a 40x "
         "scan, --mpp 0.5 for 20x)."
     )
