@@ -249,3 +249,20 @@ def test_transform_resize_crop_and_normalise(rng):
     np.testing.assert_allclose(norm.permute(0, 2, 3, 1).numpy(), expected, atol=1e-5)
     with pytest.raises(ValueError, match=r"\(B,H,W,3\)"):
         t.resize(x[0])
+
+
+def test_remote_code_weights_need_an_explicit_opt_in(tmp_path, monkeypatch):
+    """Hibou's folder ships Python that transformers would run: refused unless opted in."""
+    from pathstrat.encoders import build_encoder
+    from pathstrat.errors import MissingDependencyError, WeightsError
+
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    monkeypatch.delenv("PATHSTRAT_TRUST_REMOTE_CODE", raising=False)
+    with pytest.raises(WeightsError, match="PATHSTRAT_TRUST_REMOTE_CODE=1"):
+        build_encoder("hibou_b", weights=str(tmp_path), device="cpu")
+    monkeypatch.setenv("PATHSTRAT_TRUST_REMOTE_CODE", "1")
+    try:  # opted in: the next requirement is the transformers package (or the real weights)
+        build_encoder("hibou_b", weights=str(tmp_path), device="cpu")
+    except (MissingDependencyError, WeightsError) as exc:
+        assert "PATHSTRAT_TRUST_REMOTE_CODE" not in str(exc)

@@ -153,12 +153,27 @@ def build_conch_v15(spec: EncoderSpec, weights: ResolvedWeights | None):
     return model
 
 
+TRUST_REMOTE_CODE_ENV = "PATHSTRAT_TRUST_REMOTE_CODE"
+
+
+def require_remote_code_opt_in(spec: EncoderSpec, where: str) -> None:
+    """Refuse to execute Python shipped in a weights folder unless the user opted in."""
+    import os
+
+    if os.environ.get(TRUST_REMOTE_CODE_ENV) == "1":
+        return
+    raise WeightsError(
+        f"Encoder '{spec.id}' loads with transformers' trust_remote_code: Python files in "
+        f"{where} (from {spec.hf_repo}) would be executed. Review them, then set "
+        f"{TRUST_REMOTE_CODE_ENV}=1 to allow it (nothing is downloaded either way).")
+
+
 @BUILDERS.register("transformers")
 def build_transformers(spec: EncoderSpec, weights: ResolvedWeights | None):
     """Hugging Face transformers model from a local folder (or random init from the config)."""
-    transformers = import_optional("transformers", "transformers", f"encoder '{spec.id}'")
     kw = dict(spec.build_kwargs)
     trust = bool(kw.pop("trust_remote_code", False))
+    transformers = import_optional("transformers", "transformers", f"encoder '{spec.id}'")
     model_type = kw.pop("model_type")
     if weights is None:
         config = transformers.AutoConfig.for_model(model_type, **kw)

@@ -148,8 +148,11 @@ def build_encoder(
         raise ConfigError(f"dtype '{dtype}' is not one of {sorted(_TORCH_DTYPES)} (or 'auto')")
     dev = resolve_device(device)
     compute = (dtype if dtype not in (None, "auto") else spec.dtype) if dev.type == "cuda" else "fp32"
+    from pathstrat.encoders.builders import BUILDERS, require_remote_code_opt_in
+
+    if spec.build_kwargs.get("trust_remote_code") and str(weights) != RANDOM:
+        require_remote_code_opt_in(spec, str(weights) if weights else "the Hugging Face cache")
     _check_extra(spec)
-    from pathstrat.encoders.builders import BUILDERS
 
     builder = BUILDERS.get(spec.family)
     random_init = str(weights) == RANDOM
