@@ -39,6 +39,7 @@ class Progress:
         self.sub_n = 0
         self._t0 = time.perf_counter()
         self._last_log = self._t0
+        self._logged_n = -1  # n at the last log line: close() does not repeat it
         self._bar = None
         if enable_bar if enable_bar is not None else _is_tty():
             from tqdm import tqdm
@@ -74,6 +75,7 @@ class Progress:
             self._log_line()
 
     def _log_line(self) -> None:
+        self._logged_n = self.n
         tot = f"/{self.total}" if self.total is not None else ""
         extra = f", {self.sub_n} {self.sub_unit} ({self.rate():.1f}/s)" if self.sub_unit else ""
         log.info("%s: %d%s %s%s, %.1f s", self.desc, self.n, tot, self.unit, extra, self.elapsed)
@@ -82,7 +84,7 @@ class Progress:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
-        else:
+        elif self._logged_n != self.n:
             self._log_line()
 
 
