@@ -8,6 +8,7 @@ system Slurm. Needs root (slurmd launches jobs as their user).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import shutil
@@ -160,8 +161,24 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
             parts.append(f"--- {f.name}\n" + "\n".join(lines))
         return "\n".join(parts)
 
+    def cancel_jobs(self, timeout_s: float = 10.0) -> None:
+        """Cancel every job still queued or running, so no job step outlives the daemons."""
+        import getpass
+
+        env = {**os.environ, "SLURM_CONF": str(self.conf)}
+        run = functools.partial(subprocess.run, env=env, capture_output=True, text=True, timeout=10)
+        try:
+            run(["scancel", "--user", getpass.getuser()])
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline and run(["squeue", "-h", "-o", "%i"]).stdout.strip():
+                time.sleep(0.2)
+        except (OSError, subprocess.SubprocessError):  # daemons already gone: nothing to cancel
+            pass
+
     def stop(self) -> None:
-        """Stop the daemons (slurmd, slurmctld, munged), escalating to SIGKILL."""
+        """Cancel leftover jobs, then stop the daemons (slurmd, slurmctld, munged), escalating to SIGKILL."""
+        if any(p.poll() is None for p in self.procs):
+            self.cancel_jobs()
         for p in reversed(self.procs):
             if p.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
