@@ -86,32 +86,31 @@ def _rule_specificity(y: np.ndarray, s: np.ndarray, value: float) -> float:
     return float(min(ok))
 
 
-@RULES.register("npv")
-def _rule_npv(y: np.ndarray, s: np.ndarray, value: float) -> float:
-    """Largest threshold whose NPV is at least ``value`` (spares the most patients)."""
+def _predictive_value_thresholds(y: np.ndarray, s: np.ndarray, value: float, which: str) -> list[float]:
+    """Thresholds at which NPV (``which="npv"``) or PPV (``"ppv"``) is at least ``value``."""
     ok = []
     for t in _candidates(s):
         tp, fp, tn, fn = _confusion(y, s, t)
-        if tn + fn > 0 and tn / (tn + fn) >= value - 1e-12:
+        hit, called = (tn, tn + fn) if which == "npv" else (tp, tp + fp)
+        if called > 0 and hit / called >= value - 1e-12:
             ok.append(t)
     if not ok:
-        raise SchemaError(f"no threshold reaches NPV >= {value} on the development data; "
-                          "lower --value or use --rule sensitivity.")
-    return float(max(ok))
+        hint = "lower --value or use --rule sensitivity." if which == "npv" else "lower --value."
+        raise SchemaError(f"no threshold reaches {which.upper()} >= {value} on the development "
+                          f"data; {hint}")
+    return ok
+
+
+@RULES.register("npv")
+def _rule_npv(y: np.ndarray, s: np.ndarray, value: float) -> float:
+    """Largest threshold whose NPV is at least ``value`` (spares the most patients)."""
+    return float(max(_predictive_value_thresholds(y, s, value, "npv")))
 
 
 @RULES.register("ppv")
 def _rule_ppv(y: np.ndarray, s: np.ndarray, value: float) -> float:
     """Smallest threshold whose PPV is at least ``value`` (selects the most patients)."""
-    ok = []
-    for t in _candidates(s):
-        tp, fp, tn, fn = _confusion(y, s, t)
-        if tp + fp > 0 and tp / (tp + fp) >= value - 1e-12:
-            ok.append(t)
-    if not ok:
-        raise SchemaError(f"no threshold reaches PPV >= {value} on the development data; "
-                          "lower --value.")
-    return float(min(ok))
+    return float(min(_predictive_value_thresholds(y, s, value, "ppv")))
 
 
 def _sens(y: np.ndarray, s: np.ndarray, t: float) -> float:

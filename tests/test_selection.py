@@ -108,3 +108,22 @@ def test_select_cli_holdout_json_and_csv(tmp_path):
     row = tab[(tab.set == "heldout") & (tab.metric == "npv")].iloc[0]
     assert (row.value, row.k, row.n) == (0.5, 1, 2)
     assert set(tab.set) == {"development", "heldout"}
+
+
+def test_npv_and_ppv_rules_match_hand_computation():
+    """y/score table worked by hand: NPV/PPV at every candidate threshold (select if s >= t)."""
+    from pathstrat.errors import SchemaError
+    from pathstrat.selection import choose_threshold
+
+    y = [0, 0, 0, 1, 0, 1, 1, 1]
+    s = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
+    # NPV 1: everything below 0.4 is negative (3/3); at 0.5 it is 3/4.
+    assert choose_threshold(y, s, "npv", 1.0) == 0.4
+    # NPV >= 0.75: t=0.5 -> 3/4, t=0.6 -> 4/5, t=0.7 -> 4/6: the largest passing is 0.6.
+    assert choose_threshold(y, s, "npv", 0.75) == 0.6
+    # PPV 1: 0.6, 0.7, 0.8 are all positive; 0.5 is not.
+    assert choose_threshold(y, s, "ppv", 1.0) == 0.6
+    # PPV >= 0.75: t=0.4 -> 4/5, t=0.3 -> 4/6: the smallest passing is 0.4.
+    assert choose_threshold(y, s, "ppv", 0.75) == 0.4
+    with pytest.raises(SchemaError, match="PPV >= 1.0"):
+        choose_threshold([1, 0], [0.1, 0.9], "ppv", 1.0)
