@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from pathstrat.errors import SlideReadError
+from pathstrat.errors import MissingMPPError, SlideReadError
 from pathstrat.slide.backends import AUTO_ORDER, BACKENDS, _decode_error
 from pathstrat.slide.mpp import MPPInfo, resolve_mpp
 
@@ -161,7 +161,7 @@ class Slide:
             self.mpp_info = resolve_mpp(
                 props, mpp=self._params["mpp"], mpp_source=self._params["mpp_source"], slide_name=str(self.path)
             )
-        except Exception:
+        except MissingMPPError:
             if self._params["require_mpp"] or self._params["mpp"] is not None:
                 self.close()
                 raise
