@@ -31,6 +31,7 @@ COMMAND_MODULES = (
     "pathstrat.commands.decisions",  # stratify, select, heatmap, report
     "pathstrat.commands.pipeline",  # run, demo, doctor
     "pathstrat.commands.federated",  # federated ...
+    "pathstrat.commands.trial",  # trial-design
 )
 
 app = typer.Typer(
@@ -38,13 +39,23 @@ app = typer.Typer(
     help="Digital-pathology patient stratification: slides -> tiles -> embeddings -> MIL -> "
     "survival, trial selection, heatmaps and an HTML report.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from pathstrat import __version__
+
+        typer.echo(f"pathstrat {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print the version and exit."),
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More log output (-vv for debug)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings and errors."),
 ) -> None:

@@ -116,6 +116,28 @@ class StratifyConfig(_Section):
     seed: int = 0
 
 
+class TrialDesignConfig(_Section):
+    """Parameters of pathstrat.trial.run_trial_design (`pathstrat trial-design`), run after the
+    selection rule from its own selection.json and out-of-fold scores, into ``<run>/trial/``."""
+
+    hr_positive: float = Field(gt=0, description="Treatment hazard ratio in marker-positive patients.")
+    hr_negative: float = Field(1.0, gt=0, description="Treatment hazard ratio in marker-negative patients.")
+    prevalence: float | None = Field(None, gt=0, le=1, description="Prevalence in the target population (default: the run's).")
+    alpha: float = Field(0.05, gt=0, lt=1, description="Two-sided alpha.")
+    power: float = Field(0.8, gt=0, lt=1)
+    allocation: float = Field(1.0, gt=0, description="Treatment : control allocation ratio.")
+    median_control: float = Field(12.0, gt=0, description="Control-arm median survival.")
+    accrual: float = Field(24.0, gt=0, description="Accrual duration (uniform accrual).")
+    follow_up: float = Field(12.0, ge=0, description="Follow-up after the last patient enters.")
+    alpha_split_positive: float = Field(0.5, gt=0, le=1, description="Share of alpha for the model-positive stratum.")
+    screening_rate: float | None = Field(None, gt=0, description="Patients screened per time unit.")
+    cost_screen: float | None = Field(None, ge=0, description="Cost per screened patient.")
+    cost_enrol: float | None = Field(None, ge=0, description="Cost per enrolled patient.")
+    simulate: int = Field(0, ge=0, description="Simulated trials per design (0: none).")
+    n_draws: int = Field(1000, ge=0, description="Bootstrap draws for the intervals.")
+    seed: int = 0
+
+
 class SelectConfig(_Section):
     """Parameters of pathstrat.selection.run_selection (`pathstrat select`)."""
 
@@ -127,6 +149,7 @@ class SelectConfig(_Section):
     label_col: str | None = Field(None, description="Manifest column used as truth (default: y_true).")
     response_col: str | None = Field(None, description="Manifest column whose rate is reported in the selected group.")
     score_col: str = "score"
+    trial: TrialDesignConfig | None = Field(None, description="Trial design from this rule (off when absent).")
 
 
 class HeatmapsConfig(_Section):

@@ -143,7 +143,9 @@ def _embed_hash(encoder, tile_attrs: dict[str, Any], n_tiles: int, views: int, s
 
 
 def _augmenter():
-    import albumentations as A
+    from pathstrat.errors import import_optional
+
+    A = import_optional("albumentations", "augment", "augmented views (--views)")
 
     return A.Compose([
         A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5), A.RandomRotate90(p=0.5),

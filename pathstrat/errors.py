@@ -57,10 +57,17 @@ class MissingDependencyError(PathstratError, ImportError):
         self.package = package
         self.extra = extra
         what = f" for {purpose}" if purpose else ""
+        how = MANUAL_INSTALL.get(extra, f"pip install \"pathstrat[{extra}]\"")
         super().__init__(
             f"The optional package '{package}' is needed{what} but is not installed. "
-            f"Install it with: pip install \"pathstrat[{extra}]\""
+            f"Install it with: {how}"
         )
+
+
+#: Optional packages that are not on a package index, so they cannot be an extra.
+MANUAL_INSTALL = {
+    "conch": "pip install 'git+<URL of mahmoodlab/CONCH>' (CONCH is not on PyPI; see docs/encoders.md)",
+}
 
 
 class UnknownNameError(PathstratError, KeyError):

@@ -54,9 +54,10 @@ class RunFiles:
     _cache: dict[str, Any] = field(default_factory=dict)
 
     def path(self, *names: str) -> Path | None:
-        """First existing file among ``names`` (also under ``survival/`` and ``selection/``)."""
+        """First existing file among ``names`` (also under ``survival/``, ``selection/``, ``trial/``)."""
         for n in names:
-            for p in (self.run / n, self.run / "survival" / n, self.run / "selection" / n):
+            for p in (self.run / n, self.run / "survival" / n, self.run / "selection" / n,
+                      self.run / "trial" / n):
                 if p.exists():
                     return p
         return None
@@ -381,6 +382,38 @@ def _selection(rf: RunFiles) -> str:
     cols = [c for c in ("set", "metric", "value", "k", "n", "wilson_low", "wilson_high",
                         "exact_low", "exact_high") if c in tab.columns]
     return out + table(tab[cols])
+
+
+@section("trial", "Trial design")
+def _trial(rf: RunFiles) -> str:
+    doc = rf.json("trial_design.json")
+    if not doc:
+        return na("trial_design.json absent: run `pathstrat trial-design --selection "
+                  "RUNDIR/selection.json --hr-positive HR --out RUNDIR/trial`")
+    inp = doc["inputs"]
+    out = (f"<p>Prevalence {fmt(inp['prevalence'])}, sensitivity {fmt(inp['sensitivity'])}, "
+           f"specificity {fmt(inp['specificity'])}; HR {fmt(inp['hr_positive'])} in marker-positive and "
+           f"{fmt(inp['hr_negative'])} in marker-negative patients; alpha {fmt(inp['alpha'])}, power "
+           f"{fmt(inp['power'])}. Intervals: {esc(doc['source'].get('uncertainty', 'none'))}.</p>")
+    rows = []
+    sim = doc.get("simulation", {})
+    for name, d in doc["designs"].items():
+        iv = d.get("intervals", {})
+
+        def ci(f: str) -> str:
+            return f"{fmt(iv[f]['low'], 0)}-{fmt(iv[f]['high'], 0)}" if f in iv else ""
+        row = {"design": name.replace("_", " "), "HR eff.": d["hr_effective"], "events": d["events"],
+               "enrolled": d["enrolled"], "enrolled 95% CI": ci("enrolled"), "screened": d["screened"],
+               "screened 95% CI": ci("screened"), "duration": d["duration"], "cost": d.get("cost"),
+               "power (analytic)": d["power_analytic"]}
+        if name in sim and "power" in sim[name]:
+            p = sim[name]["power"]
+            row["power (simulated)"] = f"{p['rejection_rate']:.3f} ± {p['mc_se']:.3f}"
+            row["type-I (simulated)"] = sim[name]["type_i_error"]["rejection_rate"]
+        rows.append(row)
+    out += table(pd.DataFrame(rows), nd=3)
+    out += f"<p><small>{esc(doc['method'])}</small></p>"
+    return out + file_img(rf.path("trial_sweep.png"), "trial size against the selection threshold")
 
 
 @section("heatmaps", "Heatmaps and top tiles")

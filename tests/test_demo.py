@@ -123,3 +123,19 @@ def test_treatment_interaction_in_planted_direction(demo: Path):
     # within the treated arm, a higher biomarker score means a lower hazard than in control
     hr = inter["hr_per_arm"]
     assert hr[str(1)]["hr"] < hr[str(0)]["hr"]
+
+
+def test_demo_trial_design_from_its_selection_rule(demo: Path):
+    """The demo sizes a trial from its own selection rule; the report shows the comparison."""
+    run = demo / "run"
+    doc = json.loads((run / "trial" / "trial_design.json").read_text())
+    sel = json.loads((run / "selection.json").read_text())
+    c = sel["heldout"]
+    assert doc["inputs"]["sensitivity"] == pytest.approx(c["tp"] / (c["tp"] + c["fn"]))
+    assert doc["inputs"]["specificity"] == pytest.approx(c["tn"] / (c["tn"] + c["fp"]))
+    assert set(doc["designs"]) == {"all_comers", "enriched", "stratified"}
+    enr = doc["designs"]["enriched"]
+    assert enr["screened"] >= enr["enrolled"]
+    assert "power" in doc["simulation"]["enriched"]
+    html = (run / "report.html").read_text()
+    assert 'id="trial"' in html and "enriched" in html and "Trial design" in html

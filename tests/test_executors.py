@@ -130,7 +130,7 @@ def test_local_executor_matches_tile_cohort(cohort, local_tiles, tmp_path):
 @pytest.fixture(scope="module")
 def slurm(tmp_path_factory):
     """A single-node Slurm cluster (munged, slurmctld, slurmd) in a temp dir, torn down after."""
-    from pathstrat.executors.minicluster import mini_cluster, missing_requirements
+    from minicluster import mini_cluster, missing_requirements
 
     why = missing_requirements()
     if why:

@@ -149,7 +149,7 @@ def test_doctor_reports_each_section(capsys):
 
 def test_doctor_sees_a_running_slurm(tmp_path):
     from pathstrat.doctor import check_slurm
-    from pathstrat.executors.minicluster import mini_cluster, missing_requirements
+    from minicluster import mini_cluster, missing_requirements
 
     why = missing_requirements()
     if why:

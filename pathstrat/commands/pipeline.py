@@ -9,16 +9,24 @@ import typer
 DEMO_CONFIG = "demo.yaml"
 
 
+TEMPLATES = {"cohort": "example_cohort.yaml", "demo": DEMO_CONFIG}
+
+
 def find_config(name: str) -> Path:
-    """A shipped config: ``configs/<name>`` of the source tree, else packaged ``pathstrat/configs``."""
-    here = Path(__file__).resolve().parents[1]
-    for p in (here.parent / "configs" / name, here / "configs" / name):
-        if p.is_file():
-            return p
+    """A config shipped inside the package (``pathstrat/configs/<name>``, package data).
+
+    Read through ``importlib.resources`` so it is found the same way in a source checkout, an
+    editable install and an installed wheel.
+    """
+    from importlib.resources import files
+
+    res = files("pathstrat") / "configs" / name
+    if res.is_file():
+        return Path(str(res))
     from pathstrat.errors import ConfigError
 
-    raise ConfigError(f"Shipped config '{name}' not found next to the package ({here}); "
-                      "reinstall pathstrat from its source tree.")
+    raise ConfigError(f"Shipped config '{name}' not found in the installed package "
+                      f"(pathstrat/configs/); reinstall pathstrat.")
 
 
 def register(app: typer.Typer) -> None:
@@ -62,6 +70,23 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"report: {report.resolve()}")
         if summary.exit_code:
             raise typer.Exit(summary.exit_code)
+
+    @app.command("init")
+    def init_cmd(
+        out: Path = typer.Argument(Path("pathstrat.yaml"), help="Config file to write."),
+        template: str = typer.Option("cohort", "--template", help="cohort (your own study) | demo."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing file."),
+    ) -> None:
+        """Write a commented pipeline config to start from (`pathstrat run FILE` runs it)."""
+        from pathstrat.errors import ConfigError
+        from pathstrat.io import write_text_atomic
+
+        if template not in TEMPLATES:
+            raise ConfigError(f"--template must be one of {', '.join(TEMPLATES)}, not '{template}'.")
+        if out.exists() and not overwrite:
+            raise ConfigError(f"{out} exists; pass --overwrite to replace it or name another file.")
+        write_text_atomic(out, find_config(TEMPLATES[template]).read_text())
+        typer.echo(f"wrote {out}: edit cohort.manifest and the targets, then `pathstrat run {out}`")
 
     @app.command("doctor")
     def doctor_cmd() -> None:

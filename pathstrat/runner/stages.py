@@ -138,9 +138,17 @@ def run_select(ctx: RunContext) -> StageReport:
 
     kw = s.model_dump()
     kw.pop("enabled")
+    trial = kw.pop("trial")
     selection.run_selection(ctx.run_dir / "predictions.csv", ctx.run_dir, manifest=ctx.cohort_manifest,
                             **kw)
-    return StageReport("select", "done")
+    if trial is None or not trial.pop("enabled", True):
+        return StageReport("select", "done")
+    from pathstrat.trial import run_trial_design
+
+    run_trial_design(ctx.run_dir / "trial", selection=ctx.run_dir / "selection.json",
+                     predictions=ctx.run_dir / "predictions.csv",
+                     **{k: v for k, v in trial.items() if v is not None})
+    return StageReport("select", "done", detail="trial design in trial/")
 
 
 def run_heatmaps(ctx: RunContext) -> StageReport:
