@@ -18,6 +18,24 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pathstrat.errors import ConfigError
 
 STAGES = ("tile", "embed", "train", "stratify", "select", "heatmaps", "report")
+DEMO_CONFIG = "demo.yaml"
+#: ``pathstrat init --template NAME`` -> shipped config file.
+TEMPLATES = {"cohort": "example_cohort.yaml", "demo": DEMO_CONFIG}
+
+
+def shipped_config(name: str) -> Path:
+    """A config shipped inside the package (``pathstrat/configs/<name>``, package data).
+
+    Read through ``importlib.resources`` so it is found the same way in a source checkout, an
+    editable install and an installed wheel (the repository's ``configs/`` links to it).
+    """
+    from importlib.resources import files
+
+    res = files("pathstrat") / "configs" / name
+    if res.is_file():
+        return Path(str(res))
+    raise ConfigError(f"Shipped config '{name}' not found in the installed package "
+                      "(pathstrat/configs/); reinstall pathstrat.")
 
 
 class _Section(BaseModel):

@@ -6,29 +6,6 @@ from pathlib import Path
 
 import typer
 
-DEMO_CONFIG = "demo.yaml"
-
-
-TEMPLATES = {"cohort": "example_cohort.yaml", "demo": DEMO_CONFIG}
-
-
-def find_config(name: str) -> Path:
-    """A config shipped inside the package (``pathstrat/configs/<name>``, package data).
-
-    Read through ``importlib.resources`` so it is found the same way in a source checkout, an
-    editable install and an installed wheel.
-    """
-    from importlib.resources import files
-
-    res = files("pathstrat") / "configs" / name
-    if res.is_file():
-        return Path(str(res))
-    from pathstrat.errors import ConfigError
-
-    raise ConfigError(f"Shipped config '{name}' not found in the installed package "
-                      f"(pathstrat/configs/); reinstall pathstrat.")
-
-
 def register(app: typer.Typer) -> None:
     """Add run, demo and doctor."""
 
@@ -78,6 +55,7 @@ def register(app: typer.Typer) -> None:
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing file."),
     ) -> None:
         """Write a commented pipeline config to start from (`pathstrat run FILE` runs it)."""
+        from pathstrat.config import TEMPLATES, shipped_config
         from pathstrat.errors import ConfigError
         from pathstrat.io import write_text_atomic
 
@@ -85,7 +63,7 @@ def register(app: typer.Typer) -> None:
             raise ConfigError(f"--template must be one of {', '.join(TEMPLATES)}, not '{template}'.")
         if out.exists() and not overwrite:
             raise ConfigError(f"{out} exists; pass --overwrite to replace it or name another file.")
-        write_text_atomic(out, find_config(TEMPLATES[template]).read_text())
+        write_text_atomic(out, shipped_config(TEMPLATES[template]).read_text())
         typer.echo(f"wrote {out}: edit cohort.manifest and the targets, then `pathstrat run {out}`")
 
     @app.command("doctor")

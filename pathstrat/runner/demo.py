@@ -24,7 +24,7 @@ def make_demo_cohort(out: str | Path, *, n_patients: int = 60, seed: int = 0,
 def run_demo(out: str | Path, *, n_patients: int = 60, seed: int = 0,
              overrides: list[str] | None = None, executor: str | None = None) -> RunSummary:
     """Generate the cohort under ``out`` and run configs/demo.yaml into ``out/run``."""
-    from pathstrat.commands.pipeline import DEMO_CONFIG, find_config
+    from pathstrat.config import DEMO_CONFIG, shipped_config
     from pathstrat.config import load_config
     from pathstrat.runner.core import run_pipeline
 
@@ -39,5 +39,5 @@ def run_demo(out: str | Path, *, n_patients: int = 60, seed: int = 0,
         log.warning("demo cohort was regenerated: removing the previous run in %s", run_dir)
         shutil.rmtree(run_dir)
     sets = [f"cohort.manifest={manifest}", f"out_dir={run_dir}", *(overrides or [])]
-    cfg = load_config(find_config(DEMO_CONFIG), sets)
+    cfg = load_config(shipped_config(DEMO_CONFIG), sets)
     return run_pipeline(cfg, executor=executor)
