@@ -200,7 +200,12 @@ def build_conch(spec: EncoderSpec, weights: ResolvedWeights | None):
     """CONCH v1 via the CONCH package: ``encode_image(proj_contrast=False, normalize=False)``."""
     factory = import_optional("conch.open_clip_custom", "conch", f"encoder '{spec.id}'")
     if weights is None:
-        model = factory.create_model(spec.arch)
+        create = getattr(factory, "create_model", None)
+        if create is None:
+            raise WeightsError(f"Encoder '{spec.id}': the installed conch package has no "
+                               "create_model for random init; pass --weights PATH.")
+        model = create(spec.arch)
+        model = model[0] if isinstance(model, tuple) else model
     else:
         model, _ = factory.create_model_from_pretrained(spec.arch, checkpoint_path=str(weights.file))
     return _make_pooled(
