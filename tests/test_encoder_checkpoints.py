@@ -114,3 +114,37 @@ def test_hf_cache_lookup_case_insensitive(tmp_path, monkeypatch):
     (cache / "models--other--x").mkdir()
     ids = W._cached_repo_ids(get_spec("conch"), cache)
     assert ids[0] == "MahmoodLab/CONCH" and "MahmoodLab/conch" in ids
+
+
+def test_shipped_config_json_decides_and_mismatch_names_both(tmp_path):
+    """timm hub folder (config.json + model.safetensors): model_args are used; a different
+    architecture is an error naming both."""
+    import json
+
+    from pathstrat.errors import WeightsError
+
+    spec = get_spec("kaiko_vits16").with_overrides(depth=1)
+    _, path = _timm_ckpt(tmp_path, spec.arch, num_classes=0, depth=1, img_size=96)
+    (tmp_path / "config.json").write_text(json.dumps(
+        {"architecture": spec.arch, "model_args": {"img_size": 96, "depth": 1}}))
+    enc = build_encoder(spec, weights=str(tmp_path), device="cpu")
+    assert enc.module.backbone.pos_embed.shape[1] == 37 and enc.resampled == []
+    (tmp_path / "config.json").write_text(json.dumps({"architecture": "vit_base_patch16_224"}))
+    with pytest.raises(WeightsError, match="vit_base_patch16_224.*vit_small_patch16_224"):
+        build_encoder(spec, weights=str(tmp_path), device="cpu")
+
+
+def test_verify_cli(tmp_path):
+    """`pathstrat encoders verify` exits 0 on a matching file and 1 naming what differs."""
+    from typer.testing import CliRunner
+
+    from pathstrat.cli import app
+
+    m = timm.create_model("vit_small_patch16_224", pretrained=False, num_classes=0, depth=1)
+    sd = {k: v.contiguous() for k, v in m.state_dict().items()}
+    sd.pop("norm.weight")
+    bad = tmp_path / "model.safetensors"
+    save_file(sd, str(bad))
+    res = CliRunner().invoke(app, ["encoders", "verify", "kaiko_vits16", "--weights", str(bad)])
+    assert res.exit_code == 1
+    assert "missing key: norm.weight" in res.output
