@@ -61,6 +61,22 @@ def list_encoders(
                    f"{'yes' if s.gated else 'no':<5} {found:<7} {s.licence}")
 
 
+@encoders_app.command("verify")
+def verify_encoder(
+    encoder_id: str = typer.Argument(..., help="Encoder id (pathstrat encoders list)."),
+    weights: Path = typer.Option(..., "--weights", help="Checkpoint file or folder holding it."),
+) -> None:
+    """Check a downloaded checkpoint (keys, shapes, dtypes, sha256) against the encoder; exit 1
+    when it would not load, so a long run is not started on a wrong file."""
+    from pathstrat.encoders.verify import verify_checkpoint
+
+    rep = verify_checkpoint(encoder_id, weights)
+    for line in rep.lines():
+        typer.echo(line)
+    if not rep.ok:
+        raise typer.Exit(1)
+
+
 def register(app: typer.Typer) -> None:
     """Add this stage's commands to the app."""
     app.command("embed")(embed)

@@ -67,12 +67,45 @@ def _make_pooled(backbone, spec: EncoderSpec, forward: Callable, num_prefix: int
     return Pooled()
 
 
+def _shipped_timm_args(spec: EncoderSpec, weights: ResolvedWeights) -> dict[str, Any]:
+    """The publisher's timm ``config.json`` next to the weights, when shipped: its
+    ``architecture`` must equal the spec's (else an error naming both) and its ``model_args``
+    take precedence over the spec's build kwargs (layer classes stay the spec's)."""
+    import json
+
+    cfg_path = weights.directory / "config.json"
+    if not cfg_path.is_file():
+        return {}
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise WeightsError(f"Cannot read {cfg_path}: {exc}. Fix or remove it.") from exc
+    arch = cfg.get("architecture")
+    if arch is None:
+        return {}
+    if arch != spec.arch:
+        raise WeightsError(
+            f"Encoder '{spec.id}': the checkpoint's config.json ({cfg_path.name}) names "
+            f"architecture '{arch}' but the registry spec builds '{spec.arch}'. Check the "
+            "weights are the right model, or register a spec for this architecture.")
+    args = {k: v for k, v in (cfg.get("model_args") or {}).items()
+            if not isinstance(v, (dict, list)) or k in ("img_size",)}
+    args.pop("mlp_layer", None)
+    args.pop("act_layer", None)
+    if args:
+        log.info("encoder %s: build kwargs from the shipped config.json: %s", spec.id, args)
+    return args
+
+
 @BUILDERS.register("timm")
 def build_timm(spec: EncoderSpec, weights: ResolvedWeights | None):
     """``timm.create_model(arch, pretrained=False, **build_kwargs)`` + local weights + pooling."""
     import timm
 
-    model = timm.create_model(spec.arch, pretrained=False, **_timm_kwargs(spec))
+    kw = _timm_kwargs(spec)
+    if weights is not None:
+        kw.update(_shipped_timm_args(spec, weights))
+    model = timm.create_model(spec.arch, pretrained=False, **kw)
     if weights is not None:
         apply_state_dict(model, load_state_dict(weights.file), spec, weights.file)
     if spec.pooling == "head":
@@ -200,7 +233,12 @@ def build_conch(spec: EncoderSpec, weights: ResolvedWeights | None):
     """CONCH v1 via the CONCH package: ``encode_image(proj_contrast=False, normalize=False)``."""
     factory = import_optional("conch.open_clip_custom", "conch", f"encoder '{spec.id}'")
     if weights is None:
-        model = factory.create_model(spec.arch)
+        create = getattr(factory, "create_model", None)
+        if create is None:
+            raise WeightsError(f"Encoder '{spec.id}': the installed conch package has no "
+                               "create_model for random init; pass --weights PATH.")
+        model = create(spec.arch)
+        model = model[0] if isinstance(model, tuple) else model
     else:
         model, _ = factory.create_model_from_pretrained(spec.arch, checkpoint_path=str(weights.file))
     return _make_pooled(

@@ -66,7 +66,8 @@ SPECS_BUILTIN: list[EncoderSpec] = [
                     "the TITAN patch encoder; 512 px tiles at 20x resized to 448."),
     EncoderSpec(
         id="conch", family="conch", dim=512, arch="conch_ViT-B-16",
-        hf_repo="MahmoodLab/CONCH", weight_files=PT_BIN, input_px=448, resize_px=448,
+        hf_repo="MahmoodLab/conch", hf_aliases=("MahmoodLab/CONCH",), weight_files=PT_BIN,
+        input_px=448, resize_px=448,
         interpolation="bicubic", mean=CLIP_MEAN, std=CLIP_STD, pooling="none", dtype="fp32",
         tile_px=512, licence="CC-BY-NC-ND-4.0", gated=True, extra="conch",
         description="CONCH v1 image tower, encode_image(proj_contrast=False, normalize=False)."),
@@ -109,15 +110,15 @@ SPECS_BUILTIN: list[EncoderSpec] = [
     EncoderSpec(
         id="h0_mini", family="timm", dim=1536, arch="vit_base_patch14_reg4_dinov2",
         build_kwargs={"img_size": 224, "num_classes": 0, "init_values": 1e-5,
-                      "dynamic_img_size": True, **SWIGLU},
+                      "mlp_ratio": 5.33334, "dynamic_img_size": True, **SWIGLU},
         hf_repo="bioptimus/H0-mini", weight_files=TIMM_FILES, interpolation="bicubic",
         mean=HOPTIMUS_MEAN, std=HOPTIMUS_STD, pooling="cls+mean", dtype="fp16",
         licence="CC-BY-NC-ND-4.0", gated=True, test_overrides={"depth": 1},
-        description="H0-mini (ViT-B/14 distilled from H-optimus-1): CLS ++ mean patch tokens."),
+        description="H0-mini (ViT-B/14, 4 registers, SwiGLU 4096, ~86M, distilled from H-optimus-0): CLS ++ mean patch tokens."),
     EncoderSpec(
         id="h0_mini.cls", family="timm", dim=768, arch="vit_base_patch14_reg4_dinov2",
         build_kwargs={"img_size": 224, "num_classes": 0, "init_values": 1e-5,
-                      "dynamic_img_size": True, **SWIGLU},
+                      "mlp_ratio": 5.33334, "dynamic_img_size": True, **SWIGLU},
         hf_repo="bioptimus/H0-mini", weight_files=TIMM_FILES, interpolation="bicubic",
         mean=HOPTIMUS_MEAN, std=HOPTIMUS_STD, pooling="cls", dtype="fp16",
         licence="CC-BY-NC-ND-4.0", gated=True, test_overrides={"depth": 1},
@@ -210,7 +211,8 @@ _KAIKO = [
 for _id, _arch, _dim, _test in _KAIKO:
     SPECS_BUILTIN.append(EncoderSpec(
         id=_id, family="timm", dim=_dim, arch=_arch,
-        build_kwargs={"num_classes": 0, "img_size": 224, "dynamic_img_size": True},
+        build_kwargs={"num_classes": 0, "img_size": 518 if "dinov2" in _arch else 224,
+                      "dynamic_img_size": True},
         hf_repo=f"1aurent/{_arch}.kaiko_ai_towards_large_pathology_fms"
         if "dinov2" not in _arch else "1aurent/vit_large_patch14_reg4_224.kaiko_ai_towards_large_pathology_fms",
         weight_files=TIMM_FILES, mean=HALF, std=HALF, pooling="cls", dtype="fp32",

@@ -58,7 +58,8 @@ class Encoder:
     """
 
     def __init__(self, spec: EncoderSpec, module, *, weights_sha256: str, weights_random: bool,
-                 weights_source: str, device, compute_dtype: str, channels_last: bool) -> None:
+                 weights_source: str, device, compute_dtype: str, channels_last: bool,
+                 resampled: list[str] | None = None) -> None:
         self.spec = spec
         self.module = module
         self.weights_sha256 = weights_sha256
@@ -68,6 +69,8 @@ class Encoder:
         self.compute_dtype = compute_dtype
         self.transform = EncoderTransform.from_spec(spec)
         self.channels_last = channels_last
+        #: position tables resampled on load ("key:old->new tokens"), recorded in provenance
+        self.resampled = list(resampled or [])
 
     @property
     def dim(self) -> int:
@@ -87,6 +90,7 @@ class Encoder:
             "weights_source": self.weights_source,
             "transform": self.transform_description,
             "dtype": self.compute_dtype,
+            "pos_embed_resampled": ";".join(self.resampled),
             **self.spec.as_attrs(),
         }
 
@@ -169,13 +173,14 @@ def build_encoder(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         module = builder(spec, None if random_init else resolved)
+    resampled = [r for m in module.modules() for r in getattr(m, "pathstrat_resampled", [])]
     module.eval().requires_grad_(False)
     channels_last = dev.type == "cuda" and spec.family == "resnet_trunc"
     module = module.to(dev, memory_format=torch.channels_last) if channels_last else module.to(dev)
     log.info("encoder %s (%s) on %s, weights %s", spec.id, spec.arch, dev, source)
     return Encoder(spec, module, weights_sha256=sha, weights_random=random_init,
                    weights_source=source, device=dev, compute_dtype=compute,
-                   channels_last=channels_last)
+                   channels_last=channels_last, resampled=resampled)
 
 
 def _check_extra(spec: EncoderSpec) -> None:

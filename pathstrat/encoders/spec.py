@@ -48,6 +48,7 @@ class EncoderSpec:
     arch: str = ""
     build_kwargs: dict[str, Any] = field(default_factory=dict)
     hf_repo: str | None = None
+    hf_aliases: tuple[str, ...] = ()
     weight_files: tuple[str, ...] = ()
     input_px: int = 224
     resize_px: int | None = None

@@ -42,11 +42,29 @@ def _hf_cache_lookup(spec: EncoderSpec) -> tuple[Path | None, str]:
         from huggingface_hub.constants import HF_HUB_CACHE
     except ImportError:  # pragma: no cover - huggingface-hub is a core dependency
         return None, "huggingface_hub not installed"
-    for name in _weight_candidates(spec):
-        hit = try_to_load_from_cache(repo_id=spec.hf_repo, filename=name)
-        if isinstance(hit, str) and os.path.exists(hit):
-            return Path(hit), HF_HUB_CACHE
+    for repo in _cached_repo_ids(spec, Path(HF_HUB_CACHE)):
+        for name in _weight_candidates(spec):
+            hit = try_to_load_from_cache(repo_id=repo, filename=name)
+            if isinstance(hit, str) and os.path.exists(hit):
+                return Path(hit), HF_HUB_CACHE
     return None, str(HF_HUB_CACHE)
+
+
+def _cached_repo_ids(spec: EncoderSpec, cache: Path) -> list[str]:
+    """Repo ids to try: the spec's and its aliases, matched case-insensitively to cache folders.
+
+    Hub repo ids are case-insensitive on the Hub but cache folders keep the spelling used at
+    download time (``MahmoodLab/conch`` vs ``MahmoodLab/CONCH``), so the folder names decide.
+    """
+    wanted = [spec.hf_repo, *spec.hf_aliases]
+    lowered = {r.lower() for r in wanted if r}
+    found = []
+    if cache.is_dir():
+        for d in sorted(cache.glob("models--*")):
+            repo = d.name[len("models--"):].replace("--", "/")
+            if repo.lower() in lowered:
+                found.append(repo)
+    return found + [r for r in wanted if r and r not in found]
 
 
 def _weight_candidates(spec: EncoderSpec) -> list[str]:
@@ -117,8 +135,48 @@ def load_state_dict(path: str | os.PathLike) -> dict:
     return sd
 
 
-def apply_state_dict(model, state_dict: dict, spec: EncoderSpec, path: Path) -> None:
-    """Load strictly (after the spec's prefix strip and ignored keys); mismatches are errors."""
+def _resample_pos_embeds(model, sd: dict, path: Path) -> list[str]:
+    """Resample absolute position tables whose grid differs from the built model's.
+
+    Uses timm's ``resample_abs_pos_embed``, keeping the prefix (CLS/register) rows untouched;
+    the prefix count is the built table's length minus its patch grid. Returns one record per
+    resampled key (``key:old_tokens->new_tokens``) for the features' provenance.
+    """
+    import math
+
+    from timm.layers import resample_abs_pos_embed
+
+    own = model.state_dict()
+    done = []
+    for key, val in list(sd.items()):
+        if not key.endswith("pos_embed") or key not in own or val.ndim != 3:
+            continue
+        target = own[key]
+        if tuple(val.shape) == tuple(target.shape) or val.shape[-1] != target.shape[-1]:
+            continue
+        parent = model.get_submodule(key.rsplit(".", 1)[0]) if "." in key else model
+        grid = tuple(parent.patch_embed.grid_size)
+        n_prefix = target.shape[1] - grid[0] * grid[1]
+        old_side = math.isqrt(max(val.shape[1] - n_prefix, 0))
+        if n_prefix < 0 or old_side * old_side != val.shape[1] - n_prefix:
+            raise WeightsError(
+                f"Weights {path}: position table '{key}' has {val.shape[1]} tokens, which is not "
+                f"{n_prefix} prefix tokens + a square grid; cannot resample it to {grid}.")
+        sd[key] = resample_abs_pos_embed(val.float(), new_size=list(grid),
+                                         old_size=[old_side, old_side],
+                                         num_prefix_tokens=n_prefix).to(val.dtype)
+        rec = f"{key}:{val.shape[1]}->{target.shape[1]}"
+        log.info("resampled position table %s (%dx%d grid -> %s)", rec, old_side, old_side, grid)
+        done.append(rec)
+    return done
+
+
+def apply_state_dict(model, state_dict: dict, spec: EncoderSpec, path: Path) -> list[str]:
+    """Load strictly (after the spec's prefix strip and ignored keys); mismatches are errors.
+
+    Position tables on another grid are resampled first; the resampled keys are returned and
+    also kept on ``model.pathstrat_resampled`` so the encoder can record them.
+    """
     prefix = spec.state_dict_prefix
     sd = {}
     for k, v in state_dict.items():
@@ -128,6 +186,7 @@ def apply_state_dict(model, state_dict: dict, spec: EncoderSpec, path: Path) -> 
         if any(k.startswith(ig) for ig in spec.ignore_keys):
             continue
         sd[k] = v
+    resampled = _resample_pos_embeds(model, sd, path)
     own = model.state_dict()
     missing = sorted(set(own) - set(sd))
     unexpected = sorted(set(sd) - set(own))
@@ -140,6 +199,8 @@ def apply_state_dict(model, state_dict: dict, spec: EncoderSpec, path: Path) -> 
             f"is the one from {spec.hf_repo or 'the model card'}; pathstrat does not load "
             "partial weights.")
     model.load_state_dict(sd, strict=True)
+    model.pathstrat_resampled = resampled
+    return resampled
 
 
 def weights_found(spec: EncoderSpec, weights: str | os.PathLike | None = None) -> bool:
