@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import importlib
 import importlib.util
+import re
 import warnings
 
 import numpy as np
@@ -40,7 +42,10 @@ def test_registry_contract_random_init(spec, rng):
     """Every entry: random init (reduced depth only), output = declared dim, finite, deterministic."""
     missing = spec.extra and importlib.util.find_spec(spec.extra) is None
     if missing:
-        with pytest.raises(MissingDependencyError, match=rf"pathstrat\[{spec.extra}\]"):
+        from pathstrat.errors import MANUAL_INSTALL
+
+        how = re.escape(MANUAL_INSTALL.get(spec.extra, f"pathstrat[{spec.extra}]"))
+        with pytest.raises(MissingDependencyError, match=how):
             E.build_encoder(spec.id, weights="random", device="cpu",
                             overrides=spec.test_overrides)
         return
