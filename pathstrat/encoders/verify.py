@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pathstrat.encoders.spec import EncoderSpec, get_spec
-from pathstrat.encoders.weights import load_state_dict, resolve_weights
+from pathstrat.encoders.weights import clean_state_dict, load_state_dict, resolve_weights
 
 log = logging.getLogger(__name__)
 
@@ -62,15 +62,7 @@ def verify_checkpoint(encoder_id: str | EncoderSpec, weights) -> VerifyReport:
         got = resolved.sha256
         if got != expected_sha:
             rep.sha256_mismatch = f"file {got}, spec {expected_sha}"
-    sd = load_state_dict(resolved.file)
-    prefix = spec.state_dict_prefix
-    clean = {}
-    for k, v in sd.items():
-        k = k.removeprefix("module.")
-        if prefix and k.startswith(prefix):
-            k = k[len(prefix):]
-        if not any(k.startswith(ig) for ig in spec.ignore_keys):
-            clean[k] = v
+    clean = clean_state_dict(load_state_dict(resolved.file), spec)
     rep.n_keys = len(clean)
     rep.dtypes = sorted({str(v.dtype).removeprefix("torch.") for v in clean.values()})
     if spec.family in ("transformers", "conch", "builtin"):

@@ -171,12 +171,9 @@ def _resample_pos_embeds(model, sd: dict, path: Path) -> list[str]:
     return done
 
 
-def apply_state_dict(model, state_dict: dict, spec: EncoderSpec, path: Path) -> list[str]:
-    """Load strictly (after the spec's prefix strip and ignored keys); mismatches are errors.
-
-    Position tables on another grid are resampled first; the resampled keys are returned and
-    also kept on ``model.pathstrat_resampled`` so the encoder can record them.
-    """
+def clean_state_dict(state_dict: dict, spec: EncoderSpec) -> dict:
+    """Keys as the built model names them: ``module.`` and the spec's prefix stripped, the spec's
+    ignored keys dropped (the one rule shared by loading and ``encoders verify``)."""
     prefix = spec.state_dict_prefix
     sd = {}
     for k, v in state_dict.items():
@@ -186,6 +183,16 @@ def apply_state_dict(model, state_dict: dict, spec: EncoderSpec, path: Path) -> 
         if any(k.startswith(ig) for ig in spec.ignore_keys):
             continue
         sd[k] = v
+    return sd
+
+
+def apply_state_dict(model, state_dict: dict, spec: EncoderSpec, path: Path) -> list[str]:
+    """Load strictly (after the spec's prefix strip and ignored keys); mismatches are errors.
+
+    Position tables on another grid are resampled first; the resampled keys are returned and
+    also kept on ``model.pathstrat_resampled`` so the encoder can record them.
+    """
+    sd = clean_state_dict(state_dict, spec)
     resampled = _resample_pos_embeds(model, sd, path)
     own = model.state_dict()
     missing = sorted(set(own) - set(sd))
