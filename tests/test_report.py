@@ -103,6 +103,9 @@ def full_run(tmp_path_factory) -> tuple[Path, Path]:
     assert main(["select", "--predictions", str(run / "predictions.csv"), "--target", "msi",
                  "--rule", "sensitivity", "--value", "0.9", "--manifest", str(man),
                  "--response-col", "response", "--out", str(run)]) == 0
+    assert main(["trial-design", "--selection", str(run / "selection.json"), "--predictions",
+                 str(run / "predictions.csv"), "--hr-positive", "0.6", "--n-draws", "200",
+                 "--out", str(run / "trial")]) == 0
     assert main(["heatmap", "--run", str(run), "--manifest", str(man), "--top-k", "3"]) == 0
     assert main(["report", str(run), "--manifest", str(man), "--n-boot", "50"]) == 0
     return run, man
@@ -118,7 +121,8 @@ def test_report_is_self_contained_with_every_section(full_run):
     html = (run / "report.html").read_text()
     for key in ORDER:
         assert f'<section id="{key}">' in html, key
-    assert ORDER == ["cohort", "performance", "survival", "forest", "selection", "heatmaps", "config"]
+    assert ORDER == ["cohort", "performance", "survival", "forest", "selection", "trial", "heatmaps",
+                     "config"]
     assert "not available" not in html.split('id="performance"')[1].split('id="config"')[0].replace(
         "not available: not a binary target", "")
     assert not re.search(r"<(script|link)\b", html)
@@ -135,6 +139,13 @@ def test_report_is_self_contained_with_every_section(full_run):
     assert f"{sel['threshold']:.4g}" in html and "response_rate_selected" in html
     s = json.loads((run / "survival.json").read_text())
     assert f"{s['c_index']:.3f}" in html
+    trial = json.loads((run / "trial" / "trial_design.json").read_text())
+    section = html.split('<section id="trial">')[1].split("</section>")[0]
+    from pathstrat.report import fmt
+    assert f"Prevalence {fmt(trial['inputs']['prevalence'])}" in section
+    for name, d in trial["designs"].items():
+        assert f"<td>{name.replace('_', ' ')}</td>" in section
+        assert fmt(d["enrolled"], 3) in section
 
 
 def test_report_sections_present_when_inputs_missing(tmp_path):
@@ -146,7 +157,8 @@ def test_report_sections_present_when_inputs_missing(tmp_path):
     for key in ORDER:
         assert f'<section id="{key}">' in html
     for why in ("survival.json absent", "selection.json/selection.csv absent",
-                "heatmaps/index.csv absent", "config.yaml absent", "failures.csv absent"):
+                "heatmaps/index.csv absent", "config.yaml absent", "failures.csv absent",
+                "trial_design.json absent"):
         assert f"not available: {why}" in html, why
 
 

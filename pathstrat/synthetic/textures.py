@@ -116,6 +116,10 @@ def stain_luts(stain: Stain) -> np.ndarray:
 
 def to_rgb(qh: np.ndarray, qe: np.ndarray, qn: np.ndarray, luts: np.ndarray) -> np.ndarray:
     """Quantised H, E, neutral planes (uint8, same shape) -> RGB uint8 via the stain tables."""
+    shape = qh.shape
+    # cv2.LUT takes a 2-D single-channel image: flatten leading axes (OpenCV 5 reads a 3-D array's
+    # last axis as channels and refuses more than 128 of them).
+    qh, qe, qn = (np.ascontiguousarray(a).reshape(-1, shape[-1]) for a in (qh, qe, qn))
     out = np.empty(qh.shape + (3,), dtype=np.uint8)
     for k in range(3):
         v = cv2.LUT(qh, luts[k, 0])  # cv2.LUT: ~5x faster than ndarray.take on uint8 indices
@@ -124,7 +128,7 @@ def to_rgb(qh: np.ndarray, qe: np.ndarray, qn: np.ndarray, luts: np.ndarray) -> 
         v += np.float32(0.5)
         np.minimum(v, 255, out=v)
         out[..., k] = v
-    return out
+    return out.reshape(shape + (3,))
 
 
 @dataclass
