@@ -144,7 +144,7 @@ def test_report_is_self_contained_with_every_section(full_run):
     from pathstrat.report import fmt
     assert f"Prevalence {fmt(trial['inputs']['prevalence'])}" in section
     for name, d in trial["designs"].items():
-        assert f"<td>{name.replace('_', ' ')}</td>" in section
+        assert f'<td class="t">{name.replace("_", " ")}</td>' in section
         assert fmt(d["enrolled"], 3) in section
 
 
