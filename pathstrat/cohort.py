@@ -8,6 +8,8 @@ data row is row 1) and slide ids, so a user fixes a manifest in one pass.
 
 from __future__ import annotations
 
+import csv
+import io
 import logging
 import os
 from collections.abc import Iterable, Sequence
@@ -85,22 +87,108 @@ def load_manifest(path, *, check_files=True, label_cols=(), time_col=None, event
     return df
 
 
+#: Strings read as "missing" in value columns (pandas' defaults). Id columns (slide_id,
+#: patient_id, path) never convert: a patient called "NA" stays "NA".
+NA_STRINGS = frozenset({"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan",
+                        "1.#IND", "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a",
+                        "nan", "null"})
+ID_COLUMNS = ("slide_id", "patient_id", "path")
+
+
 def read_table(path: Path) -> pd.DataFrame:
-    """Read a CSV or Parquet manifest with every column as written (ids stay strings)."""
+    """Read a CSV or Parquet manifest with ids as written (strings, no NA conversion).
+
+    A CSV row with more fields than the header is refused naming its line (pandas would shift
+    its columns silently); a shorter row leaves its trailing columns empty.
+    """
+    path = Path(path)
     if not path.is_file():
         raise ManifestError(f"Manifest '{path}' does not exist (or is not a file). "
                             "Pass the CSV or Parquet file listing slide_id and path.")
     try:
         if path.suffix.lower() in PARQUET_SUFFIXES:
-            return pd.read_parquet(path)
-        return pd.read_csv(path, dtype={"slide_id": str, "patient_id": str, "path": str},
-                           skipinitialspace=True)
+            df = pd.read_parquet(path)
+            for col in ID_COLUMNS:
+                if col in df.columns:
+                    df[col] = df[col].map(lambda v: v if isinstance(v, str) else
+                                          "" if v is None or (isinstance(v, float) and np.isnan(v))
+                                          else str(v))
+            return df
+        return _read_csv(path)
     except ImportError as exc:
         raise ManifestError(f"Reading Parquet manifest '{path}' needs pyarrow: "
                             'pip install "pathstrat[parquet]", or save the manifest as CSV.') from exc
-    except (OSError, ValueError, pd.errors.ParserError) as exc:
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"Manifest '{path}' is not UTF-8 text ({exc.reason} at byte "
+                            f"{exc.start}). Save it as UTF-8 CSV, or as Parquet.") from exc
+    except (OSError, ValueError, csv.Error, pd.errors.ParserError) as exc:
+        if isinstance(exc, ManifestError):
+            raise
         raise ManifestError(f"Manifest '{path}' cannot be parsed ({exc}). Save it as UTF-8 CSV "
                             "with a header row, or as Parquet.") from exc
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    """CSV -> DataFrame: every field a string; value columns converted like pandas would."""
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        text = fh.read()
+    if "\x00" in text:
+        line = text[: text.index("\x00")].count("\n") + 1
+        raise ManifestError(f"Manifest '{path}' line {line}: contains a NUL byte; it is not a text "
+                            "CSV. Re-export it as UTF-8 CSV.")
+    reader = csv.reader(io.StringIO(text), skipinitialspace=True, strict=True)
+    rows: list[list[str]] = []
+    header: list[str] | None = None
+    bad: list[str] = []
+    for rec in reader:
+        if not rec or all(not f.strip() for f in rec):
+            continue  # blank line
+        if header is None:
+            header = [h.strip() for h in rec]
+            continue
+        if len(rec) > len(header):  # pandas would shift such a row's columns silently
+            extra = rec[len(header):]
+            hint = " (trailing comma?)" if not any(f.strip() for f in extra) else ""
+            bad.append(f"line {reader.line_num}: {len(rec)} fields, the header has "
+                       f"{len(header)}{hint}")
+            continue
+        rows.append(rec + [""] * (len(header) - len(rec)))  # short row: trailing values empty
+    if header is None:
+        raise ManifestError(f"Manifest '{path}' is empty; it needs a header row (slide_id,path,...) "
+                            "and one row per slide.")
+    if bad:
+        raise ManifestError(_format(f"Manifest '{path}': {len(bad)} row(s) do not match the header",
+                                    bad, "give every row at most one field per header column "
+                                    "(quote fields that contain commas)"))
+    dup = sorted({h for h in header if header.count(h) > 1})
+    if dup:
+        raise ManifestError(f"Manifest '{path}': column name(s) {dup} appear more than once in the "
+                            "header; give every column a distinct name.")
+    df = pd.DataFrame(rows, columns=header, dtype=object) if rows else pd.DataFrame(columns=header)
+    for col in df.columns:
+        if col in ID_COLUMNS:
+            continue
+        df[col] = _convert_values(df[col])
+    return df
+
+
+def _convert_values(col: pd.Series) -> pd.Series:
+    """A value column as pandas would read it: NA strings -> NaN, numbers when all parse."""
+    vals = col.map(lambda v: np.nan if v.strip() in NA_STRINGS else v.strip())
+    present = vals.dropna()
+    if present.empty:
+        return vals.astype(float)
+    num = pd.to_numeric(present, errors="coerce")
+    if num.notna().all():
+        out = pd.to_numeric(vals, errors="coerce")
+        if out.notna().all() and present.str.fullmatch(r"[+-]?\d{1,18}").all():
+            return out.astype(np.int64)
+        return out.astype(float)
+    lowered = present.str.lower()
+    if lowered.isin(["true", "false"]).all() and present.isin(["True", "False", "TRUE", "FALSE",
+                                                                "true", "false"]).all():
+        return vals.map(lambda v: v if not isinstance(v, str) else v.lower() == "true")
+    return vals
 
 
 def normalize_manifest(df: pd.DataFrame, *, base_dir: str | os.PathLike | None = None,
@@ -136,18 +224,60 @@ def normalize_manifest(df: pd.DataFrame, *, base_dir: str | os.PathLike | None =
     errors += _check_ids(df)
     errors += _check_duplicates(df)
     errors += _check_mpp(df)
-    if time_col:
-        errors += _check_times(df, time_col)
-    if event_col:
-        errors += _check_events(df, event_col)
-    errors += _check_patient_consistency(df, wanted)
+    errors += _target_problems(df, label_cols=label_cols, time_col=time_col, event_col=event_col)
     if errors:
         raise ManifestError(_format(f"{source}: invalid manifest", errors,
                                     "fix these rows and rerun (row 1 is the first data row)"))
+    _warn_shared_files(df, source)
     if base_dir is not None:
         base = Path(base_dir)
         df["path"] = [str(_resolve(p, base)) for p in df["path"]]
     return df
+
+
+def check_targets(df: pd.DataFrame, *, label_cols: Sequence[str] = (), time_col: str | None = None,
+                  event_col: str | None = None, source: str = "manifest", min_classes: int = 1,
+                  require_events: bool = False) -> pd.DataFrame:
+    """The one validation path for labels, times and events (train, predict, stratify, select,
+    federated sites); returns a copy with times numeric and events 0/1.
+
+    Refused, all problems listed at once: missing columns; times that are not numbers
+    (``"0.8 months"``, ``"12,5"``), negative or infinite; events other than 0/1; a patient whose
+    slides disagree on any of these columns; label values that differ only in case or spaces
+    (``yes``/``Yes``); a label column with no values or, with ``min_classes=2`` (training), a
+    single value; with ``require_events`` (survival training/analysis), no event at all or every
+    time 0.
+    """
+    df = df.copy()
+    if "patient_id" not in df.columns:
+        df["patient_id"] = df["slide_id"].astype(str)
+    errors = _target_problems(df, label_cols=label_cols, time_col=time_col, event_col=event_col,
+                              min_classes=min_classes)
+    if not errors and require_events and time_col and event_col:
+        errors += _survival_problems(df, time_col, event_col)
+    if errors:
+        raise ManifestError(_format(f"{source}: invalid target values", errors,
+                                    "fix these values in the table and rerun"))
+    return df
+
+
+def _target_problems(df: pd.DataFrame, *, label_cols: Sequence[str] = (), time_col: str | None = None,
+                     event_col: str | None = None, min_classes: int = 1) -> list[str]:
+    wanted = [c for c in (*label_cols, time_col, event_col) if c]
+    absent = [c for c in wanted if c not in df.columns]
+    if absent:
+        return [f"column(s) {', '.join(absent)} requested as label/survival columns are absent; "
+                f"columns found: {', '.join(map(str, df.columns))}"]
+    errors: list[str] = []
+    if time_col:
+        errors += _check_times(df, time_col)
+    if event_col:
+        errors += _check_events(df, event_col)
+    for col in dict.fromkeys(label_cols):
+        if col not in (time_col, event_col):
+            errors += _check_labels(df, col, min_classes)
+    errors += _check_patient_consistency(df, list(dict.fromkeys(wanted)))
+    return errors
 
 
 def find_file_problems(df: pd.DataFrame) -> list[SlideProblem]:
@@ -195,15 +325,42 @@ def _check_blank(df: pd.DataFrame) -> list[str]:
     return out
 
 
+#: Longest slide id in UTF-8 bytes: names like ``.tmp-<pid>@<host>-<slide_id>-XXXXXXXX.h5`` must
+#: stay under the 255-byte file-name limit of common filesystems.
+MAX_ID_BYTES = 160
+
+
 def _check_ids(df: pd.DataFrame) -> list[str]:
-    """Slide ids name output files (tiles/<slide_id>.h5): no path separators or dot names."""
+    """Slide ids name output files (tiles/<slide_id>.h5): no path separators, dot names, control
+    characters (NUL, newline, tab) or names too long for a file system."""
     sid = df["slide_id"]
+    out = []
     bad = sid.str.contains(r"[/\\]", regex=True) | sid.isin([".", ".."]) | sid.str.startswith(".tmp-")
     rows = np.flatnonzero(bad.to_numpy())
-    if not len(rows):
-        return []
-    return [_with_ids(df, rows, "slide_id must be usable as a file name (no '/', '\\', '.', "
-                      "'..' or '.tmp-' prefix)")]
+    if len(rows):
+        out.append(_with_ids(df, rows, "slide_id must be usable as a file name (no '/', '\\', '.', "
+                             "'..' or '.tmp-' prefix)"))
+    for col in ("slide_id", "patient_id"):
+        ctrl = np.flatnonzero(df[col].str.contains(r"[\x00-\x1f\x7f]", regex=True).to_numpy())
+        if len(ctrl):
+            out.append(_with_ids(df, ctrl, f"{col} contains a control character (NUL, newline or "
+                                 "tab); remove it"))
+    long = np.flatnonzero(sid.map(lambda v: len(v.encode("utf-8")) > MAX_ID_BYTES).to_numpy())
+    if len(long):
+        out.append(_with_ids(df, long, f"slide_id longer than {MAX_ID_BYTES} bytes (it names "
+                             "output files); shorten it"))
+    return out
+
+
+def _warn_shared_files(df: pd.DataFrame, source: str) -> None:
+    """The same slide file listed under two patients is almost always a manifest mistake."""
+    by_path = df.groupby("path", sort=True)["patient_id"].nunique()
+    for p in by_path[by_path > 1].index[:MAX_LISTED]:
+        rows = df[df["path"] == p]
+        log.warning("%s: slide file '%s' is listed under %d patients (%s); a slide belongs to one "
+                    "patient, check the manifest", source, p, rows["patient_id"].nunique(),
+                    ", ".join(f"row {i + 1} '{s}' -> '{q}'" for i, s, q in
+                              zip(rows.index, rows["slide_id"], rows["patient_id"], strict=True)))
 
 
 def _check_duplicates(df: pd.DataFrame) -> list[str]:
@@ -234,28 +391,74 @@ def _check_mpp(df: pd.DataFrame) -> list[str]:
 
 
 def _check_times(df: pd.DataFrame, col: str) -> list[str]:
-    num = pd.to_numeric(df[col], errors="coerce")
+    raw = df[col]
+    num = pd.to_numeric(raw, errors="coerce") if raw.dtype == object else raw.astype(float)
     out = []
-    bad = np.flatnonzero((df[col].notna() & num.isna()).to_numpy())
+    bad = np.flatnonzero((raw.notna() & num.isna()).to_numpy())
     if len(bad):
-        out.append(_with_ids(df, bad, f"non-numeric {col}"))
+        shown = ", ".join(repr(v) for v in raw.iloc[bad[:3]])
+        out.append(_with_ids(df, bad, f"non-numeric {col}", f"found {shown}: write plain numbers "
+                             "in one unit, with '.' as the decimal mark"))
+    inf = np.flatnonzero(np.isinf(num.to_numpy(float)))
+    if len(inf):
+        out.append(_with_ids(df, inf, f"{col} is infinite"))
     neg = np.flatnonzero((num < 0).to_numpy())
     if len(neg):
         out.append(_with_ids(df, neg, f"{col} < 0"))
-    if not bad.size:
-        df[col] = num
+    if not out:
+        df[col] = num.astype(float)
     return out
 
 
 def _check_events(df: pd.DataFrame, col: str) -> list[str]:
     raw = df[col]
-    mapped = raw.map(lambda v: {True: 1, False: 0}.get(v, v) if isinstance(v, bool) else v)
+    mapped = raw.map(lambda v: {True: 1, False: 0}.get(v, v) if isinstance(v, (bool, np.bool_)) else v)
     num = pd.to_numeric(mapped, errors="coerce")
     bad = np.flatnonzero((raw.notna() & ~num.isin([0, 1])).to_numpy())
     if len(bad):
-        return [_with_ids(df, bad, f"{col} not in {{0, 1}}")]
+        shown = ", ".join(repr(v) for v in raw.iloc[bad[:3]])
+        return [_with_ids(df, bad, f"{col} not in {{0, 1}}", f"found {shown}: 1 = event, 0 = censored")]
     df[col] = num.astype("Int64") if num.isna().any() else num.astype(int)
     return []
+
+
+def _check_labels(df: pd.DataFrame, col: str, min_classes: int) -> list[str]:
+    vals = df[col]
+    present = vals.dropna()
+    if present.empty:
+        return [f"label column '{col}' has no values (all {len(vals)} rows empty); fill it or "
+                "choose another --target"]
+    out = []
+    if present.map(lambda v: isinstance(v, str)).any():
+        groups: dict[str, set[str]] = {}
+        for v in present.astype(str):
+            groups.setdefault(" ".join(v.split()).casefold(), set()).add(v)
+        clash = [sorted(g) for g in groups.values() if len(g) > 1]
+        if clash:
+            shown = "; ".join(" / ".join(repr(v) for v in g) for g in clash[:5])
+            out.append(f"label column '{col}' spells one value in several ways ({shown}); they would "
+                       "train as different classes: write each class one way")
+    distinct = present.unique()
+    if len(distinct) < min_classes:
+        out.append(f"label column '{col}' has a single value ({distinct[0]!r} in all {len(present)} "
+                   "labelled rows): a model cannot learn from one class; choose a column with at "
+                   "least two classes")
+    return out
+
+
+def _survival_problems(df: pd.DataFrame, time_col: str, event_col: str) -> list[str]:
+    t = pd.to_numeric(df[time_col], errors="coerce")
+    e = pd.to_numeric(df[event_col], errors="coerce")
+    ok = t.notna() & e.notna()
+    out = []
+    if not ok.any():
+        return [f"no row has both {time_col} and {event_col}"]
+    if (e[ok] == 0).all():
+        out.append(f"every patient is censored ({event_col} = 0 in all {int(ok.sum())} rows): "
+                   "survival cannot be estimated without events")
+    if (t[ok] == 0).all():
+        out.append(f"every {time_col} is 0: check the column holds follow-up times")
+    return out
 
 
 def _check_patient_consistency(df: pd.DataFrame, cols: Sequence[str]) -> list[str]:
@@ -298,10 +501,10 @@ def _rows(idx: Iterable[int]) -> str:
     return ", ".join(map(str, rows[:MAX_LISTED])) + more
 
 
-def _with_ids(df: pd.DataFrame, idx: np.ndarray, what: str) -> str:
+def _with_ids(df: pd.DataFrame, idx: np.ndarray, what: str, note: str = "") -> str:
     shown = ", ".join(f"row {i + 1} ('{df['slide_id'].iat[i]}')" for i in idx[:MAX_LISTED])
     more = f" (+{len(idx) - MAX_LISTED} more)" if len(idx) > MAX_LISTED else ""
-    return f"{what}: {shown}{more}"
+    return f"{what}: {shown}{more}" + (f"; {note}" if note else "")
 
 
 def _format(head: str, lines: Sequence[str], fix: str) -> str:
@@ -324,3 +527,25 @@ def _file_problem(p: Path) -> str:
     if not os.access(p, os.R_OK):
         return f"file is not readable (permissions): {p}"
     return ""
+
+
+def check_spec_targets(df: pd.DataFrame, specs: Iterable[object], *, source: str = "manifest",
+                       training: bool = False, present_only: bool = False) -> pd.DataFrame:
+    """:func:`check_targets` for MIL target specs (anything with ``kind``, ``columns``,
+    ``time_col``, ``event_col``). ``training`` also refuses single-class label columns and
+    survival data without events; ``present_only`` skips columns the table lacks (a prediction
+    cohort without labels)."""
+    labels: list[str] = []
+    time_col = event_col = None
+    for s in specs:
+        if getattr(s, "time_col", None) or getattr(s, "event_col", None):
+            time_col, event_col = s.time_col, s.event_col  # type: ignore[attr-defined]
+        else:
+            labels += list(getattr(s, "columns", None) or [])
+    if present_only:
+        labels = [c for c in labels if c in df.columns]
+        if time_col not in df.columns or event_col not in df.columns:
+            time_col = event_col = None
+    return check_targets(df, label_cols=labels, time_col=time_col, event_col=event_col,
+                         source=source, min_classes=2 if training else 1,
+                         require_events=training)

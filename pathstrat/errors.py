@@ -34,6 +34,10 @@ class MissingMPPError(PathstratError, ValueError):
     """A slide has no usable microns-per-pixel metadata."""
 
 
+class MPPMismatchError(MissingMPPError):
+    """A supplied MPP (manifest, --mpp) contradicts the slide file's own by more than 2x."""
+
+
 class EmptyTissueError(PathstratError, ValueError):
     """Tissue detection found no tissue (or no tile passed the tissue threshold)."""
 
@@ -44,6 +48,10 @@ class WeightsError(PathstratError, FileNotFoundError):
 
 class FeatureDimError(SchemaError):
     """A feature file's dimension or encoder does not match what is expected."""
+
+
+class NonFiniteError(SchemaError):
+    """Data holds NaN or infinite values where numbers are needed (features, a table column)."""
 
 
 class LeakageError(PathstratError, ValueError):

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from pathstrat.encoders.model import warn_if_random
-from pathstrat.errors import FeatureDimError, SchemaError
+from pathstrat.errors import FeatureDimError, NonFiniteError, SchemaError
 from pathstrat.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -174,6 +174,18 @@ def _squeeze(feats: np.ndarray, coords: np.ndarray, p: Path) -> tuple[np.ndarray
 
 def _check(p: Path, feats: np.ndarray, coords: np.ndarray, attrs: Mapping[str, Any], layout: str,
            expected_dim: int | None, expected_encoder: str | None) -> None:
+    if feats.dtype.kind not in "fiu" or coords.dtype.kind not in "fiu":
+        raise SchemaError(f"Feature file '{p}': 'features' ({feats.dtype}) and 'coords' "
+                          f"({coords.dtype}) must be numeric arrays; the file was not written by an "
+                          "encoder. Re-embed this slide.")
+    if feats.dtype.kind == "f":
+        finite = np.isfinite(feats).all(axis=1) if feats.size else np.ones(len(feats), bool)
+        if not finite.all():
+            n_bad = int((~finite).sum())
+            raise NonFiniteError(
+                f"Feature file '{p}': {n_bad} of {len(feats)} tiles have NaN or infinite features "
+                f"(first at row {int(np.flatnonzero(~finite)[0])}). Re-embed this slide (check the "
+                "encoder's weights and precision), or remove it from the manifest.")
     if len(feats) != len(coords):
         raise SchemaError(f"Feature file '{p}': {len(feats)} feature rows but {len(coords)} "
                           "coords rows; the file is inconsistent, re-embed this slide.")

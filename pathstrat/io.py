@@ -13,8 +13,11 @@ import hashlib
 import json
 import logging
 import os
+import re
+import socket
 import tempfile
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -67,7 +70,7 @@ def atomic_path(dest: str | os.PathLike, suffix: str | None = None) -> Iterator[
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     sfx = suffix if suffix is not None else dest.suffix
-    fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{dest.stem}-", suffix=sfx, dir=dest.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f"{tmp_owner()}{dest.stem}-", suffix=sfx, dir=dest.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -172,13 +175,61 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+#: A temporary file of unknown owner (another host, or an old name) is removed only after this.
+STALE_TMP_AGE_S = 24 * 3600
+
+
+def tmp_owner() -> str:
+    """``.tmp-<pid>@<host>-``: the prefix of this process's temporary files, so a later start-up
+    can tell a dead writer's leftovers from a live process's in-flight file."""
+    host = socket.gethostname().replace("-", "_").replace("@", "_") or "host"
+    return f"{TMP_PREFIX}{os.getpid()}@{host}-"
+
+
+_OWNER = re.compile(rf"^{re.escape(TMP_PREFIX)}(\d+)@([^-]+)-")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
+
+
+def is_stale_tmp(path: Path, *, now: float | None = None) -> bool:
+    """True when ``path`` (a ``.tmp-`` file) belongs to no live writer.
+
+    Written by a process of this host that has exited -> stale. Written on another host, or with
+    no owner in its name -> stale only when older than :data:`STALE_TMP_AGE_S` (a live writer
+    elsewhere keeps its file)."""
+    m = _OWNER.match(path.name)
+    host = socket.gethostname().replace("-", "_").replace("@", "_") or "host"
+    if m and m.group(2) == host:
+        pid = int(m.group(1))
+        return pid != os.getpid() and not _pid_alive(pid)
+    try:
+        age = (now if now is not None else time.time()) - path.stat().st_mtime
+    except OSError:
+        return False
+    return age > STALE_TMP_AGE_S
+
+
 def clean_stale_tmp(directory: str | os.PathLike) -> int:
-    """Remove temporary files a killed run left behind; return how many were removed."""
+    """Remove temporary files a killed run left behind; return how many were removed.
+
+    Only files whose writer is gone are removed (see :func:`is_stale_tmp`): another live
+    process's in-flight file in the same folder is left alone.
+    """
     d = Path(directory)
     if not d.is_dir():
         return 0
     n = 0
     for p in d.glob(f"{TMP_PREFIX}*"):
+        if not is_stale_tmp(p):
+            continue
         with contextlib.suppress(OSError):
             p.unlink()
             n += 1

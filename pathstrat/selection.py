@@ -276,7 +276,9 @@ def run_selection(predictions: Any, out_dir: Any, *, target: str | None = None,
             missing = [c for c in extra if c not in clin.columns]
             if missing:
                 raise SchemaError(f"manifest lacks column(s) {missing}; it has {list(clin.columns)}.")
-            pc = clin.groupby("patient_id")[extra].first()
+            from pathstrat.cohort import check_targets
+
+            pc = check_targets(clin, label_cols=extra, source="manifest").groupby("patient_id")[extra].first()
             pts = pts.drop(columns=[c for c in ("y",) if label_col and c in pts.columns])
             pts = pts.merge(pc, left_on="patient_id", right_index=True, how="left")
             pts = pts.rename(columns={k: v for k, v in ((label_col, "y"), (response_col, "response"))

@@ -142,7 +142,15 @@ def patient_scores(predictions: pd.DataFrame, score_col: str, *, target: str | N
     if "repeat" in df.columns and df["repeat"].nunique() > 1:
         rep = df["repeat"].min() if repeat is None else repeat
         df = df[df["repeat"] == rep]
-    df = df[df[score_col].notna()]
+    vals = pd.to_numeric(df[score_col], errors="coerce").to_numpy(float)
+    bad = ~np.isfinite(vals)
+    if bad.any():
+        ids = df["slide_id"] if "slide_id" in df.columns else df["patient_id"]
+        shown = ", ".join(f"'{v}'" for v in ids[bad].astype(str).head(10))
+        raise SchemaError(f"{int(bad.sum())} of {len(df)} rows have no finite '{score_col}' "
+                          f"(slides {shown}): a prediction is missing or non-finite. Re-run "
+                          "`pathstrat predict` for them, or drop those rows from the table.")
+    df = df.assign(**{score_col: vals})
     keys = ["patient_id"] + (["fold"] if "fold" in df.columns else [])
     if check_folds and "fold" in df.columns and df.groupby("patient_id")["fold"].nunique().max() > 1:
         raise LeakageError("a patient has slides in several folds of the same repeat; "
@@ -165,19 +173,14 @@ def clinical_table(manifest: pd.DataFrame, time_col: str, event_col: str, *,
     cols = list(dict.fromkeys([time_col, event_col] + ([arm_col] if arm_col else [])
                               + list(covariates)))
     _require(df, cols, "manifest")
-    nun = df.groupby("patient_id")[cols].nunique(dropna=False)
-    bad = nun[(nun > 1).any(axis=1)]
-    if len(bad):
-        raise SchemaError(f"patient(s) {list(bad.index[:5])} have different values of "
-                          f"{[c for c in cols if (bad[c] > 1).any()]} across slides; these are "
-                          "patient-level columns and must agree.")
-    pt = df.groupby("patient_id", as_index=False)[cols].first()
-    if (pt[time_col] < 0).any():
-        raise SchemaError(f"column '{time_col}' has negative times; fix the clinical table.")
-    ev = pt[event_col].dropna()
-    if not ev.isin([0, 1, True, False]).all():
-        raise SchemaError(f"column '{event_col}' must be 0/1 (1 = event observed).")
-    return pt
+    from pathstrat.cohort import check_targets
+
+    # the shared label/time/event checks (numbers, >= 0, finite, 0/1, one value per patient,
+    # at least one event)
+    df = check_targets(df, label_cols=[c for c in cols if c not in (time_col, event_col)],
+                       time_col=time_col, event_col=event_col, source="clinical table",
+                       require_events=True)
+    return df.groupby("patient_id", as_index=False)[cols].first()
 
 
 # ---------------------------------------------------------------- risk groups
@@ -501,6 +504,12 @@ def analyse(patients: pd.DataFrame, time_col: str, event_col: str, *,
     df["risk_group"] = [labels[g] for g in groups]
     fitters = kaplan_meier(t, e, groups, labels)
     lr = logrank(t, e, groups)
+    notes: list[str] = []
+    if len(np.unique(groups)) < 2:
+        notes.append(f"all {len(df)} patients fall in one risk group '{labels[int(groups[0])]}' "
+                     f"(cut-off {cut_info.get('values', cut_info.get('method'))}): no log-rank "
+                     "test; choose another --cutoff (e.g. median) or check the scores vary")
+        log.warning("%s", notes[-1])
     c = harrell_c(t, e, r)
     c_lo, c_hi = bootstrap_ci(lambda i: harrell_c(t[i], e[i], r[i]) if e[i].any() else np.nan,
                               len(df), n_boot=n_boot, seed=seed)
@@ -531,7 +540,7 @@ def analyse(patients: pd.DataFrame, time_col: str, event_col: str, *,
         td.append({"time": float(tau), "auc": float(auc[j]), "ci_low": lo, "ci_high": hi})
     summary = {
         "schema": "pathstrat.survival/1", "n_patients": len(df), "n_events": int(e.sum()),
-        "time_col": time_col, "event_col": event_col, "arm_col": arm_col,
+        "notes": notes, "time_col": time_col, "event_col": event_col, "arm_col": arm_col,
         "covariates": list(covariates), "risk_convention": "higher score = earlier event",
         "cutoff": cut_info, "groups": labels,
         "c_index": c, "c_index_ci_low": c_lo, "c_index_ci_high": c_hi,

@@ -284,7 +284,7 @@ def write_tiles(dest: str | os.PathLike, coords: np.ndarray, tissue_fraction: np
 
 def tile_slide(slide_path: str | os.PathLike, out_dir: str | os.PathLike, params: TilingParams,
                *, slide_id: str, mpp: float | None = None, mpp_source: str = "manifest",
-               force: bool = False) -> dict[str, Any]:
+               force: bool = False, mpp_check: bool = True) -> dict[str, Any]:
     """Tile one slide into ``out_dir/tiles/<slide_id>.h5`` plus QC files; return its QC row.
 
     Skips the work (``status="skipped"``) when a complete file with the same parameters exists.
@@ -301,7 +301,8 @@ def tile_slide(slide_path: str | os.PathLike, out_dir: str | os.PathLike, params
                                          mpp_override=override) is None:
         return qc_row_from_attrs(read_tiles(dest).attrs, status="skipped")
 
-    with open_slide(slide_path, mpp=override, mpp_source=mpp_source, check=True) as slide:
+    with open_slide(slide_path, mpp=override, mpp_source=mpp_source, check=True,
+                    mpp_check=mpp_check) as slide:
         grid = compute_grid(slide, params, slide_id=slide_id)
         plan = slide.tile_read_plan(params.target_mpp, params.tile_px)
         tm = grid.tissue
@@ -417,7 +418,7 @@ def _tile_job(job: dict[str, Any]) -> dict[str, Any]:
     try:
         row = tile_slide(job["path"], job["out_dir"], TilingParams(**job["params"]),
                          slide_id=job["slide_id"], mpp=job["mpp"], mpp_source=job["mpp_source"],
-                         force=job["force"])
+                         force=job["force"], mpp_check=job.get("mpp_check", True))
         return {"ok": True, "row": row}
     except _slide_errors() as exc:
         log.debug("slide %s failed", job["slide_id"], exc_info=True)
@@ -426,11 +427,12 @@ def _tile_job(job: dict[str, Any]) -> dict[str, Any]:
 
 def tile_cohort(manifest_df: Any, out_dir: str | os.PathLike, params: TilingParams | None = None,
                 workers: int = 1, *, mpp: float | None = None, force: bool = False,
-                progress: bool = True) -> CohortTilingResult:
+                progress: bool = True, mpp_override: bool = False) -> CohortTilingResult:
     """Tile every slide of a manifest; failures go to ``failures.csv`` and the batch goes on.
 
     ``manifest_df`` has ``slide_id``, ``path`` and optionally ``mpp`` (per-slide override);
-    ``mpp`` here is the fallback for rows without one. ``workers > 1`` uses a process pool
+    ``mpp`` here is the fallback for rows without one; a given MPP more than 2x from the file's
+    own fails that slide unless ``mpp_override``. ``workers > 1`` uses a process pool
     (each worker opens its own slides). Writes ``qc.csv`` (one row per slide) atomically.
     """
     import pandas as pd
@@ -447,6 +449,8 @@ def tile_cohort(manifest_df: Any, out_dir: str | os.PathLike, params: TilingPara
     clean_stale_tmp(out)
     failures = FailureLog(out / "failures.csv", STAGE)
     jobs = _jobs(manifest_df, out, params, mpp, force)
+    for job in jobs:
+        job["mpp_check"] = not mpp_override
     rows: dict[str, dict[str, Any]] = {}
     bar = Progress(len(jobs), "tiling", unit="slide", sub_unit="tile",
                    enable_bar=None if progress else False)

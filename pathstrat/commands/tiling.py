@@ -27,6 +27,8 @@ def tile(
                                      "row has no mpp value (overrides their metadata)."),
     force: bool = typer.Option(False, "--force", help="Retile slides even when their tiles file "
                                "already matches these parameters."),
+    mpp_override: bool = typer.Option(False, "--mpp-override", help="Trust manifest/--mpp values "
+                                      "even when they are more than 2x from the file's own MPP."),
 ) -> None:
     """Detect tissue and write the tile grid of every slide (tiles/<slide_id>.h5 + QC).
 
@@ -48,7 +50,8 @@ def tile(
                          for e in exc.errors())
         raise ConfigError(f"invalid tiling options: {msgs}") from exc
     df, _problems = load_manifest(manifest, on_missing="record")  # missing files: failures.csv
-    result = tile_cohort(df, out, params, workers=workers, mpp=mpp, force=force)
+    result = tile_cohort(df, out, params, workers=workers, mpp=mpp, force=force,
+                         mpp_override=mpp_override)
     typer.echo(f"tiling: {result.summary()}. QC table: {result.qc_path}")
     if result.n_failed:
         typer.echo(f"{result.n_failed} slide(s) failed; reasons in {result.failures_path}", err=True)

@@ -41,6 +41,7 @@ def register(app: typer.Typer) -> None:
         config: Optional[Path] = typer.Option(None, "--config", help="YAML with the same keys (CLI flags win)."),  # noqa: UP045
         hparam: list[str] = typer.Option([], "--hparam", help="Model hyperparameter key=value (repeatable)."),
         list_models: bool = typer.Option(False, "--list-models", help="Print the MIL model registry and exit."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace a previous training run in --out."),
     ) -> None:
         """Cross-validated MIL training with patient-grouped folds; writes RUNDIR."""
         if list_models:
@@ -76,7 +77,7 @@ def register(app: typer.Typer) -> None:
             cfg = TrainConfig(**{**base, **cli, "hparams": hp})
         except Exception as exc:  # pydantic ValidationError -> one clear line
             raise ConfigError(f"Invalid training configuration: {exc}") from exc
-        run = train_cv(cfg)
+        run = train_cv(cfg, overwrite=overwrite)
         typer.echo(f"run written to {run}")
         metrics = json.loads((run / "metrics.json").read_text())
         for tgt, ms in metrics.items():

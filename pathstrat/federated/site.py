@@ -102,7 +102,7 @@ class LocalSite:
     """A site's data, loaded once; the handlers of the ClientApp call into it."""
 
     def __init__(self, site: SiteConfig, fed: FederationConfig) -> None:
-        from pathstrat.cohort import load_manifest
+        from pathstrat.cohort import check_spec_targets, load_manifest
         from pathstrat.training.data import load_bags
         from pathstrat.training.engine import resolve_device
 
@@ -113,6 +113,12 @@ class LocalSite:
                                    f"Site '{site.name}': its manifest file does not exist.")
         df = load_manifest(site.manifest, check_files=False)
         self._check_columns(df)
+        try:
+            df = check_spec_targets(df, fed.specs(), source=f"site '{site.name}' manifest")
+        except ManifestError as exc:
+            raise SiteRefusedError(f"Site '{site.name}' cannot join: {exc}",
+                                   f"Site '{site.name}' cannot join: its manifest has invalid "
+                                   "labels, times or events (see the site's log).") from exc
         try:
             store = load_bags(df, site.features_dir, level=fed.level)
         except FeatureDimError as exc:  # features disagree among themselves

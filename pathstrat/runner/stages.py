@@ -110,7 +110,7 @@ def run_train(ctx: RunContext) -> StageReport:
     write_dataframe_atomic(ctx.cohort_manifest, df)
     tc = stage_train_config(ctx.cfg.train, features=str(ctx.features_dir), manifest=str(ctx.cohort_manifest),
                             out=str(ctx.run_dir), encoder_id=ctx.cfg.embed.encoder_id)
-    train.train_cv(tc)
+    train.train_cv(tc, overwrite=True)  # the runner re-runs train only when its state says so
     return StageReport("train", "done")
 
 

@@ -77,11 +77,13 @@ class Slide:
         require_mpp: bool = True,
         cache_mb: float = 96.0,
         dct_scaling: bool = True,
+        mpp_check: bool = True,
     ) -> None:
         self.path = Path(path)
         self._params = {
             "mpp": mpp,
             "mpp_source": mpp_source,
+            "mpp_check": mpp_check,
             "backend": backend,
             "require_mpp": require_mpp,
             "cache_mb": cache_mb,
@@ -159,7 +161,8 @@ class Slide:
         self.mpp_info: MPPInfo | None
         try:
             self.mpp_info = resolve_mpp(
-                props, mpp=self._params["mpp"], mpp_source=self._params["mpp_source"], slide_name=str(self.path)
+                props, mpp=self._params["mpp"], mpp_source=self._params["mpp_source"],
+                slide_name=str(self.path), check_metadata=self._params.get("mpp_check", True),
             )
         except MissingMPPError:
             if self._params["require_mpp"] or self._params["mpp"] is not None:
@@ -404,8 +407,11 @@ def open_slide(
     check: bool = False,
     cache_mb: float = 96.0,
     dct_scaling: bool = True,
+    mpp_check: bool = True,
 ) -> Slide:
     """Open a whole-slide image; ``mpp`` (from the manifest or CLI) overrides metadata.
+
+    ``mpp_check=False`` trusts a supplied ``mpp`` even when it is more than 2x from the file's.
 
     Raises SlideReadError (missing/unsupported/corrupt file) or MissingMPPError (no usable
     MPP and none given). ``check=True`` also decodes a small region (see check_readable).
@@ -414,7 +420,7 @@ def open_slide(
         mpp = None  # manifest rows without an mpp value
     slide = Slide(
         path, mpp=mpp, mpp_source=mpp_source, backend=backend, require_mpp=require_mpp, cache_mb=cache_mb,
-        dct_scaling=dct_scaling,
+        dct_scaling=dct_scaling, mpp_check=mpp_check,
     )
     if check:
         try:

@@ -13,7 +13,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from pathstrat.errors import MissingMPPError
+from pathstrat.errors import MissingMPPError, MPPMismatchError
 
 log = logging.getLogger(__name__)
 
@@ -77,14 +77,45 @@ def tiff_resolution_mpp(props: Mapping[str, str]) -> tuple[float, float] | None:
     return (mx, my) if _plausible(mx) and _plausible(my) else None
 
 
+#: A supplied MPP this far from the file's own is a warning / an error (unless overridden).
+MPP_WARN_RATIO = 1.10
+MPP_ERROR_RATIO = 2.0
+
+
+def _check_against_metadata(props: Mapping[str, str], value: float, source: str,
+                            slide_name: str) -> None:
+    try:
+        own = resolve_mpp(props, slide_name=slide_name)
+    except MissingMPPError:
+        return  # nothing to compare with
+    ratio = max(value / own.mpp, own.mpp / value)
+    if ratio > MPP_ERROR_RATIO:
+        raise MPPMismatchError(
+            f"Slide '{slide_name}': the {source} mpp {value:g} µm/px is {ratio:.1f}x the file's own "
+            f"{own.mpp:g} µm/px ({own.source}); tiles would be {ratio:.1f}x off in scale. Fix the "
+            "manifest `mpp` value (or remove it to use the file's), or pass --mpp-override if the "
+            "file's metadata is known to be wrong.")
+    if ratio > MPP_WARN_RATIO:
+        log.warning("Slide '%s': the %s mpp %g µm/px differs from the file's own %g µm/px (%s) by "
+                    "%.0f%%; using %g", slide_name, source, value, own.mpp, own.source,
+                    (ratio - 1) * 100, value)
+
+
 def resolve_mpp(
     props: Mapping[str, str],
     *,
     mpp: float | None = None,
     mpp_source: str = "override",
     slide_name: str = "slide",
+    check_metadata: bool = True,
 ) -> MPPInfo:
-    """Return the level-0 MPP of a slide or raise :class:`MissingMPPError` naming the fixes."""
+    """Return the level-0 MPP of a slide or raise :class:`MissingMPPError` naming the fixes.
+
+    A supplied ``mpp`` is compared with the file's own MPP when ``check_metadata``: more than
+    :data:`MPP_WARN_RATIO` apart is a warning, more than :data:`MPP_ERROR_RATIO` apart an
+    :class:`MPPMismatchError` (tiles would be at the wrong scale); ``check_metadata=False``
+    (``--mpp-override``) trusts the supplied value.
+    """
     if mpp is not None:
         value = _float(mpp)
         if value is None or not _plausible(value):
@@ -95,6 +126,8 @@ def resolve_mpp(
             )
         if mpp_source not in MPP_SOURCES:
             raise ValueError(f"mpp_source must be one of {MPP_SOURCES}, got {mpp_source!r}")
+        if check_metadata:
+            _check_against_metadata(props, value, mpp_source, slide_name)
         return MPPInfo(value, value, mpp_source)
 
     tiff_mpp = tiff_resolution_mpp(props)

@@ -13,6 +13,7 @@ import torch
 from pathstrat.errors import ConfigError
 from pathstrat.io import (
     FailureLog,
+    OutputDirError,
     atomic_path,
     clean_stale_tmp,
     ensure_writable_dir,
@@ -56,17 +57,44 @@ def _strat(spec: TargetSpec) -> tuple[str | None, str | None]:
 
 
 def _load(cfg: TrainConfig, failures: FailureLog) -> tuple[BagStore, list[TargetSpec]]:
-    from pathstrat.cohort import load_manifest
+    from pathstrat.cohort import check_spec_targets, load_manifest
 
     df = load_manifest(cfg.manifest, check_files=False)
     specs = build_specs(df, cfg)
+    df = check_spec_targets(df, specs, source=f"manifest '{cfg.manifest}'", training=True)
+    specs = build_specs(df, cfg)  # on the validated values (times numeric, events 0/1)
     store = load_bags(df, cfg.features, level=cfg.level, store=cfg.store,
                       cache_dir=Path(cfg.out) / "cache", expected_encoder=cfg.encoder_id,
                       failures=failures)
     return store, specs
 
 
-def train_cv(config: TrainConfig | dict[str, Any] | None = None, **kwargs: Any) -> Path:
+#: What a training run writes into its run directory (model.json is written last and removed
+#: first: a folder without it is an incomplete run that predict/report refuse).
+RUN_OUTPUTS = ("checkpoints/model.json", "checkpoints", "attention", "predictions.csv",
+               "train_scores.csv", "metrics.json", "metrics_folds.csv", "folds.csv", "history.csv",
+               "cache")
+
+
+def previous_run_outputs(out: Path) -> list[Path]:
+    """A previous training run's outputs in ``out`` (empty when there is none)."""
+    return [out / n for n in RUN_OUTPUTS if (out / n).exists()]
+
+
+def clear_previous_run(out: Path) -> None:
+    """Remove a previous run's outputs, ``model.json`` first, so an interrupted rerun never
+    leaves old metrics beside new checkpoints under a valid ``model.json``."""
+    import shutil
+
+    for p in previous_run_outputs(out):
+        if p.is_dir():
+            shutil.rmtree(p)
+        else:
+            p.unlink(missing_ok=True)
+
+
+def train_cv(config: TrainConfig | dict[str, Any] | None = None, *, overwrite: bool = False,
+             **kwargs: Any) -> Path:
     """Train and evaluate ``config.model`` with patient-grouped CV; return the run directory.
 
     Keyword arguments mirror the CLI (``features, manifest, targets, model, folds, repeats, seed,
@@ -77,7 +105,16 @@ def train_cv(config: TrainConfig | dict[str, Any] | None = None, **kwargs: Any) 
     """
     base = config.model_dump() if isinstance(config, TrainConfig) else dict(config or {})
     cfg = TrainConfig(**{**base, **kwargs})
+    old = previous_run_outputs(Path(cfg.out))
+    if old and not overwrite:
+        raise OutputDirError(f"Output directory '{cfg.out}' already holds a training run "
+                             f"({', '.join(p.name for p in old[:4])}); writing another run into it "
+                             "would mix the two. Choose a new --out, or pass --overwrite to replace "
+                             "that run.")
     out = ensure_writable_dir(cfg.out)
+    if old:
+        clear_previous_run(out)
+        log.info("removed the previous run's outputs in %s (--overwrite)", out)
     clean_stale_tmp(out)
     handler = _attach_log(out / "run.log")
     try:
@@ -179,6 +216,7 @@ def _run(cfg: TrainConfig, out: Path) -> Path:
         "model": cfg.model, "hparams": hparams, "in_dim": store.dim,
         "encoder_id": store.encoder_id, "level": cfg.level,
         "targets": [s.to_dict() for s in specs], "folds": fold_entries,
+        **_training_content(store, fold_entries),
         "schema": "pathstrat.mil_run/1"})
     if len(failures):
         failures.write()
@@ -187,6 +225,16 @@ def _run(cfg: TrainConfig, out: Path) -> Path:
         Path(cache).unlink(missing_ok=True)
     log.info("run written to %s", out)
     return out
+
+
+def _training_content(store: BagStore, fold_entries: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """Slide ids and feature-content prints of every slide some fold model was trained on (the
+    leakage guard of `predict` compares patients, slides and content)."""
+    trained = set().union(*(f["training_patient_ids"] for f in fold_entries))
+    slides = sorted(s for b in store.bags if b.patient_id in trained for s in b.slide_ids)
+    prints = store.attrs.get("fingerprints", {})
+    return {"training_slide_ids": slides,
+            "training_fingerprints": sorted({prints[s] for s in slides if s in prints})}
 
 
 def _maybe_preload(store: BagStore, device: str) -> None:

@@ -115,6 +115,7 @@ def load_bags(manifest: pd.DataFrame, features_dir: str | os.PathLike, *, level:
         manifest = manifest.sort_values("patient_id", kind="stable")
     sink = _Sink(store, cache_dir)
     coords: dict[str, np.ndarray] = {}
+    prints: dict[str, str] = {}
     dim, enc, warned = expected_dim, expected_encoder, False
     for sid in manifest["slide_id"].astype(str):
         path = fdir / f"{sid}.h5"
@@ -126,7 +127,9 @@ def load_bags(manifest: pd.DataFrame, features_dir: str | os.PathLike, *, level:
             continue
         try:
             bag = _read(path, dim, enc)
-        except FeatureDimError:
+        except FeatureDimError as exc:
+            if expected_dim is None and dim is not None:  # dim came from the first file read
+                raise _dim_census(fdir, manifest["slide_id"].astype(str).tolist(), exc) from exc
             raise
         except (OSError, SchemaError, KeyError, ValueError) as exc:
             if failures is None:
@@ -145,8 +148,9 @@ def load_bags(manifest: pd.DataFrame, features_dir: str | os.PathLike, *, level:
         if not warned and attrs.get("weights_random"):
             _warn_random(attrs, path)
             warned = True
-        sink.add(sid, feats)
+        sink.add(sid, feats, path)
         coords[sid] = np.asarray(bag.coords, np.int64)
+        prints[sid] = content_fingerprint(feats, coords[sid])
     if not coords:
         raise SchemaError(f"No usable feature files for the manifest's slides in '{fdir}'. "
                           "Check --features (the folder holding <slide_id>.h5).")
@@ -165,7 +169,49 @@ def load_bags(manifest: pd.DataFrame, features_dir: str | os.PathLike, *, level:
         rows.append(first)
     table = pd.DataFrame(rows).reset_index(drop=True)
     log.info("loaded %d bags (%s level, %d slides, dim %d, %s)", len(bags), level, len(df), dim, store)
-    return BagStore(bags, table, int(dim), enc, level, {"cache": str(sink.path) if sink.path else None})
+    return BagStore(bags, table, int(dim), enc, level, {"cache": str(sink.path) if sink.path else None,
+                                                         "fingerprints": prints})
+
+
+F16_MAX = float(np.finfo(np.float16).max)  # 65504
+
+
+def content_fingerprint(features: np.ndarray, coords: np.ndarray) -> str:
+    """A slide's feature content as a short hash (shape, every coordinate, 64 spread rows of
+    features at float16): the same tiles under another slide or patient id give the same print,
+    so the leakage guard sees renamed copies of training slides."""
+    import hashlib
+
+    n = len(features)
+    rows = np.unique(np.linspace(0, n - 1, num=min(n, 64)).astype(int)) if n else np.zeros(0, int)
+    h = hashlib.blake2b(digest_size=16)
+    h.update(np.asarray(features.shape, np.int64).tobytes())
+    h.update(np.ascontiguousarray(coords, np.int64).tobytes())
+    h.update(np.ascontiguousarray(np.asarray(features)[rows], np.float16).tobytes())
+    return h.hexdigest()
+
+
+def _dim_census(fdir: Path, slide_ids: list[str], exc: Exception) -> FeatureDimError:
+    """Which files disagree: the feature dimension of every file (shapes only), majority first,
+    so the message names the odd files rather than blaming the good ones."""
+    import h5py
+
+    dims: dict[int, list[str]] = {}
+    for sid in slide_ids:
+        try:
+            with h5py.File(fdir / f"{sid}.h5", "r") as f:
+                shape = f["features"].shape
+        except (OSError, KeyError):
+            continue
+        dims.setdefault(int(shape[-1]), []).append(sid)
+    if len(dims) < 2:
+        return FeatureDimError(str(exc))
+    order = sorted(dims.items(), key=lambda kv: -len(kv[1]))
+    major, rest = order[0], order[1:]
+    odd = "; ".join(f"{len(v)} with dim {d}: {', '.join(repr(s) for s in v[:10])}" for d, v in rest)
+    return FeatureDimError(f"Feature files in '{fdir}' disagree in dimension: {len(major[1])} have "
+                           f"dim {major[0]}, {odd}. All slides must come from one encoder: re-embed "
+                           "the odd slides with the same encoder, or remove them from the manifest.")
 
 
 class _Sink:
@@ -187,10 +233,16 @@ class _Sink:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fh = open(self.path, "wb")  # noqa: SIM115 - closed in finish()
 
-    def add(self, sid: str, feats: np.ndarray) -> None:
+    def add(self, sid: str, feats: np.ndarray, path: Path | None = None) -> None:
         if self._fh is None:
             self.arrays[sid] = np.ascontiguousarray(feats)
             return
+        peak = float(np.abs(feats).max()) if feats.size else 0.0
+        if peak > F16_MAX:
+            self._fh.close()
+            raise ConfigError(f"Features of slide '{sid}' ({path}) reach {peak:.4g}, beyond float16's "
+                              f"range (±{F16_MAX:.0f}) used by --store mmap: they would become inf. "
+                              "Use --store memory (keeps the file's dtype), or rescale the features.")
         np.ascontiguousarray(feats, dtype=np.float16).tofile(self._fh)
         self.spans[sid] = (self._rows, len(feats))
         self._rows += len(feats)

@@ -84,23 +84,30 @@ def predict(run_dir: str | os.PathLike, features_dir: str | os.PathLike,
     ``predictions.csv`` (``slide_id, patient_id, target, y_true, score[, risk, ...]``),
     ``attention/`` and, when the manifest carries the labels, ``metrics.json``.
     """
-    from pathstrat.cohort import load_manifest
+    from pathstrat.cohort import check_spec_targets, load_manifest
 
     spec = load_run_spec(run_dir)
     out = ensure_writable_dir(out_dir)
     df = manifest if isinstance(manifest, pd.DataFrame) else load_manifest(manifest, check_files=False)
+    df = check_spec_targets(df, [TargetSpec.from_dict(t) for t in spec["targets"]],
+                            source="prediction manifest", present_only=True)
     trained = set().union(*(f["training_patient_ids"] for f in spec["folds"]))
     overlap = sorted(set(df["patient_id"].astype(str)) & trained)
-    if overlap and not allow_overlap:
-        raise LeakageError(f"{len(overlap)} patient(s) of this cohort were used to train run "
-                           f"'{run_dir}': {', '.join(overlap[:10])}. Predictions on them are not "
-                           "a validation; pass --allow-overlap to predict anyway.")
-    if overlap:
-        log.warning("%d patient(s) overlap with the training patients (--allow-overlap)", len(overlap))
+    same_slides = sorted(set(df["slide_id"].astype(str)) & set(spec.get("training_slide_ids", [])))
+    if (overlap or same_slides) and not allow_overlap:
+        what = (f"{len(overlap)} patient(s) ({', '.join(overlap[:10])})" if overlap else
+                f"{len(same_slides)} slide(s) ({', '.join(same_slides[:10])})")
+        raise LeakageError(f"{what} of this cohort were used to train run '{run_dir}'. "
+                           "Predictions on them are not a validation; pass --allow-overlap to "
+                           "predict anyway.")
+    if overlap or same_slides:
+        log.warning("%d patient(s) / %d slide(s) overlap with the training data (--allow-overlap)",
+                    len(overlap), len(same_slides))
     failures = FailureLog(out / "failures.csv", "predict")
     store = load_bags(df, features_dir, level=spec.get("level", "slide"),
                       expected_dim=int(spec["in_dim"]), expected_encoder=spec.get("encoder_id"),
                       failures=failures)
+    _check_fingerprints(spec, store, run_dir, allow_overlap)
     _check_inputs(spec, store.dim, store.encoder_id)
     specs = [TargetSpec.from_dict(t) for t in spec["targets"]]
     device = resolve_device(device)
@@ -137,6 +144,21 @@ def predict(run_dir: str | os.PathLike, features_dir: str | os.PathLike,
     if len(failures):
         failures.write()
     return out
+
+
+def _check_fingerprints(spec: dict[str, Any], store: Any, run_dir: Any, allow: bool) -> None:
+    """Refuse slides whose feature content equals a training slide's (renamed copies)."""
+    trained = set(spec.get("training_fingerprints", []))
+    prints = store.attrs.get("fingerprints", {})
+    same = sorted(s for s, fp in prints.items() if fp in trained)
+    if not same:
+        return
+    if not allow:
+        raise LeakageError(f"{len(same)} slide(s) of this cohort ({', '.join(same[:10])}) have the "
+                           f"same feature content as slides used to train run '{run_dir}' (renamed "
+                           "copies?). Predictions on them are not a validation; pass "
+                           "--allow-overlap to predict anyway.")
+    log.warning("%d slide(s) have the feature content of training slides (--allow-overlap)", len(same))
 
 
 def _add_branches(acc: list[np.ndarray | None] | None,
