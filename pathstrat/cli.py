@@ -64,12 +64,25 @@ def _root(
     setup_logging(level)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is now (redirected or captured streams included), not
+    to the stream of the first call."""
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: D102
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def setup_logging(level: int = logging.INFO) -> None:
     """Log to stderr with a compact format (idempotent)."""
     root = logging.getLogger("pathstrat")
     root.setLevel(level)
     if not any(getattr(h, "_pathstrat", False) for h in root.handlers):
-        h = logging.StreamHandler(sys.stderr)
+        h = _StderrHandler()
         h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
         h._pathstrat = True  # type: ignore[attr-defined]
         root.addHandler(h)

@@ -9,6 +9,7 @@ data row is row 1) and slide ids, so a user fixes a manifest in one pass.
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import logging
 import os
@@ -516,10 +517,22 @@ def _format(head: str, lines: Sequence[str], fix: str) -> str:
 
 def _resolve(p: str, base: Path) -> Path:
     q = Path(os.path.expanduser(p))
-    return q if q.is_absolute() else (base / q).resolve()
+    if q.is_absolute():
+        return q
+    try:
+        return (base / q).resolve()
+    except (RuntimeError, OSError):  # a symlink loop: keep the path, _file_problem names it
+        return Path(os.path.abspath(base / q))
 
 
 def _file_problem(p: Path) -> str:
+    try:
+        os.stat(p)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return f"symbolic link loop (the link points back at itself): {p}"
+        if exc.errno != errno.ENOENT:
+            return f"file cannot be accessed ({exc.strerror}): {p}"
     if not p.exists():
         return f"file not found: {p}"
     if p.is_dir():

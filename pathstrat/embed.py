@@ -405,7 +405,8 @@ def _write(job: SlideJob, enc, feats: np.ndarray, vfeats: np.ndarray | None, vie
 
     store = np.float16 if enc.compute_dtype == "fp16" else np.float32
     attrs = {**job.tile_attrs, **enc.attrs(), "slide_id": job.slide_id,
-             "slide_path": job.slide_path, "tiles_params_hash": job.tile_attrs.get("params_hash"),
+             # the file name only: feature files are shared between sites, paths are not
+             "slide_path": Path(job.slide_path).name, "tiles_params_hash": job.tile_attrs.get("params_hash"),
              "embed_hash": job.embed_hash, "n_views": views,
              "augmentation": AUGMENTATION if views else "", "view_seed": seed,
              "pathstrat_version": _version()}

@@ -12,6 +12,7 @@ import html
 import io
 import json
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC
@@ -587,11 +588,13 @@ def compute_missing(rf: RunFiles) -> None:
 
 
 def build_report(run_dir: str | Path, *, manifest: Any | None = None, out: str | Path | None = None,
-                 n_boot: int = 200, seed: int = 0, compute: bool = True) -> Path:
+                 n_boot: int = 200, seed: int = 0, compute: bool = True,
+                 show_paths: bool = False) -> Path:
     """Write ``<run>/report.html`` (or ``out``) and return its path.
 
     With ``compute`` (default), missing survival/selection outputs are computed with defaults
-    first (see :func:`compute_missing`).
+    first (see :func:`compute_missing`). Reports get shared: absolute paths are shortened to
+    ``…/<file name>`` unless ``show_paths``.
     """
     from pathstrat.errors import SchemaError
     from pathstrat.io import write_text_atomic
@@ -614,4 +617,18 @@ def build_report(run_dir: str | Path, *, manifest: Any | None = None, out: str |
             rf.manifest = read_table(cand)
     if compute:
         compute_missing(rf)
-    return write_text_atomic(Path(out) if out else run / "report.html", render(rf))
+    html = render(rf)
+    return write_text_atomic(Path(out) if out else run / "report.html",
+                             html if show_paths else redact_paths(html))
+
+
+_DATA_URI = re.compile(r"(data:[\w/+.-]+;base64,[A-Za-z0-9+/=]+)")
+_ABS_PATH = re.compile(r"(?<![\w.~/:-])/(?:[^\s'\"<>/&]+/)+([^\s'\"<>/&]*)")
+
+
+def redact_paths(html: str) -> str:
+    """Absolute file paths in ``html`` (outside embedded images) as ``…/<last part>``: where a
+    site keeps its slides is not for the people a report is shared with."""
+    parts = _DATA_URI.split(html)
+    return "".join(p if i % 2 else _ABS_PATH.sub(lambda m: "…/" + m.group(1), p)
+                   for i, p in enumerate(parts))

@@ -240,7 +240,8 @@ def tiles_file_reusable(path: str | os.PathLike, params: TilingParams, *, slide_
     a = ts.attrs
     if a.get("params_hash") != params.hash():
         return "tiling parameters changed"
-    if a.get("slide_path") != str(slide_path):
+    stored = a.get("slide_path")
+    if stored is None or _stored_slide_path(Path(path), str(stored)) != Path(slide_path).resolve():
         return "slide path changed"
     if not _same_float(a.get("mpp_override"), mpp_override):
         return "mpp override changed"
@@ -253,6 +254,13 @@ def tiles_file_reusable(path: str | os.PathLike, params: TilingParams, *, slide_
     if not (qc / f"{sid}.png").is_file() or not (qc / f"{sid}.geojson").is_file():
         return "QC files missing"
     return None
+
+
+def _stored_slide_path(tiles_file: Path, stored: str) -> Path:
+    """A tiles file's ``slide_path`` attribute (relative to its run directory) as an absolute
+    path; older files stored absolute paths."""
+    p = Path(stored)
+    return p if p.is_absolute() else (tiles_file.resolve().parent.parent / p).resolve()
 
 
 def slide_fingerprint(slide_path: str | os.PathLike) -> str:
@@ -320,7 +328,7 @@ def tile_slide(slide_path: str | os.PathLike, out_dir: str | os.PathLike, params
             "level0_width": int(slide.dimensions[0]),
             "level0_height": int(slide.dimensions[1]),
             "slide_id": slide_id,
-            "slide_path": slide_path,
+            "slide_path": os.path.relpath(slide_path, out.resolve()),  # no absolute paths in files
             "slide_fingerprint": slide_fingerprint(slide_path),
             "params_hash": params.hash(),
             "pathstrat_version": _version(),

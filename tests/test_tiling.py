@@ -221,7 +221,9 @@ def test_tile_slide_writes_the_contract(gen_dir, tmp_path):
     assert a["slide_mpp"] == pytest.approx(0.25) and a["mpp_source"] == "openslide"
     # 0.5 µm/px is 2x the 0.25 base; levels are 1/4/16 -> read level 0, 128 px, resize to 64
     assert (a["read_level"], a["read_size_px"]) == (0, 128)
-    assert a["slide_path"] == str((gen_dir / "ellipse.svs").resolve())
+    # stored relative to the run directory (no absolute paths in shared files)
+    assert not Path(a["slide_path"]).is_absolute()
+    assert (tmp_path / a["slide_path"]).resolve() == (gen_dir / "ellipse.svs").resolve()
     assert row["status"] == "tiled" and row["n_tiles"] == len(ts) > 50
     assert row["tissue_area_mm2"] == pytest.approx(truth_mask().sum() * 0.0625 / 1e6, rel=0.05)
     gj = json.loads((tmp_path / "qc" / "ell.geojson").read_text())
@@ -229,10 +231,10 @@ def test_tile_slide_writes_the_contract(gen_dir, tmp_path):
     png = cv2.imread(str(tmp_path / "qc" / "ell.png"))
     assert png is not None and png.shape[2] == 3
     assert tiles_file_reusable(tmp_path / "tiles" / "ell.h5", SMALL,
-                               slide_path=a["slide_path"]) is None
+                               slide_path=str(gen_dir / "ellipse.svs")) is None
     assert tiles_file_reusable(tmp_path / "tiles" / "ell.h5", TilingParams(tile_px=32),
-                               slide_path=a["slide_path"]) == "tiling parameters changed"
-    assert tiles_file_reusable(tmp_path / "tiles" / "ell.h5", SMALL, slide_path=a["slide_path"],
+                               slide_path=str(gen_dir / "ellipse.svs")) == "tiling parameters changed"
+    assert tiles_file_reusable(tmp_path / "tiles" / "ell.h5", SMALL, slide_path=str(gen_dir / "ellipse.svs"),
                                mpp_override=0.3) == "mpp override changed"
 
 

@@ -95,8 +95,10 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(None, "--out", help="HTML file (default RUNDIR/report.html)."),
         n_boot: int = typer.Option(200, "--n-boot", help="Bootstrap resamples for curve bands."),
         compute: bool = typer.Option(True, "--compute/--no-compute", help="Compute missing survival/selection outputs with defaults."),
+        show_paths: bool = typer.Option(False, "--show-paths", help="Keep absolute file paths (default: shortened to the file name)."),
     ) -> None:
         """One self-contained report.html (images embedded, opens offline)."""
         from pathstrat.report import build_report
 
-        typer.echo(str(build_report(run, manifest=manifest, out=out, n_boot=n_boot, compute=compute)))
+        typer.echo(str(build_report(run, manifest=manifest, out=out, n_boot=n_boot, compute=compute,
+                                    show_paths=show_paths)))

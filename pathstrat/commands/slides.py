@@ -38,8 +38,8 @@ def info(
             except MissingMPPError as exc:
                 data["mpp_error"] = str(exc)
     typer.echo(json.dumps(data, indent=2) if as_json else _format_text(data, KEYS_TRIED))
-    if not data["readable"]:
-        raise typer.Exit(2)  # opened but cannot be decoded: scripts checking slides see a failure
+    if not data["readable"]:  # opened but cannot be decoded: scripts checking slides see a failure
+        raise SlideReadError(data["read_error"])
 
 
 def _format_text(d: dict, keys_tried) -> str:
