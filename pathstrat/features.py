@@ -1,9 +1,12 @@
-"""Feature files: write ours atomically; read ours, TRIDENT and CLAM layouts as one ``Bag``.
+"""Feature files: write ours atomically; read ours, TRIDENT, STAMP and CLAM layouts as one ``Bag``.
 
-Ours (``pathstrat.features/1``): ``features`` (N,D), ``coords`` (N,2) int64, optional
-``features_views`` (V,N,D) for augmented views; attrs = tiles attrs + encoder provenance.
-TRIDENT: ``features`` + ``coords`` whose dataset attrs describe the patches. CLAM: ``features``
-+ ``coords`` and no attrs. All are checked for shape, row counts and (when asked) dim/encoder.
+Ours (``pathstrat.features/1``): ``features`` (N,D), ``coords`` (N,2) int64 level-0 px, optional
+``features_views`` (V,N,D) for augmented views; attrs = tiles attrs + encoder provenance; the
+``coords`` dataset also carries TRIDENT's patch attributes (:func:`trident_coords_attrs`) so
+TRIDENT's slide encoders read our files unchanged. TRIDENT: ``features`` + ``coords`` whose
+dataset attrs describe the patches. STAMP: ``feats`` + ``coords`` in µm (file attrs ``unit="um"``,
+``tile_size`` µm, ``extractor``). CLAM: ``features`` + ``coords`` and no attrs. All are checked for
+shape, row counts, finite values and (when asked) dim/encoder.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from pathstrat.io import atomic_path
 log = logging.getLogger(__name__)
 
 FEATURES_SCHEMA = "pathstrat.features/1"
-LAYOUTS = ("pathstrat", "trident", "clam")
+LAYOUTS = ("pathstrat", "trident", "stamp", "clam")
 
 # TRIDENT coords attrs -> our names (same meaning, our units in the name)
 _TRIDENT_ATTRS = {"patch_size_level0": "tile_size_level0", "patch_size": "tile_px",
@@ -78,6 +81,28 @@ def _h5_attr(v: Any) -> Any:
     return v
 
 
+def trident_coords_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """TRIDENT's attributes on the ``coords`` dataset, from our tile attributes.
+
+    TRIDENT's readers and slide encoders (e.g. TITAN) take ``patch_size_level0`` from here;
+    magnifications follow the usual 10 / (µm per px) convention (0.25 µm/px = 40x)."""
+    out: dict[str, Any] = {}
+    if attrs.get("tile_px") is not None:
+        out["patch_size"] = int(attrs["tile_px"])
+    if attrs.get("tile_size_level0") is not None:
+        out["patch_size_level0"] = int(round(float(attrs["tile_size_level0"])))
+    if attrs.get("slide_mpp"):
+        out["level0_magnification"] = int(round(10.0 / float(attrs["slide_mpp"])))
+    if attrs.get("target_mpp"):
+        out["target_magnification"] = int(round(10.0 / float(attrs["target_mpp"])))
+    for k in ("level0_width", "level0_height", "overlap_px"):
+        if attrs.get(k) is not None:
+            out["overlap" if k == "overlap_px" else k] = int(attrs[k])
+    if attrs.get("slide_id") is not None:
+        out["name"] = str(attrs["slide_id"])
+    return out
+
+
 def write_features(path: str | os.PathLike, features: np.ndarray, coords: np.ndarray,
                    attrs: Mapping[str, Any], *, views: np.ndarray | None = None) -> Path:
     """Write a ``pathstrat.features/1`` file atomically (never a partial file under ``path``)."""
@@ -95,6 +120,8 @@ def write_features(path: str | os.PathLike, features: np.ndarray, coords: np.nda
         with h5py.File(tmp, "w") as f:
             f.create_dataset("features", data=feats)
             f.create_dataset("coords", data=xy)
+            for k, v in trident_coords_attrs(attrs).items():
+                f["coords"].attrs[k] = v
             if views is not None:
                 f.create_dataset("features_views", data=views)
             for k, v in {**attrs, "schema": FEATURES_SCHEMA, "n_tiles": len(xy),
@@ -118,6 +145,8 @@ def read_attrs(path: str | os.PathLike) -> dict[str, Any]:
 def _detect_layout(f, attrs: Mapping[str, Any]) -> str:
     if attrs.get("schema") == FEATURES_SCHEMA:
         return "pathstrat"
+    if "feats" in f and "features" not in f:
+        return "stamp"
     if "coords" in f and len(f["coords"].attrs) > 0:
         return "trident"
     return "clam"
@@ -141,12 +170,15 @@ def read_bag(path: str | os.PathLike, *, expected_dim: int | None = None,
     with f:
         attrs = {k: _attr_value(v) for k, v in f.attrs.items()}
         layout = _detect_layout(f, attrs)
-        if "features" not in f or "coords" not in f:
-            raise SchemaError(f"Feature file '{p}' needs datasets 'features' and 'coords' "
-                              f"(found {sorted(f.keys())}); it is not a pathstrat, TRIDENT or "
-                              "CLAM feature file.")
-        feats = np.asarray(f["features"][()])
+        key = "feats" if layout == "stamp" else "features"
+        if key not in f or "coords" not in f:
+            raise SchemaError(f"Feature file '{p}' needs datasets 'features' (or STAMP's 'feats') "
+                              f"and 'coords' (found {sorted(f.keys())}); it is not a pathstrat, "
+                              "TRIDENT, STAMP or CLAM feature file.")
+        feats = np.asarray(f[key][()])
         coords = np.asarray(f["coords"][()])
+        if layout == "stamp":
+            coords = _stamp_coords(coords, attrs, p)
         if layout == "trident":
             for k, v in f["coords"].attrs.items():
                 attrs.setdefault(_TRIDENT_ATTRS.get(k, k), _attr_value(v))
@@ -155,6 +187,22 @@ def read_bag(path: str | os.PathLike, *, expected_dim: int | None = None,
     attrs.setdefault("slide_id", p.stem)
     _check(p, feats, coords, attrs, layout, expected_dim, expected_encoder)
     return Bag(feats, coords.astype(np.int64, copy=False), attrs, views, layout, p)
+
+
+def _stamp_coords(coords: np.ndarray, attrs: dict[str, Any], p: Path) -> np.ndarray:
+    """STAMP stores tile corners in µm: kept in µm (rounded), with the unit recorded, because
+    level-0 pixels need the slide's MPP, which the file does not hold."""
+    unit = str(attrs.get("unit", "um"))
+    if unit not in ("um", "µm", "micron", "microns"):
+        raise SchemaError(f"Feature file '{p}' (STAMP layout) has coords in unit '{unit}'; "
+                          "expected 'um'.")
+    attrs["coords_unit"] = "um"
+    if "tile_size" in attrs:
+        attrs.setdefault("tile_size_um", float(attrs["tile_size"]))
+    if "extractor" in attrs:
+        attrs.setdefault("encoder_id", str(attrs["extractor"]))
+    c = np.asarray(coords, dtype=np.float64)
+    return np.rint(c).astype(np.int64) if c.size else c.astype(np.int64)
 
 
 def _squeeze(feats: np.ndarray, coords: np.ndarray, p: Path) -> tuple[np.ndarray, np.ndarray]:

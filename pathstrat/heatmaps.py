@@ -185,21 +185,33 @@ def tiles_geojson(coords: np.ndarray, tile_size_level0: float,
                   measurements: dict[str, np.ndarray], *, slide_id: str = "",
                   with_outline: bool = True) -> dict[str, Any]:
     """QuPath-ready FeatureCollection: one ``tile`` Polygon (level-0 px) per tile with
-    ``measurements {name: value}``, plus an ``annotation`` outlining all scored tiles."""
+    ``measurements {name: value}`` (QuPath colours tiles by them), plus an ``annotation``
+    outlining all scored tiles.
+
+    Ids are UUIDs (QuPath parses ids as UUIDs and replaces anything else), stable per slide
+    and tile (uuid5), so re-exports keep their identity. Rings are closed and follow the
+    GeoJSON right-hand rule (exterior counter-clockwise, holes clockwise)."""
+    import uuid
+
     s = float(tile_size_level0)
     feats = []
     for i, (x, y) in enumerate(np.asarray(coords, float)):
         ring = [[x, y], [x + s, y], [x + s, y + s], [x, y + s], [x, y]]
-        feats.append({"type": "Feature", "id": f"{slide_id}-tile-{i}",
+        feats.append({"type": "Feature",
+                      "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"pathstrat/{slide_id}/tile/{i}")),
                       "geometry": {"type": "Polygon", "coordinates": [ring]},
                       "properties": {"objectType": "tile", "name": f"tile {i}",
                                      "measurements": {k: float(v[i]) for k, v in measurements.items()}}})
     if with_outline and len(coords):
-        from shapely.geometry import box, mapping
+        from shapely.geometry import MultiPolygon, box, mapping
+        from shapely.geometry.polygon import orient
         from shapely.ops import unary_union
 
         union = unary_union([box(x, y, x + s, y + s) for x, y in np.asarray(coords, float)])
-        feats.append({"type": "Feature", "id": f"{slide_id}-scored-region",
+        union = (MultiPolygon([orient(p, 1.0) for p in union.geoms]) if union.geom_type == "MultiPolygon"
+                 else orient(union, 1.0))
+        feats.append({"type": "Feature",
+                      "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"pathstrat/{slide_id}/scored-region")),
                       "geometry": mapping(union),
                       "properties": {"objectType": "annotation", "name": "scored tiles",
                                      "classification": {"name": "Region*"},

@@ -46,6 +46,11 @@ from pathstrat.io import (
 log = logging.getLogger(__name__)
 
 TILES_SCHEMA = "pathstrat.tiles/1"
+#: Versions of the tissue-detection and grid algorithms: bump the one you change, so old tiles
+#: made by another algorithm are never reused (part of the reuse check, recorded per file).
+TISSUE_ALGORITHM = 1
+GRID_ALGORITHM = 1
+CODE_VERSION = f"tissue-{TISSUE_ALGORITHM}.grid-{GRID_ALGORITHM}"
 STAGE = "tile"
 QC_COLUMNS = ("slide_id", "status", "tissue_area_mm2", "n_tiles", "pen_area_fraction",
               "background_rejected_fraction", "mpp", "mpp_source", "read_level", "seconds")
@@ -240,12 +245,20 @@ def tiles_file_reusable(path: str | os.PathLike, params: TilingParams, *, slide_
     a = ts.attrs
     if a.get("params_hash") != params.hash():
         return "tiling parameters changed"
-    stored = a.get("slide_path")
-    if stored is None or _stored_slide_path(Path(path), str(stored)) != Path(slide_path).resolve():
-        return "slide path changed"
+    if a.get("code_version") != CODE_VERSION:
+        return f"tiling code changed ({a.get('code_version')} -> {CODE_VERSION})"
     if not _same_float(a.get("mpp_override"), mpp_override):
         return "mpp override changed"
-    if "slide_fingerprint" in a and a["slide_fingerprint"] != slide_fingerprint(slide_path):
+    # keyed on the slide id (the file name) and the slide's content, not its path: staging to
+    # node-local scratch or copying without -p reuses the tiles
+    stored_fp = str(a.get("slide_fingerprint", ""))
+    if not stored_fp.startswith("v2:"):  # older files: size and mtime at the recorded path
+        stored = a.get("slide_path")
+        if stored is None or _stored_slide_path(Path(path), str(stored)) != Path(slide_path).resolve():
+            return "slide path changed"
+        if stored_fp and stored_fp != _stat_fingerprint(slide_path):
+            return "slide file changed since it was tiled"
+    elif stored_fp != slide_fingerprint(slide_path):
         return "slide file changed since it was tiled"
     if int(a.get("n_tiles", -1)) != len(ts):
         return "tile count does not match the file's attributes"
@@ -263,8 +276,43 @@ def _stored_slide_path(tiles_file: Path, stored: str) -> Path:
     return p if p.is_absolute() else (tiles_file.resolve().parent.parent / p).resolve()
 
 
+FINGERPRINT_BLOCK = 1 << 16  # bytes hashed at each sampled offset
+_FP_CACHE: dict[tuple[str, int, int], str] = {}
+
+
 def slide_fingerprint(slide_path: str | os.PathLike) -> str:
-    """Size and modification time of the slide file: a slide replaced at the same path is retiled."""
+    """The slide file's content as ``v2:<size>:<hash>``: its size and a hash of the header
+    (first 256 KiB) and 64 KiB blocks at 1/4, 1/2, 3/4 and the end of the file.
+
+    Independent of path and modification time, so tiles survive a move or a copy without
+    ``-p``; a replaced slide (other size, header or sampled blocks) is retiled. Reads about
+    0.5 MB per slide (cached per path, size and mtime within a process)."""
+    import hashlib
+
+    try:
+        st = os.stat(slide_path)
+    except OSError:
+        return ""
+    key = (str(slide_path), st.st_size, st.st_mtime_ns)
+    if key in _FP_CACHE:
+        return _FP_CACHE[key]
+    size = st.st_size
+    h = hashlib.blake2b(digest_size=16)
+    try:
+        with open(slide_path, "rb") as fh:
+            h.update(fh.read(4 * FINGERPRINT_BLOCK))
+            for off in (size // 4, size // 2, 3 * size // 4, max(0, size - FINGERPRINT_BLOCK)):
+                fh.seek(off)
+                h.update(fh.read(FINGERPRINT_BLOCK))
+    except OSError:
+        return ""
+    fp = f"v2:{size}:{h.hexdigest()}"
+    _FP_CACHE[key] = fp
+    return fp
+
+
+def _stat_fingerprint(slide_path: str | os.PathLike) -> str:
+    """The older fingerprint (size and mtime), for tiles files written before ``v2``."""
     try:
         st = os.stat(slide_path)
     except OSError:
@@ -277,9 +325,14 @@ def write_tiles(dest: str | os.PathLike, coords: np.ndarray, tissue_fraction: np
     """Write a tiles file atomically (temporary name in the same folder, then ``os.replace``)."""
     import h5py
 
+    from pathstrat.features import trident_coords_attrs
+
     with atomic_path(dest) as tmp:
         with h5py.File(tmp, "w") as f:
             f.create_dataset("coords", data=np.asarray(coords, np.int64).reshape(-1, 2))
+            # TRIDENT's patch attributes, so its --coords_dir and slide encoders read our tiles
+            for k, v in trident_coords_attrs({**attrs, "slide_id": attrs.get("slide_id", Path(dest).stem)}).items():
+                f["coords"].attrs[k] = v
             f.create_dataset("tissue_fraction", data=np.asarray(tissue_fraction, np.float32))
             for k, v in attrs.items():
                 f.attrs[k] = v
@@ -331,6 +384,7 @@ def tile_slide(slide_path: str | os.PathLike, out_dir: str | os.PathLike, params
             "slide_path": os.path.relpath(slide_path, out.resolve()),  # no absolute paths in files
             "slide_fingerprint": slide_fingerprint(slide_path),
             "params_hash": params.hash(),
+            "code_version": CODE_VERSION,
             "pathstrat_version": _version(),
             "schema": TILES_SCHEMA,
             "n_tiles": len(grid.coords),

@@ -95,7 +95,10 @@ class TissueMask:
     def to_geojson(self, classification: str = "Tissue") -> dict[str, Any]:
         """QuPath-compatible GeoJSON FeatureCollection of the tissue polygons (level-0 px)."""
         feats = []
+        from shapely.geometry.polygon import orient
+
         for i, poly in enumerate(self.polygons_level0()):
+            poly = orient(poly, 1.0)  # GeoJSON right-hand rule: exterior CCW, holes CW
             rings = [_ring(poly.exterior.coords)] + [_ring(r.coords) for r in poly.interiors]
             feats.append({
                 "type": "Feature",

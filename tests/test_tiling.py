@@ -271,6 +271,38 @@ def test_cohort_records_blank_slide_and_skips_on_rerun(gen_dir, tmp_path):
     assert r3.n_tiled == 1 and read_tiles(tmp_path / "tiles" / "ell.h5").attrs["tile_px"] == 96
 
 
+def test_reuse_survives_moving_the_slide_but_not_changing_it_or_the_code(gen_dir, tmp_path, monkeypatch):
+    import shutil
+
+    import pathstrat.tiling as T
+
+    src = tmp_path / "a" / "ellipse.svs"
+    src.parent.mkdir()
+    shutil.copyfile(gen_dir / "ellipse.svs", src)
+    out = tmp_path / "run"
+    assert tile_cohort(pd.DataFrame({"slide_id": ["ell"], "path": [str(src)]}), out, SMALL,
+                       progress=False).n_tiled == 1
+    # staged to another folder, copied without -p (new path, new mtime): reused
+    moved = tmp_path / "scratch" / "ellipse.svs"
+    moved.parent.mkdir()
+    shutil.copyfile(src, moved)
+    os.utime(moved, (1e9, 1e9))
+    df = pd.DataFrame({"slide_id": ["ell"], "path": [str(moved)]})
+    assert tile_cohort(df, out, SMALL, progress=False).n_skipped == 1
+    # a changed header (same size): retiled
+    data = bytearray(moved.read_bytes())
+    data[200] ^= 0xFF
+    moved.write_bytes(bytes(data))
+    assert T.tiles_file_reusable(out / "tiles" / "ell.h5", SMALL, slide_path=str(moved)) == \
+        "slide file changed since it was tiled"
+    moved.write_bytes(src.read_bytes())
+    assert tile_cohort(df, out, SMALL, progress=False).n_skipped == 1
+    # another tissue/grid algorithm version: never reuses the old tiles
+    monkeypatch.setattr(T, "CODE_VERSION", "tissue-99.grid-1")
+    assert T.tiles_file_reusable(out / "tiles" / "ell.h5", SMALL, slide_path=str(moved)).startswith(
+        "tiling code changed")
+
+
 def test_invalid_tiles_file_is_redone(gen_dir, tmp_path):
     (tmp_path / "tiles").mkdir()
     bogus = tmp_path / "tiles" / "ell.h5"
