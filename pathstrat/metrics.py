@@ -7,7 +7,7 @@ higher = earlier event everywhere in pathstrat.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -110,22 +110,24 @@ def regression_metrics(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
 
 
 def harrell_c(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> float:
-    """Harrell's concordance index; ``risk`` higher = earlier event.
+    """Harrell's concordance index; ``risk`` higher = earlier event. The one C-index of the
+    package (training metrics, ``stratify``, federated sites).
 
-    A pair is comparable when the shorter time is an event (a censored subject with the same time
-    as an event is taken to outlive it); tied risks count one half.
+    Computed by lifelines' ``concordance_index`` (which wants higher = longer survival, hence
+    ``-risk``): a pair is comparable when the shorter time is an event, tied risks count one
+    half. Rows with a missing value are dropped; NaN when no pair is comparable.
     """
+    from lifelines.utils import concordance_index
+
     t, e, r = (np.asarray(a, float) for a in (time, event, risk))
     ok = ~(np.isnan(t) | np.isnan(e) | np.isnan(r))
-    t, e, r = t[ok], e[ok].astype(bool), r[ok]
-    ti, tj = t[:, None], t[None, :]
-    comparable = e[:, None] & ((ti < tj) | ((ti == tj) & ~e[None, :]))
-    if not comparable.any():
+    t, e, r = t[ok], e[ok], r[ok]
+    if len(t) < 2 or not e.any():
         return float("nan")
-    ri, rj = r[:, None], r[None, :]
-    conc = (ri > rj) & comparable
-    tie = (ri == rj) & comparable
-    return float((conc.sum() + 0.5 * tie.sum()) / comparable.sum())
+    try:
+        return float(concordance_index(t, -r, e))
+    except ZeroDivisionError:  # lifelines: "No admissable pairs in the dataset."
+        return float("nan")
 
 
 @METRIC_SETS.register("binary")
@@ -148,33 +150,61 @@ def _survival_set(y, score, *, time, **_):
     return {"c_index": harrell_c(time, y, score)}
 
 
-def bootstrap_ci(metric_fn: Callable[[np.ndarray], dict[str, float]], n: int,
-                 groups: np.ndarray | None = None, *, n_boot: int = 1000, seed: int = 0,
-                 alpha: float = 0.05) -> dict[str, dict[str, float]]:
-    """Point estimate and bootstrap spread of every metric returned by ``metric_fn(indices)``.
+def proportion_ci(k: int, n: int, method: str = "wilson",
+                  confidence: float = 0.95) -> tuple[float, float]:
+    """Interval of a proportion ``k/n`` from ``scipy.stats.binomtest`` (``"wilson"`` score or
+    ``"exact"`` Clopper-Pearson); NaN when ``n == 0``."""
+    from scipy.stats import binomtest
 
-    Resamples *groups* (patients) with replacement and keeps all their rows, so slides of one
-    patient move together. Returns ``{metric: {mean, std, ci_low, ci_high}}`` where ``mean`` is the
-    point estimate on all rows and the interval is the percentile ``1 - alpha`` interval.
-    """
+    if n == 0:
+        return (float("nan"), float("nan"))
+    ci = binomtest(int(k), int(n)).proportion_ci(confidence_level=confidence, method=method)
+    return float(ci.low), float(ci.high)
+
+
+def patient_resamples(n: int, groups: np.ndarray | None = None, *, n_boot: int,
+                      seed: int = 0) -> Iterator[np.ndarray]:
+    """Row indices of ``n_boot`` patient-bootstrap resamples of ``n`` rows: *groups* (patients;
+    default one per row) drawn with replacement, each bringing all its rows. The one resampling
+    rule of the package (metrics, survival, report bands)."""
     rng = np.random.default_rng(seed)
     groups = np.arange(n) if groups is None else np.asarray(groups)
     uniq, inv = np.unique(groups, return_inverse=True)
+    if len(uniq) == n:  # one row per patient: draw rows (same draws as the general case)
+        order = np.argsort(inv)
+        for _ in range(n_boot):
+            yield order[rng.integers(0, n, n)]
+        return
     members = [np.nonzero(inv == g)[0] for g in range(len(uniq))]
-    point = metric_fn(np.arange(n))
-    reps: dict[str, list[float]] = {k: [] for k in point}
     for _ in range(n_boot):
         pick = rng.integers(0, len(uniq), len(uniq))
-        idx = np.concatenate([members[g] for g in pick]) if len(pick) else np.array([], int)
+        yield np.concatenate([members[g] for g in pick]) if len(pick) else np.array([], int)
+
+
+def bootstrap_ci(metric_fn: Callable[[np.ndarray], dict[str, float]], n: int,
+                 groups: np.ndarray | None = None, *, n_boot: int = 1000, seed: int = 0,
+                 alpha: float = 0.05, min_valid: int | None = None) -> dict[str, dict[str, float]]:
+    """Point estimate and bootstrap spread of every metric returned by ``metric_fn(indices)``.
+
+    Resamples *groups* (patients) with replacement and keeps all their rows, so slides of one
+    patient move together (:func:`patient_resamples`). Returns ``{metric: {mean, std, ci_low,
+    ci_high}}`` where ``mean`` is the point estimate on all rows and the interval is the
+    percentile ``1 - alpha`` interval of the finite replicates; NaN when fewer than
+    ``min_valid`` (default ``max(10, n_boot // 10)``, at most ``n_boot``) are finite.
+    """
+    need = min(n_boot, max(10, n_boot // 10)) if min_valid is None else min_valid
+    point = metric_fn(np.arange(n))
+    reps: dict[str, list[float]] = {k: [] for k in point}
+    for idx in patient_resamples(n, groups, n_boot=n_boot, seed=seed):
         vals = metric_fn(idx)
         for k in reps:
             reps[k].append(vals.get(k, np.nan))
     out = {}
     for k, v in point.items():
         arr = np.asarray(reps[k], float)
-        arr = arr[~np.isnan(arr)]
+        arr = arr[np.isfinite(arr)]
         lo, hi = (np.percentile(arr, [100 * alpha / 2, 100 * (1 - alpha / 2)])
-                  if arr.size else (np.nan, np.nan))
+                  if arr.size and arr.size >= need else (np.nan, np.nan))
         out[k] = {"mean": float(v), "std": float(arr.std(ddof=1)) if arr.size > 1 else float("nan"),
                   "ci_low": float(lo), "ci_high": float(hi)}
     return out

@@ -195,13 +195,13 @@ def plot_pr(c: dict[str, Any], ax):
 
 def plot_calibration(y: np.ndarray, s: np.ndarray, ax, n_bins: int = 8):
     """Reliability diagram (quantile bins) with Wilson CIs per bin; returns ``ax``."""
-    from pathstrat.selection import wilson_ci
+    from pathstrat.metrics import proportion_ci
 
     edges = np.unique(np.quantile(s, np.linspace(0, 1, n_bins + 1)))
     b = np.clip(np.digitize(s, edges[1:-1], right=True), 0, len(edges) - 2)
     for k in np.unique(b):
         m = b == k
-        lo, hi = wilson_ci(int(y[m].sum()), int(m.sum()))
+        lo, hi = proportion_ci(int(y[m].sum()), int(m.sum()), "wilson")
         p = y[m].mean()  # Wilson bounds can sit a rounding error inside p at 0 or 1 observed
         ax.errorbar(s[m].mean(), p, yerr=[[max(p - lo, 0.0)], [max(hi - p, 0.0)]],
                     fmt="o", color="tab:purple", ms=4, capsize=2)

@@ -17,42 +17,20 @@ import numpy as np
 import pandas as pd
 
 from pathstrat.errors import SchemaError
+from pathstrat.metrics import proportion_ci
 from pathstrat.registry import Registry
 
 log = logging.getLogger(__name__)
 
-Z95 = 1.959963984540054
 
 #: Rules that choose a threshold for a target value of a metric: ``rule(y, score, value)``.
 RULES: Registry[Callable[[np.ndarray, np.ndarray, float], float]] = Registry("selection rule")
 
 
 # ---------------------------------------------------------------- confidence intervals
-def wilson_ci(k: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval of a proportion ``k/n`` (NaN when ``n == 0``)."""
-    if n == 0:
-        return (np.nan, np.nan)
-    p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
-
-
-def clopper_pearson_ci(k: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
-    """Exact (Clopper-Pearson) interval of a proportion ``k/n`` from beta quantiles."""
-    from scipy.stats import beta
-
-    if n == 0:
-        return (np.nan, np.nan)
-    lo = 0.0 if k == 0 else float(beta.ppf(alpha / 2, k, n - k + 1))
-    hi = 1.0 if k == n else float(beta.ppf(1 - alpha / 2, k + 1, n - k))
-    return lo, hi
-
-
 def proportion(k: int, n: int) -> dict[str, float]:
     """A proportion with its Wilson and exact 95% CIs."""
-    w, cp = wilson_ci(k, n), clopper_pearson_ci(k, n)
+    w, cp = proportion_ci(k, n, "wilson"), proportion_ci(k, n, "exact")
     return {"value": k / n if n else np.nan, "k": int(k), "n": int(n),
             "wilson_low": w[0], "wilson_high": w[1], "exact_low": cp[0], "exact_high": cp[1]}
 

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from pathstrat.errors import LeakageError, PathstratError, SchemaError
+from pathstrat.metrics import harrell_c  # the package's one C-index (lifelines)
 
 log = logging.getLogger(__name__)
 
@@ -30,17 +31,6 @@ class SurvivalFitError(PathstratError, ValueError):
 
 
 # ---------------------------------------------------------------- concordance and td-AUC
-def harrell_c(time: Sequence[float], event: Sequence[int], risk: Sequence[float]) -> float:
-    """Harrell's C of a risk score (higher = earlier event); 0.5 is chance, 1 perfect.
-
-    Named adapter to lifelines' ``concordance_index``, which wants higher = longer survival.
-    """
-    from lifelines.utils import concordance_index
-
-    return float(concordance_index(np.asarray(time, float), -np.asarray(risk, float),
-                                   np.asarray(event, int)))
-
-
 def _censoring_survival_left(time: np.ndarray, event: np.ndarray, at: np.ndarray) -> np.ndarray:
     """Kaplan-Meier estimate of the censoring survival G(s-) (just before ``at``)."""
     cens_times = np.unique(time[event == 0])
@@ -77,19 +67,14 @@ def time_dependent_auc(time: Sequence[float], event: Sequence[int], risk: Sequen
     return np.asarray(out)
 
 
-def bootstrap_ci(stat: Callable[[np.ndarray], float], n: int, *, n_boot: int = 500,
+def _stat_ci(stat: Callable[[np.ndarray], float], n: int, *, n_boot: int = 500,
                  seed: int = 0, alpha: float = 0.05) -> tuple[float, float]:
-    """Percentile bootstrap CI of ``stat(indices)`` resampling the ``n`` patients."""
-    rng = np.random.default_rng(seed)
-    vals = []
-    for _ in range(n_boot):
-        v = stat(rng.integers(0, n, n))
-        if np.isfinite(v):
-            vals.append(v)
-    if len(vals) < max(10, n_boot // 10):
-        return (np.nan, np.nan)
-    lo, hi = np.quantile(vals, [alpha / 2, 1 - alpha / 2])
-    return float(lo), float(hi)
+    """Percentile bootstrap CI of ``stat(indices)`` resampling the ``n`` patients (the package's
+    one bootstrap, :func:`pathstrat.metrics.bootstrap_ci`, for a single statistic)."""
+    from pathstrat.metrics import bootstrap_ci as _bootstrap
+
+    ci = _bootstrap(lambda i: {"v": stat(i)}, n, n_boot=n_boot, seed=seed, alpha=alpha)["v"]
+    return ci["ci_low"], ci["ci_high"]
 
 
 # ---------------------------------------------------------------- inputs
@@ -511,7 +496,7 @@ def analyse(patients: pd.DataFrame, time_col: str, event_col: str, *,
                      "test; choose another --cutoff (e.g. median) or check the scores vary")
         log.warning("%s", notes[-1])
     c = harrell_c(t, e, r)
-    c_lo, c_hi = bootstrap_ci(lambda i: harrell_c(t[i], e[i], r[i]) if e[i].any() else np.nan,
+    c_lo, c_hi = _stat_ci(lambda i: harrell_c(t[i], e[i], r[i]) if e[i].any() else np.nan,
                               len(df), n_boot=n_boot, seed=seed)
     uni, data_uni = fit_cox(df, ["score"], time_col, event_col)
     u = cox_rows(uni)[0]
@@ -535,7 +520,7 @@ def analyse(patients: pd.DataFrame, time_col: str, event_col: str, *,
     auc = time_dependent_auc(t, e, r, td_auc_times)
     td = []
     for j, tau in enumerate(td_auc_times):
-        lo, hi = bootstrap_ci(lambda i, tau=tau: time_dependent_auc(t[i], e[i], r[i], [tau])[0],
+        lo, hi = _stat_ci(lambda i, tau=tau: time_dependent_auc(t[i], e[i], r[i], [tau])[0],
                               len(df), n_boot=min(n_boot, 200), seed=seed + 1 + j)
         td.append({"time": float(tau), "auc": float(auc[j]), "ci_low": lo, "ci_high": hi})
     summary = {

@@ -67,8 +67,9 @@ def test_evaluate_matches_hand_computation():
 def test_intervals_equal_scipy(k, n):
     w = binomtest(k, n).proportion_ci(method="wilson")
     e = binomtest(k, n).proportion_ci(method="exact")
-    assert sel.wilson_ci(k, n) == pytest.approx((w.low, w.high), abs=1e-9)
-    assert sel.clopper_pearson_ci(k, n) == pytest.approx((e.low, e.high), abs=1e-9)
+    r = sel.proportion(k, n)
+    assert (r["wilson_low"], r["wilson_high"]) == pytest.approx((w.low, w.high), abs=1e-9)
+    assert (r["exact_low"], r["exact_high"]) == pytest.approx((e.low, e.high), abs=1e-9)
 
 
 def test_out_of_fold_thresholds_come_from_other_folds():
