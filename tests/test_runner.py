@@ -139,12 +139,34 @@ def test_doctor_reports_each_section(capsys):
 
     assert main(["doctor"]) == 0
     out = capsys.readouterr().out
-    for section in ("[versions]", "[openslide]", "[torch]", "[encoders]", "[slurm]", "[ray]"):
+    for section in ("[versions]", "[openslide]", "[torch]", "[encoders]", "[disk]", "[slurm]", "[ray]"):
         assert section in out
     assert f"torch {torch.__version__}" in out and openslide.__library_version__ in out
     assert "builtin" in out and "uni2_h" in out  # every registered encoder, weights found or not
-    assert "weights not found" in out  # no weights are installed on the test machine
+    # no weights are installed on the test machine: a warning that says how to get them
+    line = next(ln for ln in out.splitlines() if " uni2_h " in ln)
+    assert line.split()[0] == "warn" and "weights not found" in line and "huggingface-cli download" in line
+    assert any(ln.split()[:2] == ["ok", "hf"] or ln.split()[:2] == ["warn", "hf"] for ln in out.splitlines())
+    if not torch.cuda.is_available():
+        assert any(ln.split()[:2] == ["warn", "cuda"] for ln in out.splitlines())
     assert ("reachable" in out) or ("not installed" in out)
+    assert "error(s)" in out
+
+
+def test_doctor_levels_disk_and_errors(tmp_path, monkeypatch, capsys):
+    import shutil
+
+    import pathstrat.doctor as D
+
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(D.shutil, "disk_usage", lambda p: usage._replace(free=int(0.5 * 2**30)))
+    assert D.check_disk(tmp_path)[0].level == "error"
+    monkeypatch.setattr(D.shutil, "disk_usage", lambda p: usage._replace(free=int(5 * 2**30)))
+    assert D.check_disk(tmp_path / "not" / "yet")[0].level == "warn"  # measured on the parent
+    monkeypatch.setattr(D, "check_openslide", lambda: [D.Check("openslide", "library", False, "broken")])
+    monkeypatch.setattr(D, "CHECKS", (D.check_openslide,))
+    assert main(["doctor"]) == 1
+    assert "error library" in " ".join(capsys.readouterr().out.split())
 
 
 def test_doctor_sees_a_running_slurm(tmp_path):

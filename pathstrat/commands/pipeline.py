@@ -67,17 +67,24 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"wrote {out}: edit cohort.manifest and the targets, then `pathstrat run {out}`")
 
     @app.command("doctor")
-    def doctor_cmd() -> None:
-        """Versions, OpenSlide, torch/CUDA/GPUs, encoder weights found, Slurm and Ray reachability."""
+    def doctor_cmd(
+        out: Path = typer.Option(None, "--out", help="Where outputs will go (free disk is measured there)."),
+    ) -> None:
+        """Versions, OpenSlide, torch/CUDA/GPUs, encoder weights and the HF cache, free disk, Slurm
+        and Ray, each as ok / warn / error; exits 1 when something required is broken."""
         from pathstrat.doctor import run_checks
 
         section = None
-        for c in run_checks():
+        checks = run_checks(out)
+        for c in checks:
             if c.section != section:
                 section = c.section
                 typer.echo(f"[{section}]")
-            mark = "ok " if c.ok else "!! "
-            typer.echo(f"  {mark}{c.name:<22} {c.detail}")
+            typer.echo(f"  {c.level:<5} {c.name:<22} {c.detail}")
+        n = {lv: sum(c.level == lv for c in checks) for lv in ("warn", "error")}
+        typer.echo(f"{n['error']} error(s), {n['warn']} warning(s)")
+        if n["error"]:
+            raise typer.Exit(1)
 
 
 def _print_summary(summary) -> None:
