@@ -419,3 +419,68 @@ def _version() -> str:
     from pathstrat import __version__
 
     return __version__
+
+
+# ---------------------------------------------------------------------------------------------
+# one node, several devices
+
+
+def parse_devices(spec: str) -> list[str]:
+    """``--gpus`` value -> device list: ``"0,1,3"``, ``"all"`` (every visible CUDA device), or
+    ``"cpu,cpu"`` (CPU processes standing in for devices: tests, machines without GPUs)."""
+    spec = str(spec).strip()
+    if spec == "all":
+        import torch
+
+        n = torch.cuda.device_count()
+        if n == 0:
+            raise ConfigError("--gpus all: no CUDA device is visible; use --device cpu, or list "
+                              "devices explicitly (e.g. --gpus 0,1).")
+        return [str(i) for i in range(n)]
+    out = [d.strip() for d in spec.split(",") if d.strip()]
+    bad = [d for d in out if d != "cpu" and not d.isdigit()]
+    if not out or bad:
+        raise ConfigError(f"--gpus '{spec}': give CUDA device numbers (0,1,2), 'all', or 'cpu' "
+                          "entries; found " + (", ".join(bad) or "nothing") + ".")
+    return out
+
+
+def embed_on_devices(argv: list[str], devices: list[str], out_dir: str | os.PathLike) -> int:
+    """Run one ``pathstrat embed`` process per device over the shards ``i/len(devices)``.
+
+    ``argv`` is the embed command line without ``--shard``/``--device``/``--gpus``. Each GPU
+    process sees only its device (``CUDA_VISIBLE_DEVICES``); shards write per-shard failure files,
+    merged here into ``failures.csv`` at the end. Returns 0, 3 (some slides failed) or the first
+    process error code (the others still finish: no work is lost)."""
+    import subprocess
+    import sys
+
+    from pathstrat.io import read_failures
+
+    n = len(devices)
+    procs = []
+    for i, dev in enumerate(devices):
+        env = dict(os.environ)
+        if dev == "cpu":
+            device = "cpu"
+        else:
+            env["CUDA_VISIBLE_DEVICES"] = dev
+            device = "cuda:0"
+        cmd = [sys.executable, "-m", "pathstrat", *argv, "--shard", f"{i}/{n}", "--device", device]
+        log.info("embed shard %d/%d on %s: pid follows", i, n, "cpu" if dev == "cpu" else f"GPU {dev}")
+        procs.append(subprocess.Popen(cmd, env=env))
+        log.info("embed shard %d/%d: pid %d", i, n, procs[-1].pid)
+    codes = [p.wait() for p in procs]
+    out = Path(out_dir)
+    failures = FailureLog(out / "failures.csv", EMBED_STAGE)
+    for i in range(n):
+        part = out / shard_failures_name((i, n))
+        for row in read_failures(part):
+            failures.add(row["slide_id"], row["path"], _error(row["error_type"], row["reason"]))
+        part.unlink(missing_ok=True)
+    failures.write()
+    hard = [c for c in codes if c not in (0, 3)]
+    if hard:
+        log.error("embed: %d of %d device process(es) failed (exit codes %s)", len(hard), n, codes)
+        return hard[0]
+    return 3 if len(failures) else 0

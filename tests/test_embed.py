@@ -216,3 +216,28 @@ def test_missing_tiles_folder_is_one_error_not_a_failure_per_slide(cohort, tmp_p
     with pytest.raises(ConfigError, match=r"Tiles folder .*nowhere.* does not exist.*pathstrat tile"):
         embed_cohort(df, tmp_path / "nowhere", tmp_path / "out", "builtin", workers=0)
     assert not (tmp_path / "out").exists()
+
+
+def test_gpus_runs_one_process_per_device_and_matches_a_single_process(cohort, tmp_path):
+    """--gpus with CPU processes standing in for devices: every slide embedded once, features
+    identical to one process, one merged failures.csv (the missing slide), no per-shard files."""
+    from pathstrat.cli import main
+    from pathstrat.embed import parse_devices
+
+    root, df = cohort
+    man = tmp_path / "m.csv"
+    pd.concat([df, pd.DataFrame([{"slide_id": "ghost", "path": df.path[0]}])]).to_csv(man, index=False)
+    rc = main(["embed", "-m", str(man), "--tiles", str(root / "tiling"), "-o", str(tmp_path / "multi"),
+               "--workers", "0", "--gpus", "cpu,cpu"])
+    assert rc == 3
+    fails = read_failures(tmp_path / "multi" / "failures.csv")
+    assert [f["slide_id"] for f in fails] == ["ghost"]
+    assert not list((tmp_path / "multi").glob("failures.shard-*"))
+    ref = embed_cohort(df, root / "tiling", tmp_path / "one", "builtin", workers=0)
+    for sid in df.slide_id:
+        a = read_bag(tmp_path / "multi" / "features" / "builtin" / f"{sid}.h5")
+        b = read_bag(ref.features_dir / f"{sid}.h5")
+        np.testing.assert_array_equal(a.features, b.features)
+    assert parse_devices("0, 2") == ["0", "2"]
+    with pytest.raises(ConfigError, match="--gpus"):
+        parse_devices("gpu0")

@@ -27,10 +27,26 @@ def embed(
                               "fp32, fp16, bf16. CPU always uses fp32."),
     seed: int = typer.Option(0, "--seed", help="Seed of random init and augmented views."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Recompute even matching outputs."),
+    gpus: str = typer.Option(None, "--gpus", help="One process per device over the shards: "
+                             "'0,1,2,3', 'all', or 'cpu,cpu' (CPU processes)."),
 ) -> None:
     """Embed the tiles of every slide with a registered encoder (resumable, shardable)."""
     from pathstrat.cohort import load_manifest
-    from pathstrat.embed import embed_cohort
+    from pathstrat.embed import embed_cohort, embed_on_devices, parse_devices
+    from pathstrat.errors import ConfigError
+
+    if gpus is not None:
+        if shard is not None:
+            raise ConfigError("--gpus splits the cohort into shards itself; drop --shard.")
+        argv = ["embed", "--manifest", str(manifest), "--tiles", str(tiles), "--out", str(out),
+                "--encoder", encoder, "--batch-size", str(batch_size), "--workers", str(workers),
+                "--views", str(views), "--dtype", dtype, "--seed", str(seed)]
+        argv += (["--weights", str(weights)] if weights else []) + (["--overwrite"] if overwrite else [])
+        load_manifest(manifest, check_files=False)  # refuse a bad manifest once, before forking
+        rc = embed_on_devices(argv, parse_devices(gpus), out)
+        if rc:
+            raise typer.Exit(rc)
+        return
 
     df = load_manifest(manifest, check_files=False)
     res = embed_cohort(df, tiles, out, encoder, weights=weights, batch_size=batch_size,
