@@ -21,3 +21,14 @@ def test_help_imports_no_heavy_library():
     for cmd in ("info", "tile", "embed", "encoders", "stratify", "select", "heatmap", "report",
                 "federated"):
         assert cmd in proc.stdout
+
+
+def test_every_command_that_replaces_outputs_takes_overwrite():
+    """One flag name for "replace what is there": --overwrite (old --force kept as an alias)."""
+    from typer.testing import CliRunner
+
+    from pathstrat.cli import app
+
+    for cmd in (["tile"], ["embed"], ["train"], ["run"], ["init"]):
+        res = CliRunner().invoke(app, [*cmd, "--help"], env={"COLUMNS": "200"})
+        assert res.exit_code == 0 and "--overwrite" in res.output, cmd

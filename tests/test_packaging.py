@@ -93,3 +93,64 @@ def test_installed_wheel_runs_demo(installed, tmp_path):
              timeout=900)
     assert r.returncode in (0, 3), r.stderr[-2000:]
     assert (tmp_path / "d" / "run" / "report.html").is_file()
+
+
+def _docker_ready() -> str:
+    import shutil
+    import subprocess
+
+    if shutil.which("docker") is None:
+        return "docker is not installed"
+    r = subprocess.run(["docker", "info"], capture_output=True, text=True, timeout=30)
+    return "" if r.returncode == 0 and "Server Version" in r.stdout else "no reachable docker daemon"
+
+
+def test_docker_image_builds_and_runs():
+    import subprocess
+
+    why = _docker_ready()
+    if why:
+        pytest.skip(why)
+    root = Path(__file__).resolve().parents[1]
+    tag = "pathstrat-test:latest"
+    try:
+        subprocess.run(["docker", "build", "-q", "-f", str(root / "containers" / "Dockerfile"), "-t", tag,
+                        str(root)], check=True, timeout=1200)
+        out = subprocess.run(["docker", "run", "--rm", tag, "--version"], capture_output=True, text=True,
+                             check=True, timeout=300).stdout
+        assert "pathstrat" in out
+        subprocess.run(["docker", "run", "--rm", tag, "demo", "--help"], check=True, timeout=300,
+                       capture_output=True)
+    finally:
+        subprocess.run(["docker", "rmi", "-f", tag], capture_output=True, timeout=120)
+
+
+def test_apptainer_definition_builds(tmp_path):
+    import shutil
+    import subprocess
+
+    exe = shutil.which("apptainer") or shutil.which("singularity")
+    if exe is None:
+        pytest.skip("apptainer/singularity is not installed")
+    root = Path(__file__).resolve().parents[1]
+    dist = tmp_path / "ctx" / "dist"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist), str(root)],
+                   check=True, timeout=600)
+    shutil.copytree(root / "containers", tmp_path / "ctx" / "containers")
+    sif = tmp_path / "p.sif"
+    subprocess.run([exe, "build", str(sif), "containers/pathstrat.def"], cwd=tmp_path / "ctx", check=True,
+                   timeout=1800)
+    out = subprocess.run([exe, "run", str(sif), "--version"], capture_output=True, text=True, check=True,
+                         timeout=300).stdout
+    assert "pathstrat" in out
+
+
+def test_container_recipes_install_the_wheel_and_download_nothing():
+    root = Path(__file__).resolve().parents[1]
+    docker = (root / "containers" / "Dockerfile").read_text()
+    apptainer = (root / "containers" / "pathstrat.def").read_text()
+    assert "pip wheel" in docker and "pip install --no-cache-dir /wheels/*.whl" in docker
+    assert "ENTRYPOINT [\"pathstrat\"]" in docker
+    assert "%test" in apptainer and "pip install --no-cache-dir /opt/wheels/*.whl" in apptainer
+    for text in (docker, apptainer):
+        assert "huggingface-cli download" not in text and "hf_hub_download" not in text

@@ -16,7 +16,7 @@ def register(app: typer.Typer) -> None:
         executor: str = typer.Option(None, "--executor", help="local | slurm | ray (default: config)."),
         address: str = typer.Option(None, "--address", help="Ray cluster address (with --executor ray)."),
         stage: list[str] = typer.Option([], "--stage", help="Run only these stages (repeatable)."),
-        force: bool = typer.Option(False, "--force", help="Rerun stages even when outputs match."),
+        force: bool = typer.Option(False, "--overwrite", "--force", help="Rerun stages even when outputs match (--force: the old name)."),
     ) -> None:
         """Run a whole study from one config: tile, embed, train, stratify, select, heatmaps, report."""
         from pathstrat.config import load_config

@@ -25,7 +25,7 @@ def tile(
     workers: int = typer.Option(1, "--workers", "-j", help="Slides processed in parallel."),
     mpp: float | None = typer.Option(None, "--mpp", help="Level-0 µm/px for slides whose manifest "
                                      "row has no mpp value (overrides their metadata)."),
-    force: bool = typer.Option(False, "--force", help="Retile slides even when their tiles file "
+    force: bool = typer.Option(False, "--overwrite", "--force", help="Retile slides even when their tiles file "
                                "already matches these parameters."),
     mpp_override: bool = typer.Option(False, "--mpp-override", help="Trust manifest/--mpp values "
                                       "even when they are more than 2x from the file's own MPP."),
