@@ -31,15 +31,19 @@ class SurvivalFitError(PathstratError, ValueError):
 
 
 # ---------------------------------------------------------------- concordance and td-AUC
-def _censoring_survival_left(time: np.ndarray, event: np.ndarray, at: np.ndarray) -> np.ndarray:
-    """Kaplan-Meier estimate of the censoring survival G(s-) (just before ``at``)."""
+def _censoring_survival(time: np.ndarray, event: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """Kaplan-Meier estimate of the censoring survival G(s) at ``at``.
+
+    Conventions (those of Uno et al. and scikit-survival): at a time with both, events come
+    before censorings (an event at ``u`` leaves the censoring risk set at ``u``), and G is
+    right-continuous (G(T_i) counts censorings at T_i)."""
     cens_times = np.unique(time[event == 0])
     if cens_times.size == 0:
         return np.ones_like(at, dtype=float)
-    n_at_risk = np.array([(time >= u).sum() for u in cens_times], float)
     d_cens = np.array([((time == u) & (event == 0)).sum() for u in cens_times], float)
+    n_at_risk = np.array([(time > u).sum() for u in cens_times], float) + d_cens
     factors = np.cumprod(1.0 - d_cens / n_at_risk)
-    idx = np.searchsorted(cens_times, at, side="left")  # number of censoring times < at
+    idx = np.searchsorted(cens_times, at, side="right")  # number of censoring times <= at
     return np.where(idx == 0, 1.0, factors[np.maximum(idx - 1, 0)])
 
 
@@ -47,13 +51,14 @@ def time_dependent_auc(time: Sequence[float], event: Sequence[int], risk: Sequen
                        times: Sequence[float]) -> np.ndarray:
     """Cumulative/dynamic AUC(t) with inverse-probability-of-censoring weights (Uno et al. 2007).
 
-    Cases at ``t``: event observed at or before ``t`` (weighted by 1/G(T_i-)); controls: still
+    Cases at ``t``: event observed at or before ``t`` (weighted by 1/G(T_i)); controls: still
     event-free after ``t``. Ties in risk count one half. NaN where there are no cases or controls.
     """
     t = np.asarray(time, float)
     e = np.asarray(event, int)
     r = np.asarray(risk, float)
-    w_all = 1.0 / _censoring_survival_left(t, e, t)
+    g_all = _censoring_survival(t, e, t)
+    w_all = np.divide(1.0, g_all, out=np.zeros_like(g_all), where=g_all > 0)
     out = []
     for tau in np.asarray(times, float):
         cases = (t <= tau) & (e == 1)
@@ -65,6 +70,30 @@ def time_dependent_auc(time: Sequence[float], event: Sequence[int], risk: Sequen
         conc = (rc > rk).sum(axis=1) + 0.5 * (rc == rk).sum(axis=1)
         out.append(float((w * conc).sum() / (w.sum() * controls.sum())))
     return np.asarray(out)
+
+
+def uno_c(time: Sequence[float], event: Sequence[int], risk: Sequence[float],
+          tau: float | None = None) -> float:
+    """Uno's C (Uno et al. 2011): Harrell's pairs weighted by the inverse squared probability
+    of remaining uncensored, G(T_i)^-2, over pairs whose earlier time is an event before
+    ``tau`` (default: the last time). Unlike Harrell's C it does not depend on the censoring
+    distribution. Ties in risk count one half; NaN without a usable pair."""
+    t = np.asarray(time, float)
+    e = np.asarray(event, int)
+    r = np.asarray(risk, float)
+    tau = float(t.max()) if tau is None else float(tau)
+    g = _censoring_survival(t, e, t)
+    w = np.zeros(len(t))
+    ok = (e == 1) & (t < tau) & (g > 0)
+    w[ok] = 1.0 / g[ok] ** 2
+    num = den = 0.0
+    for i in np.flatnonzero(w):
+        later = (t > t[i]) | ((t == t[i]) & (e == 0))  # a censored tie outlives the event
+        if not later.any():
+            continue
+        den += w[i] * later.sum()
+        num += w[i] * ((r[i] > r[later]).sum() + 0.5 * (r[i] == r[later]).sum())
+    return float(num / den) if den > 0 else float("nan")
 
 
 def _stat_ci(stat: Callable[[np.ndarray], float], n: int, *, n_boot: int = 500,
@@ -496,6 +525,7 @@ def analyse(patients: pd.DataFrame, time_col: str, event_col: str, *,
                      "test; choose another --cutoff (e.g. median) or check the scores vary")
         log.warning("%s", notes[-1])
     c = harrell_c(t, e, r)
+    c_uno = uno_c(t, e, r)
     c_lo, c_hi = _stat_ci(lambda i: harrell_c(t[i], e[i], r[i]) if e[i].any() else np.nan,
                               len(df), n_boot=n_boot, seed=seed)
     uni, data_uni = fit_cox(df, ["score"], time_col, event_col)
@@ -528,7 +558,7 @@ def analyse(patients: pd.DataFrame, time_col: str, event_col: str, *,
         "notes": notes, "time_col": time_col, "event_col": event_col, "arm_col": arm_col,
         "covariates": list(covariates), "risk_convention": "higher score = earlier event",
         "cutoff": cut_info, "groups": labels,
-        "c_index": c, "c_index_ci_low": c_lo, "c_index_ci_high": c_hi,
+        "c_index": c, "c_index_ci_low": c_lo, "c_index_ci_high": c_hi, "c_index_uno": c_uno,
         "logrank_chi2": lr["chi2"], "logrank_df": lr["df"], "logrank_p": lr["p"],
         "cox_hr": u["hr"], "cox_ci_low": u["ci_low"], "cox_ci_high": u["ci_high"], "cox_p": u["p"],
         "cox_hr_per_sd": per_sd["hr"], "cox_per_sd_ci_low": per_sd["ci_low"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -154,3 +155,10 @@ def test_container_recipes_install_the_wheel_and_download_nothing():
     assert "%test" in apptainer and "pip install --no-cache-dir /opt/wheels/*.whl" in apptainer
     for text in (docker, apptainer):
         assert "huggingface-cli download" not in text and "hf_hub_download" not in text
+
+
+def test_gpl_reference_libraries_never_ship_in_the_package():
+    root = Path(__file__).resolve().parents[1] / "pathstrat"
+    offenders = [str(p.relative_to(root)) for p in root.rglob("*.py")
+                 if re.search(r"^\s*(import|from)\s+(sksurv|trident)\b", p.read_text(encoding="utf-8"), re.M)]
+    assert offenders == []

@@ -263,3 +263,26 @@ def test_stratify_cli_writes_contract(tmp_path, rossi):
                str(tmp_path / "clinical.csv"), "--score-col", "risk", "--time-col", "weeks",
                "--event-col", "arrest", "--out", str(tmp_path / "out2")])
     assert rc == 2
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_td_auc_and_uno_c_equal_scikit_survival(ties):
+    """Reference: scikit-survival (a test dependency only; GPL code never ships in pathstrat)."""
+    sk = pytest.importorskip("sksurv.metrics")
+    from sksurv.util import Surv
+
+    rng = np.random.default_rng(7)
+    n = 180
+    z = rng.standard_normal(n)
+    t_ev, cens = rng.exponential(np.exp(-z)) * 10, rng.uniform(0, 15, n)
+    r = z + 0.5 * rng.standard_normal(n)
+    if ties:  # times and scores on a coarse grid: tied times, event/censoring ties, tied risks
+        t_ev, cens, r = np.round(t_ev, 0), np.round(cens, 0), np.round(r, 1)
+    t, e = np.minimum(t_ev, cens), (t_ev <= cens).astype(int)
+    y = Surv.from_arrays(e.astype(bool), t)
+    times = np.quantile(t[e == 1], [0.25, 0.5, 0.75])
+    ref_auc, _ = sk.cumulative_dynamic_auc(y, y, r, times)
+    np.testing.assert_allclose(S.time_dependent_auc(t, e, r, times), ref_auc, atol=1e-12)
+    for tau in (np.quantile(t, 0.8), None):
+        ref = sk.concordance_index_ipcw(y, y, r, tau=tau)[0]
+        assert S.uno_c(t, e, r, tau) == pytest.approx(ref, abs=1e-12)
