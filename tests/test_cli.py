@@ -32,3 +32,7 @@ def test_every_command_that_replaces_outputs_takes_overwrite():
     for cmd in (["tile"], ["embed"], ["train"], ["run"], ["init"]):
         res = CliRunner().invoke(app, [*cmd, "--help"], env={"COLUMNS": "200"})
         assert res.exit_code == 0 and "--overwrite" in res.output, cmd
+    # -j / --workers: the number of worker processes, wherever a command has them
+    for cmd in (["tile"], ["embed"]):
+        out = CliRunner().invoke(app, [*cmd, "--help"], env={"COLUMNS": "200"}).output
+        assert "--workers" in out and "-j" in out, cmd

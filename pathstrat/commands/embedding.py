@@ -18,7 +18,7 @@ def embed(
     weights: str = typer.Option(None, "--weights", help="Weights file/folder, or 'random' (tests only). "
                                 "Default: the local Hugging Face cache (never downloads)."),
     batch_size: int = typer.Option(64, "--batch-size", help="Tiles per forward pass."),
-    workers: int = typer.Option(2, "--workers", help="DataLoader worker processes reading tiles."),
+    workers: int = typer.Option(2, "--workers", "-j", help="Worker processes reading tiles (DataLoader)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 ..."),
     views: int = typer.Option(0, "--views", help="Also store N augmented views (features_views)."),
     shard: str = typer.Option(None, "--shard", help="i/N: embed only shard i of N (0-based), "

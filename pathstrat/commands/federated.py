@@ -87,7 +87,7 @@ def simulate_cmd(
     rounds: int = typer.Option(None, "--rounds", help="Override the config's rounds."),
     strategy: str = typer.Option(None, "--strategy", help="Override: fedavg or fedprox."),
     local_epochs: int = typer.Option(None, "--local-epochs", help="Override the config's local epochs."),
-    workers: int = typer.Option(2, "--workers", help="Simulated sites training at once (one CPU each)."),
+    workers: int = typer.Option(2, "--workers", "-j", help="Simulated sites training at once (one process each)."),
     backend: str = typer.Option("ray", "--backend", help="'ray' (Flower Simulation Runtime) or "
                                 "'inprocess' (sites one after the other, no Ray)."),
 ) -> None:
