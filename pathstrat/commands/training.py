@@ -90,17 +90,31 @@ def register(app: typer.Typer) -> None:
 
     @app.command("predict")
     def predict(
-        run: Path = typer.Option(..., "--run", help="Run directory from `pathstrat train`."),
+        run: Path = typer.Option(None, "--run", help="Run directory from `pathstrat train`."),
+        package: Path = typer.Option(None, "--package", help="A model package (folder or .zip) instead of --run."),
         features: Path = typer.Option(..., "--features", help="Folder of <slide_id>.h5 feature files."),
         manifest: Path = typer.Option(..., "--manifest", help="Cohort manifest (CSV/Parquet)."),
         out: Path = typer.Option(..., "--out", help="Output folder."),
         allow_overlap: bool = typer.Option(False, "--allow-overlap", help="Predict patients that were in training."),
+        public_key: Path = typer.Option(None, "--public-key", help="With --package: the sponsor's public key."),
+        require_signature: bool = typer.Option(False, "--require-signature", help="With --package: refuse unsigned packages."),
         device: str = typer.Option("auto", "--device"),
     ) -> None:
-        """Ensemble of a run's fold models on a new cohort (refuses training patients)."""
-        from pathstrat.train import predict as run_predict
+        """Ensemble of a run's (or a package's) fold models on a new cohort (refuses training
+        patients; a package refuses features made another way and reports an OOD check)."""
+        from pathstrat.errors import ConfigError
 
-        dest = run_predict(run, features, manifest, out, allow_overlap=allow_overlap, device=device)
+        if (run is None) == (package is None):
+            raise ConfigError("predict needs exactly one of --run RUNDIR or --package PACKAGE.")
+        if package is not None:
+            from pathstrat.sharing import predict_package
+
+            dest = predict_package(package, features, manifest, out, public_key=public_key,
+                                   require_signature=require_signature, device=device)
+        else:
+            from pathstrat.train import predict as run_predict
+
+            dest = run_predict(run, features, manifest, out, allow_overlap=allow_overlap, device=device)
         typer.echo(f"predictions written to {dest / 'predictions.csv'}")
         if (dest / "failures.csv").exists():
             raise typer.Exit(3)

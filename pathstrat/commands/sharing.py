@@ -1,0 +1,84 @@
+"""CLI: `pathstrat package [build] RUN`, `package verify`, `package keygen` (see pathstrat.cli)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from typer.core import TyperGroup
+
+
+class _BuildByDefault(TyperGroup):
+    """`pathstrat package RUN --out P` means `pathstrat package build RUN --out P`."""
+
+    def parse_args(self, ctx, args):  # noqa: D102
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["build", *args]
+        return super().parse_args(ctx, args)
+
+
+package_app = typer.Typer(cls=_BuildByDefault, no_args_is_help=True,
+                          help="Model packages: build from a run, verify, make signing keys.")
+
+
+@package_app.command("build")
+def build_cmd(
+    run: Path = typer.Argument(..., help="Run directory from `pathstrat train`."),
+    out: Path = typer.Option(..., "--out", help="Package folder, e.g. msi-model-1.0.0.pathstrat."),
+    name: str = typer.Option(None, "--name", help="Package name (default: from --out)."),
+    version: str = typer.Option(None, "--version", help="Semantic version (default: from --out)."),
+    parent: str = typer.Option(None, "--parent", help="Version this one derives from (lineage)."),
+    features: Path = typer.Option(None, "--features", help="Training features (default: the run's config)."),
+    sign_key: Path = typer.Option(None, "--sign-key", help="Ed25519 private key (PEM) to sign with."),
+    licence: str = typer.Option("other", "--licence", help="Licence in the model card (SPDX id)."),
+    intended_use: str = typer.Option("", "--intended-use", help="Intended use for the model card."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing package."),
+    zip_too: bool = typer.Option(False, "--zip", help="Also write a .zip of the package."),
+) -> None:
+    """Package a training run: fold models, pinned pipeline, rules, OOD statistics, model card."""
+    import re
+
+    from pathstrat.sharing import build_package
+
+    stem = out.name.removesuffix(".pathstrat")
+    m = re.match(r"^(?P<name>.+)-(?P<version>\d+\.\d+\.\d+(?:-[0-9A-Za-z.-]+)?)$", stem)
+    name = name or (m.group("name") if m else stem)
+    version = version or (m.group("version") if m else "0.1.0")
+    dest = build_package(run, out, name=name, version=version, parent=parent, features_dir=features,
+                         sign_key=sign_key, licence=licence, intended_use=intended_use,
+                         overwrite=overwrite, zip_too=zip_too)
+    typer.echo(f"package {name} {version} written to {dest}")
+
+
+@package_app.command("verify")
+def verify_cmd(
+    package: Path = typer.Argument(..., help="Package folder or .zip."),
+    public_key: Path = typer.Option(None, "--public-key", help="The sponsor's Ed25519 public key (PEM)."),
+    require_signature: bool = typer.Option(False, "--require-signature", help="Refuse unsigned packages."),
+) -> None:
+    """Check every file against the manifest and the signature; exit 2 with the reason if not."""
+    from pathstrat.sharing import open_package
+
+    with open_package(package, public_key=public_key, require_signature=require_signature) as (_, doc):
+        typer.echo(f"ok: {doc['name']} {doc['version']} (parent {doc.get('parent') or '-'}), "
+                   f"signature {doc['_signature']}, manifest sha256 {doc['_manifest_sha256']}")
+
+
+@package_app.command("keygen")
+def keygen_cmd(
+    out: Path = typer.Option(..., "--out", help="Private key file; the public key goes to OUT.pub."),
+) -> None:
+    """Make an Ed25519 key pair for signing packages (keep the private key private)."""
+    from pathstrat.errors import ConfigError
+    from pathstrat.sharing import generate_keypair
+
+    pub = out.with_name(out.name + ".pub")
+    if out.exists() or pub.exists():
+        raise ConfigError(f"{out} or {pub} exists; choose another --out.")
+    generate_keypair(out, pub)
+    typer.echo(f"private key {out} (mode 0600), public key {pub}: give partners the .pub file")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the package commands."""
+    app.add_typer(package_app, name="package")

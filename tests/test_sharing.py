@@ -1,0 +1,183 @@
+"""Model packages: train -> package -> a partner predicts; tampering, signatures, pinned pipeline,
+no patient-level data, and the out-of-distribution check."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+
+from pathstrat.cli import main
+from pathstrat.features import write_features
+from pathstrat.sharing import PackageError, build_package, generate_keypair, open_package
+from pathstrat.testing import make_feature_cohort
+
+TRAIN = ["--target", "responder", "--model", "abmil", "--folds", "3", "--epochs", "6", "--lr", "0.01",
+         "--batch-size", "8", "--max-tiles", "16", "--hparam", "dim=16", "--hparam", "attn_dim=8",
+         "--seed", "0"]
+N_TRAIN = 36
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A sponsor's run (first 36 patients) and a partner cohort from the same distribution
+    (the next 24 patients of the same generator)."""
+    d = tmp_path_factory.mktemp("share")
+    fdir, man = make_feature_cohort(d, n_patients=N_TRAIN + 24, dim=12, seed=11, tiles=(8, 16),
+                                    tasks=("binary",), strength=4.0, dtype="float32")
+    df = pd.read_csv(man, dtype={"slide_id": str, "patient_id": str})
+    pids = sorted(df["patient_id"].unique())
+    sponsor, partner = df[df["patient_id"].isin(pids[:N_TRAIN])], df[df["patient_id"].isin(pids[N_TRAIN:])]
+    sponsor.to_csv(d / "sponsor.csv", index=False)
+    partner.to_csv(d / "partner.csv", index=False)
+    run = d / "run"
+    assert main(["train", "--features", str(fdir), "--manifest", str(d / "sponsor.csv"), "--out", str(run),
+                 *TRAIN]) == 0
+    assert main(["select", "--predictions", str(run / "predictions.csv"), "--rule", "sensitivity",
+                 "--value", "0.9", "--out", str(run)]) == 0
+    generate_keypair(d / "key", d / "key.pub")
+    pkg = build_package(run, d / "resp-1.0.0.pathstrat", name="resp", version="1.0.0",
+                        sign_key=d / "key", zip_too=True)
+    return {"d": d, "fdir": fdir, "run": run, "pkg": pkg, "sponsor": sponsor, "partner": partner}
+
+
+def test_partner_prediction_equals_the_sponsors_run(world, tmp_path, capsys):
+    d, pkg = world["d"], world["pkg"]
+    assert main(["predict", "--package", str(pkg), "--features", str(world["fdir"]), "--manifest",
+                 str(d / "partner.csv"), "--out", str(tmp_path / "p"), "--public-key", str(d / "key.pub"),
+                 "--require-signature"]) == 0
+    assert main(["predict", "--run", str(world["run"]), "--features", str(world["fdir"]), "--manifest",
+                 str(d / "partner.csv"), "--out", str(tmp_path / "r")]) == 0
+    a = pd.read_csv(tmp_path / "p" / "predictions.csv").sort_values("slide_id").reset_index(drop=True)
+    b = pd.read_csv(tmp_path / "r" / "predictions.csv").sort_values("slide_id").reset_index(drop=True)
+    np.testing.assert_allclose(a["score"], b["score"], rtol=0, atol=1e-7)
+    assert set(a["package"]) == {"resp"} and set(a["package_version"]) == {"1.0.0"}
+    assert a["package_manifest_sha256"].str.len().eq(64).all()
+    sel = json.loads((world["run"] / "selection.json").read_text())
+    np.testing.assert_array_equal(a["selected"].astype(bool), a["score"] >= sel["threshold"])
+    prov = json.loads((tmp_path / "p" / "package_provenance.json").read_text())
+    assert prov["signature"] == "verified" and prov["version"] == "1.0.0"
+    # the zip is the same package
+    z = Path(str(pkg) + ".zip")
+    assert main(["predict", "--package", str(z), "--features", str(world["fdir"]), "--manifest",
+                 str(d / "partner.csv"), "--out", str(tmp_path / "z")]) == 0
+    c = pd.read_csv(tmp_path / "z" / "predictions.csv").sort_values("slide_id").reset_index(drop=True)
+    np.testing.assert_allclose(a["score"], c["score"], atol=0)
+
+
+def test_package_holds_no_patient_level_data(world):
+    text = "\n".join(p.read_text(errors="ignore") for p in world["pkg"].rglob("*")
+                     if p.is_file() and p.suffix in (".json", ".md", ".sha256"))
+    for pid in world["sponsor"]["patient_id"].unique():
+        assert pid not in text
+    for sid in world["sponsor"]["slide_id"]:
+        assert sid not in text
+    doc = json.loads((world["pkg"] / "package.json").read_text())
+    assert doc["training_summary"] == {"n_patients": N_TRAIN, "n_slides": len(world["sponsor"])}
+    card = (world["pkg"] / "README.md").read_text()
+    assert card.startswith("---\nlicense:") and "## Intended use" in card and "## Limitations" in card
+
+
+@pytest.mark.parametrize("tamper, expect", [
+    ("weights", "changed: checkpoints/fold0.safetensors"),
+    ("manifest", "does not match"),
+    ("extra", "not in the manifest: notes.txt"),
+    ("missing", "missing: ood.json"),
+])
+def test_tampered_packages_are_refused(world, tmp_path, capsys, tamper, expect):
+    pkg = shutil.copytree(world["pkg"], tmp_path / "pkg")
+    if tamper == "weights":
+        p = pkg / "checkpoints" / "fold0.safetensors"
+        data = bytearray(p.read_bytes())
+        data[-3] ^= 0x01
+        p.write_bytes(bytes(data))
+    elif tamper == "manifest":
+        m = pkg / "MANIFEST.sha256"
+        lines = m.read_text().splitlines()
+        lines[0] = "0" * 64 + lines[0][64:]
+        m.write_text("\n".join(lines) + "\n")
+    elif tamper == "extra":
+        (pkg / "notes.txt").write_text("x")
+    else:
+        (pkg / "ood.json").unlink()
+    capsys.readouterr()
+    rc = main(["package", "verify", str(pkg)])
+    err = capsys.readouterr().err
+    assert rc == 2 and expect in err and err.count("error:") == 1
+    rc = main(["predict", "--package", str(pkg), "--features", str(world["fdir"]), "--manifest",
+               str(world["d"] / "partner.csv"), "--out", str(tmp_path / "p")])
+    assert rc == 2 and not (tmp_path / "p" / "predictions.csv").exists()
+
+
+def test_signatures(world, tmp_path):
+    generate_keypair(tmp_path / "other", tmp_path / "other.pub")
+    with open_package(world["pkg"], public_key=world["d"] / "key.pub", require_signature=True) as (_, doc):
+        assert doc["_signature"] == "verified"
+    with pytest.raises(PackageError, match="signature does not match"):
+        with open_package(world["pkg"], public_key=tmp_path / "other.pub"):
+            pass
+    unsigned = shutil.copytree(world["pkg"], tmp_path / "u")
+    (unsigned / "SIGNATURE").unlink()
+    with open_package(unsigned) as (_, doc):
+        assert doc["_signature"] == "unsigned"
+    with pytest.raises(PackageError, match="not signed"):
+        with open_package(unsigned, require_signature=True):
+            pass
+
+
+def test_features_from_another_encoder_or_tiling_are_refused(world, tmp_path, capsys):
+    other = tmp_path / "feats"
+    other.mkdir()
+    for sid in world["partner"]["slide_id"]:
+        with h5py.File(world["fdir"] / f"{sid}.h5", "r") as f:
+            feats, coords, attrs = f["features"][()], f["coords"][()], dict(f.attrs)
+        attrs["tile_px"] = 256 if sid.endswith("0") else attrs["tile_px"]
+        attrs["encoder_id"] = "uni2_h"
+        write_features(other / f"{sid}.h5", feats, coords, attrs)
+    capsys.readouterr()
+    rc = main(["predict", "--package", str(world["pkg"]), "--features", str(other), "--manifest",
+               str(world["d"] / "partner.csv"), "--out", str(tmp_path / "p")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "not made with the package's pinned pipeline" in err
+    assert "encoder_id 'uni2_h' (package: 'synthetic')" in err and "tile_px 256" in err
+
+
+def test_ood_flags_a_shifted_cohort_and_passes_a_same_distribution_one(world, tmp_path):
+    d = world["d"]
+    ood_pkg = json.loads((world["pkg"] / "ood.json").read_text())
+    assert 0 <= ood_pkg["false_alarm_rate_training_oof"] <= 0.1  # calibrated out of fold at q=0.99
+    assert main(["predict", "--package", str(world["pkg"]), "--features", str(world["fdir"]), "--manifest",
+                 str(d / "partner.csv"), "--out", str(tmp_path / "same")]) == 0
+    same = json.loads((tmp_path / "same" / "ood.json").read_text())
+    assert not same["cohort_outside"] and same["fraction_flagged"] <= 0.15
+    shifted = tmp_path / "shifted"
+    shifted.mkdir()
+    rng = np.random.default_rng(0)
+    for sid in world["partner"]["slide_id"]:  # a planted scanner/stain shift in every slide
+        with h5py.File(world["fdir"] / f"{sid}.h5", "r") as f:
+            feats, coords, attrs = f["features"][()], f["coords"][()], dict(f.attrs)
+        shift = np.zeros(feats.shape[1], np.float32)
+        shift[:4] = 1.5
+        write_features(shifted / f"{sid}.h5", feats + shift + 0.05 * rng.standard_normal(feats.shape).astype(np.float32),
+                       coords, attrs)
+    assert main(["predict", "--package", str(world["pkg"]), "--features", str(shifted), "--manifest",
+                 str(d / "partner.csv"), "--out", str(tmp_path / "sh")]) == 0
+    sh = json.loads((tmp_path / "sh" / "ood.json").read_text())
+    assert sh["cohort_outside"] and sh["fraction_flagged"] >= 0.8
+    pred = pd.read_csv(tmp_path / "sh" / "predictions.csv")
+    assert pred["ood_outside"].mean() >= 0.8
+
+
+def test_version_and_name_are_checked(world, tmp_path):
+    with pytest.raises(PackageError, match="semantic version"):
+        build_package(world["run"], tmp_path / "x", name="resp", version="v1")
+    with pytest.raises(PackageError, match="exists"):
+        build_package(world["run"], world["pkg"], name="resp", version="1.0.0")
+    child = build_package(world["run"], tmp_path / "resp-1.1.0.pathstrat", name="resp", version="1.1.0",
+                          parent="1.0.0")
+    assert json.loads((child / "package.json").read_text())["parent"] == "1.0.0"
