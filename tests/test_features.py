@@ -86,7 +86,7 @@ def test_encoder_mismatch_and_bad_files(tmp_path, bag_data):
     nofeat = tmp_path / "nofeat.h5"
     with h5py.File(nofeat, "w") as f:
         f.create_dataset("coords", data=coords)
-    with pytest.raises(SchemaError, match="needs datasets 'features' and 'coords'"):
+    with pytest.raises(SchemaError, match=r"needs datasets 'features' \(or STAMP's 'feats'\) and 'coords'"):
         read_bag(nofeat)
     junk = tmp_path / "junk.h5"
     junk.write_bytes(b"not hdf5")

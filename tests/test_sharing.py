@@ -181,3 +181,106 @@ def test_version_and_name_are_checked(world, tmp_path):
     child = build_package(world["run"], tmp_path / "resp-1.1.0.pathstrat", name="resp", version="1.1.0",
                           parent="1.0.0")
     assert json.loads((child / "package.json").read_text())["parent"] == "1.0.0"
+
+
+# ------------------------------------------------------------------------------------ service
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def service(world, tmp_path_factory):
+    """A real uvicorn serving the package on localhost, stopped by its pid at the end."""
+    import os
+    import selectors
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from pathstrat.sharing.serve import add_token
+
+    d = tmp_path_factory.mktemp("serve")
+    tokens = d / "tokens.json"
+    tok = add_token(tokens, "partner-a")
+    tok_small = add_token(tokens, "partner-b", quota_per_day=2)
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "pathstrat", "serve", "--package", str(world["pkg"]),
+                             "--tokens", str(tokens), "--port", str(port), "--audit-log", str(d / "audit.jsonl"),
+                             "--max-mb", "0.05"], stderr=subprocess.PIPE, text=True)
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stderr, selectors.EVENT_READ)
+    deadline, seen = time.monotonic() + 300, []  # a loaded machine imports torch slowly
+    while time.monotonic() < deadline:
+        if not sel.select(timeout=deadline - time.monotonic()):
+            break
+        line = proc.stderr.readline()
+        seen.append(line)
+        if "Application startup complete" in line or not line:
+            break
+    if proc.poll() is not None or not any("startup complete" in ln for ln in seen):
+        proc.kill()
+        pytest.fail("service did not start: " + "".join(seen[-20:]))
+    yield {"url": f"http://127.0.0.1:{port}", "token": tok, "token_small": tok_small, "dir": d,
+           "tokens": tokens}
+    os.kill(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def test_service_refuses_bad_requests(world, service, tmp_path):
+    import httpx
+
+    sid = world["partner"]["slide_id"].iloc[0]
+    body = (world["fdir"] / f"{sid}.h5").read_bytes()
+    url, h = service["url"], {"Content-Type": "application/x-hdf5"}
+    with httpx.Client(base_url=url, timeout=60) as c:
+        assert c.post("/v1/predict", content=body, headers=h).status_code == 401
+        assert c.post("/v1/predict", content=body, headers={**h, "Authorization": "Bearer nope"}).status_code == 401
+        auth = {**h, "Authorization": f"Bearer {service['token']}"}
+        big = tmp_path / "big.h5"
+        write_features(big, np.ones((3000, 12), np.float32), np.zeros((3000, 2)), {"encoder_id": "synthetic"})
+        assert c.post("/v1/predict", content=big.read_bytes(), headers=auth).status_code == 413
+        wrong = tmp_path / "wrong.h5"
+        write_features(wrong, np.ones((5, 8), np.float32), np.zeros((5, 2)), {"encoder_id": "synthetic"})
+        r = c.post("/v1/predict", content=wrong.read_bytes(), headers=auth)
+        assert r.status_code == 422 and "dim 8" in r.json()["detail"]
+        nan = tmp_path / "nan.h5"
+        x = np.ones((5, 12), np.float32)
+        x[1, 1] = np.nan
+        write_features(nan, x, np.zeros((5, 2)), {"encoder_id": "synthetic"})
+        r = c.post("/v1/predict", content=nan.read_bytes(), headers=auth)
+        assert r.status_code == 422 and "NaN or infinite" in r.json()["detail"]
+        assert str(tmp_path) not in r.text
+        assert c.post("/v1/predict", content=b"not hdf5", headers=auth).status_code == 422
+        small = {**h, "Authorization": f"Bearer {service['token_small']}"}
+        codes = [c.post("/v1/predict", content=body, headers=small).status_code for _ in range(3)]
+        assert codes == [200, 200, 429]
+        assert c.get("/docs").status_code == 200 and c.get("/openapi.json").json()["paths"]["/v1/predict"]
+    audit = [json.loads(ln) for ln in (service["dir"] / "audit.jsonl").read_text().splitlines()]
+    assert {a["status"] for a in audit} >= {200, 401, 413, 422, 429}
+    assert all(len(a["request_id"]) == 32 for a in audit)
+    raw = (service["dir"] / "audit.jsonl").read_text()
+    assert service["token"] not in raw and "features" not in raw
+    stored = json.loads(service["tokens"].read_text())
+    assert service["token"] not in json.dumps(stored)  # only hashes are kept
+
+
+def test_remote_predictions_equal_local_package_predictions(world, service, tmp_path):
+    d = world["d"]
+    assert main(["predict", "--remote", service["url"], "--token", service["token"], "--features",
+                 str(world["fdir"]), "--manifest", str(d / "partner.csv"), "--out", str(tmp_path / "remote")]) == 0
+    assert main(["predict", "--package", str(world["pkg"]), "--features", str(world["fdir"]), "--manifest",
+                 str(d / "partner.csv"), "--out", str(tmp_path / "local")]) == 0
+    a = pd.read_csv(tmp_path / "remote" / "predictions.csv").sort_values("slide_id").reset_index(drop=True)
+    b = pd.read_csv(tmp_path / "local" / "predictions.csv").sort_values("slide_id").reset_index(drop=True)
+    assert list(a["slide_id"]) == list(b["slide_id"])
+    np.testing.assert_allclose(a["score"], b["score"], atol=1e-7)
+    assert set(a["package_version"]) == {"1.0.0"}

@@ -79,6 +79,41 @@ def keygen_cmd(
     typer.echo(f"private key {out} (mode 0600), public key {pub}: give partners the .pub file")
 
 
+def serve_cmd(
+    package: Path = typer.Option(..., "--package", help="Model package to serve (folder or .zip)."),
+    tokens: Path = typer.Option(..., "--tokens", help="Client tokens file (make entries with `serve-token`)."),
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(8000, "--port"),
+    audit_log: Path = typer.Option(Path("audit.jsonl"), "--audit-log", help="JSON-lines audit log."),
+    max_mb: float = typer.Option(64.0, "--max-mb", help="Largest upload accepted (MiB)."),
+    public_key: Path = typer.Option(None, "--public-key", help="Verify the package with this key."),
+    require_signature: bool = typer.Option(False, "--require-signature"),
+) -> None:
+    """Serve a package's predictions over HTTP (FastAPI + uvicorn; OpenAPI docs at /docs)."""
+    from pathstrat.errors import import_optional
+
+    uvicorn = import_optional("uvicorn", "serve", "the prediction service")
+
+    from pathstrat.sharing.serve import create_app
+
+    app = create_app(package, tokens, audit_log=audit_log, max_mb=max_mb, public_key=public_key,
+                     require_signature=require_signature)
+    uvicorn.run(app, host=host, port=port, log_level="info")
+
+
+def serve_token_cmd(
+    client: str = typer.Argument(..., help="Client name (recorded in the audit log)."),
+    tokens: Path = typer.Option(..., "--tokens", help="Tokens file (created if absent; mode 0600)."),
+    quota: int = typer.Option(10_000, "--quota", help="Requests per client per UTC day."),
+) -> None:
+    """Create a client token; only its hash is stored, the token is printed once."""
+    from pathstrat.sharing.serve import add_token
+
+    typer.echo(add_token(tokens, client, quota_per_day=quota))
+
+
 def register(app: typer.Typer) -> None:
-    """Add the package commands."""
+    """Add the package and service commands."""
     app.add_typer(package_app, name="package")
+    app.command("serve")(serve_cmd)
+    app.command("serve-token")(serve_token_cmd)

@@ -92,6 +92,8 @@ def register(app: typer.Typer) -> None:
     def predict(
         run: Path = typer.Option(None, "--run", help="Run directory from `pathstrat train`."),
         package: Path = typer.Option(None, "--package", help="A model package (folder or .zip) instead of --run."),
+        remote: str = typer.Option(None, "--remote", help="URL of a `pathstrat serve` service instead of --run."),
+        token: str = typer.Option(None, "--token", help="With --remote: your API token.", envvar="PATHSTRAT_TOKEN"),
         features: Path = typer.Option(..., "--features", help="Folder of <slide_id>.h5 feature files."),
         manifest: Path = typer.Option(..., "--manifest", help="Cohort manifest (CSV/Parquet)."),
         out: Path = typer.Option(..., "--out", help="Output folder."),
@@ -104,9 +106,15 @@ def register(app: typer.Typer) -> None:
         patients; a package refuses features made another way and reports an OOD check)."""
         from pathstrat.errors import ConfigError
 
-        if (run is None) == (package is None):
-            raise ConfigError("predict needs exactly one of --run RUNDIR or --package PACKAGE.")
-        if package is not None:
+        if sum(x is not None for x in (run, package, remote)) != 1:
+            raise ConfigError("predict needs exactly one of --run RUNDIR, --package PACKAGE or --remote URL.")
+        if remote is not None:
+            from pathstrat.sharing.serve import predict_remote
+
+            if not token:
+                raise ConfigError("--remote needs --token (or PATHSTRAT_TOKEN).")
+            dest = predict_remote(remote, token, features, manifest, out)
+        elif package is not None:
             from pathstrat.sharing import predict_package
 
             dest = predict_package(package, features, manifest, out, public_key=public_key,

@@ -78,8 +78,15 @@ def check_files(root: Path) -> None:
 
 # --------------------------------------------------------------------------- Ed25519 signatures
 
+def _need_crypto() -> None:
+    from pathstrat.errors import import_optional
+
+    import_optional("cryptography", "sign", "package signatures")
+
+
 def generate_keypair(private_path: str | os.PathLike, public_path: str | os.PathLike) -> None:
     """Write a new Ed25519 key pair (PEM; the private key unencrypted, mode 0600)."""
+    _need_crypto()
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -94,6 +101,7 @@ def generate_keypair(private_path: str | os.PathLike, public_path: str | os.Path
 
 
 def _load_key(path: str | os.PathLike, private: bool):
+    _need_crypto()
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -120,8 +128,6 @@ def sign(root: Path, private_key: str | os.PathLike) -> Path:
 def check_signature(root: Path, public_key: str | os.PathLike | None, *, required: bool) -> str:
     """``"verified"``, ``"unsigned"`` or ``"not checked"`` (signed, no key given); raises
     :class:`PackageError` for a bad signature, or a missing one when ``required``."""
-    from cryptography.exceptions import InvalidSignature
-
     sig_path = root / SIGNATURE
     if not sig_path.is_file():
         if required:
@@ -134,6 +140,8 @@ def check_signature(root: Path, public_key: str | os.PathLike | None, *, require
                                "(--public-key) to verify it.")
         return "not checked"
     key = _load_key(public_key, private=False)
+    from cryptography.exceptions import InvalidSignature
+
     try:
         key.verify(base64.b64decode(sig_path.read_text().strip()), (root / MANIFEST).read_bytes())
     except (InvalidSignature, ValueError) as exc:
