@@ -112,8 +112,43 @@ def serve_token_cmd(
     typer.echo(add_token(tokens, client, quota_per_day=quota))
 
 
+def finetune_cmd(
+    package: Path = typer.Option(..., "--package", help="The sponsor's model package."),
+    features: Path = typer.Option(..., "--features", help="The partner's feature files (made as pinned)."),
+    manifest: Path = typer.Option(..., "--manifest", help="The partner's manifest with labels."),
+    out: Path = typer.Option(..., "--out", help="Output folder (comparison.json/csv, runs, new package)."),
+    trainable: str = typer.Option("attention", "--trainable", help="head | attention | all."),
+    folds: int = typer.Option(5, "--folds", help="Patient-grouped CV folds on the partner's data."),
+    epochs: int = typer.Option(20, "--epochs"),
+    lr: float = typer.Option(1e-4, "--lr", help="Learning rate of fine-tuning."),
+    seed: int = typer.Option(0, "--seed"),
+    n_boot: int = typer.Option(1000, "--n-boot", help="Patient-bootstrap resamples for the CIs."),
+    version: str = typer.Option(None, "--version", help="Version of the new package (default: next minor)."),
+    public_key: Path = typer.Option(None, "--public-key", help="Verify the package with this key."),
+    device: str = typer.Option("auto", "--device"),
+) -> None:
+    """Adapt a package to your cohort: as-is vs fine-tuned vs from scratch, with CIs; writes a
+    new package version whose parent is the package."""
+    from pathstrat.errors import ConfigError
+    from pathstrat.sharing.finetune import finetune_package
+
+    if trainable not in ("head", "attention", "all"):
+        raise ConfigError(f"--trainable must be head, attention or all, not '{trainable}'.")
+    comp = finetune_package(package, features, manifest, out, trainable=trainable, folds=folds,
+                            epochs=epochs, lr=lr, seed=seed, n_boot=n_boot, new_version=version,
+                            public_key=public_key, device=device)
+    for m, v in comp["models"].items():
+        if v:
+            typer.echo(f"{m:<13} {comp['primary_metric']} {v['mean']:.3f} [{v['ci_low']:.3f}, {v['ci_high']:.3f}]")
+    d = comp.get("fine_tuned_minus_as_is")
+    if d:
+        typer.echo(f"fine-tuned - as-is: {d['difference']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]")
+    typer.echo(f"new package: {Path(out) / comp['new_package']}")
+
+
 def register(app: typer.Typer) -> None:
-    """Add the package and service commands."""
+    """Add the package, service and fine-tuning commands."""
     app.add_typer(package_app, name="package")
+    app.command("finetune")(finetune_cmd)
     app.command("serve")(serve_cmd)
     app.command("serve-token")(serve_token_cmd)

@@ -47,6 +47,11 @@ class TrainConfig(BaseModel):
     n_boot: int = 1000
     save_attention: bool = True
     encoder_id: str | None = None
+    init_weights: str | None = Field(None, description="safetensors file every fold model starts "
+                                     "from (fine-tuning a packaged model); same architecture.")
+    trainable: Literal["all", "attention", "head"] = Field(
+        "all", description="With init_weights: train everything, the aggregator and heads, or the "
+        "heads only (the rest frozen).")
 
     @field_validator("targets")
     @classmethod

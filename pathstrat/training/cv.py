@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -170,6 +171,8 @@ def _run(cfg: TrainConfig, out: Path) -> Path:
         y = {s.name: s.encode(table, states[s.name]) for s in specs}
         set_seed(seed)
         model = build_model(cfg.model, store.dim, {s.name: s.n_outputs for s in specs}, **cfg.hparams)
+        if cfg.init_weights:
+            start_from(model, cfg.init_weights, cfg.trainable)
         hparams = {**model.spec.defaults, **cfg.hparams}
         if hasattr(model, "attention_mode"):  # record the resolved mode ("auto" -> per_target/shared)
             hparams["attention"] = model.attention_mode
@@ -235,6 +238,31 @@ def _training_content(store: BagStore, fold_entries: list[dict[str, Any]]) -> di
     prints = store.attrs.get("fingerprints", {})
     return {"training_slide_ids": slides,
             "training_fingerprints": sorted({prints[s] for s in slides if s in prints})}
+
+
+#: Parameters of the input projection (frozen unless ``trainable="all"``); heads are ``heads.*``.
+_PROJECTION_PREFIXES = ("proj.", "fc.")
+
+
+def start_from(model: torch.nn.Module, weights: str | os.PathLike, trainable: str = "all") -> None:
+    """Load ``weights`` (safetensors, same architecture) into ``model`` and freeze what
+    ``trainable`` excludes: ``head`` trains only ``heads.*``; ``attention`` also the aggregator
+    (attention, transformer layers), not the input projection; ``all`` trains everything."""
+    from safetensors.torch import load_file
+
+    from pathstrat.errors import WeightsError
+
+    state = load_file(str(weights))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise WeightsError(f"'{weights}' does not fit the model (missing {list(missing)[:5]}, "
+                           f"unexpected {list(unexpected)[:5]}): fine-tune with the package's own "
+                           "architecture and hyperparameters.")
+    for name, p in model.named_parameters():
+        if trainable == "head":
+            p.requires_grad_(name.startswith("heads."))
+        elif trainable == "attention":
+            p.requires_grad_(not name.startswith(_PROJECTION_PREFIXES))
 
 
 def _maybe_preload(store: BagStore, device: str) -> None:
