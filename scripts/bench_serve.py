@@ -56,7 +56,7 @@ def main() -> None:
     port = _port()
     proc = subprocess.Popen([sys.executable, "-m", "pathstrat", "serve", "--package", str(pkg), "--tokens",
                              str(d / "tokens.json"), "--port", str(port), "--audit-log", str(d / "audit.jsonl")],
-                            stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     sel = selectors.DefaultSelector()
     sel.register(proc.stderr, selectors.EVENT_READ)
     while sel.select(timeout=300):

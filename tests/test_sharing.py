@@ -317,3 +317,41 @@ def test_finetune_beats_the_package_on_a_shifted_partner_cohort(world, tmp_path,
     proj = [k for k in base if k.startswith("proj.")]
     assert proj and all(np.array_equal(base[k], tuned[k]) for k in proj)
     assert not all(np.array_equal(base[k], tuned[k]) for k in base if k.startswith("heads."))
+
+
+def test_predict_from_slides_as_pinned_equals_the_sponsors_run(tmp_path):
+    """train -> package -> predict from the slides of a second generated cohort (tiled and embedded
+    by the package's pins) equals tiling, embedding and predicting with the original run."""
+    from pathstrat.embed import embed_cohort
+    from pathstrat.synthetic import make_slide
+    from pathstrat.tiling import TilingParams, tile_cohort
+
+    rows = []
+    for i in range(20):
+        s = make_slide(tmp_path / "slides" / f"s{i}.svs", width=900, height=700, mpp=0.5, seed=200 + i,
+                       layout={"tissue": 0.7})
+        rows.append({"slide_id": f"s{i}", "path": str(s.path), "patient_id": f"p{i}", "responder": i % 2})
+    df = pd.DataFrame(rows)
+    sponsor, partner = df.iloc[:14], df.iloc[14:]
+    sponsor.to_csv(tmp_path / "sponsor.csv", index=False)
+    partner.to_csv(tmp_path / "partner.csv", index=False)
+    params = TilingParams(target_mpp=1.0, tile_px=112, min_tissue=0.1)
+    tile_cohort(sponsor, tmp_path / "sp", params, progress=False)
+    res = embed_cohort(sponsor, tmp_path / "sp", tmp_path / "sp", "builtin", workers=0)
+    assert main(["train", "--features", str(res.features_dir), "--manifest", str(tmp_path / "sponsor.csv"),
+                 "--out", str(tmp_path / "run"), "--target", "responder", "--folds", "2", "--epochs", "3",
+                 "--model", "meanpool", "--hparam", "dim=8"]) == 0
+    pkg = build_package(tmp_path / "run", tmp_path / "m-1.0.0.pathstrat", name="m", version="1.0.0")
+    assert main(["predict", "--package", str(pkg), "--slides", "--manifest", str(tmp_path / "partner.csv"),
+                 "--out", str(tmp_path / "pkgpred")]) == 0
+    tile_cohort(partner, tmp_path / "pa", params, progress=False)
+    res2 = embed_cohort(partner, tmp_path / "pa", tmp_path / "pa", "builtin", workers=0)
+    assert main(["predict", "--run", str(tmp_path / "run"), "--features", str(res2.features_dir),
+                 "--manifest", str(tmp_path / "partner.csv"), "--out", str(tmp_path / "runpred")]) == 0
+    a = pd.read_csv(tmp_path / "pkgpred" / "predictions.csv").sort_values("slide_id").reset_index(drop=True)
+    b = pd.read_csv(tmp_path / "runpred" / "predictions.csv").sort_values("slide_id").reset_index(drop=True)
+    assert list(a["slide_id"]) == list(partner["slide_id"])
+    np.testing.assert_allclose(a["score"], b["score"], atol=1e-7)
+    doc = json.loads((pkg / "package.json").read_text())
+    assert doc["pipeline"]["tiling"]["tile_px"] == 112 and doc["pipeline"]["tiling"]["target_mpp"] == 1.0
+    assert doc["pipeline"]["encoder"]["encoder_id"] == "builtin"

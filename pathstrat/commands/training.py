@@ -94,9 +94,11 @@ def register(app: typer.Typer) -> None:
         package: Path = typer.Option(None, "--package", help="A model package (folder or .zip) instead of --run."),
         remote: str = typer.Option(None, "--remote", help="URL of a `pathstrat serve` service instead of --run."),
         token: str = typer.Option(None, "--token", help="With --remote: your API token.", envvar="PATHSTRAT_TOKEN"),
-        features: Path = typer.Option(..., "--features", help="Folder of <slide_id>.h5 feature files."),
+        features: Path = typer.Option(None, "--features", help="Folder of <slide_id>.h5 feature files."),
         manifest: Path = typer.Option(..., "--manifest", help="Cohort manifest (CSV/Parquet)."),
         out: Path = typer.Option(..., "--out", help="Output folder."),
+        slides: bool = typer.Option(False, "--slides", help="With --package: tile and embed the manifest's slides as pinned (into OUT/work) instead of --features."),
+        weights: str = typer.Option(None, "--weights", help="With --slides: the encoder's weights (must match the pinned sha256)."),
         allow_overlap: bool = typer.Option(False, "--allow-overlap", help="Predict patients that were in training."),
         public_key: Path = typer.Option(None, "--public-key", help="With --package: the sponsor's public key."),
         require_signature: bool = typer.Option(False, "--require-signature", help="With --package: refuse unsigned packages."),
@@ -114,11 +116,21 @@ def register(app: typer.Typer) -> None:
             if not token:
                 raise ConfigError("--remote needs --token (or PATHSTRAT_TOKEN).")
             dest = predict_remote(remote, token, features, manifest, out)
+        elif package is not None and slides:
+            from pathstrat.sharing.predict import predict_package_from_slides
+
+            dest = predict_package_from_slides(package, manifest, out, weights=weights,
+                                               public_key=public_key,
+                                               require_signature=require_signature, device=device)
         elif package is not None:
             from pathstrat.sharing import predict_package
 
+            if features is None:
+                raise ConfigError("predict --package needs --features DIR, or --slides to tile and embed.")
             dest = predict_package(package, features, manifest, out, public_key=public_key,
                                    require_signature=require_signature, device=device)
+        elif features is None:
+            raise ConfigError("predict --run needs --features DIR.")
         else:
             from pathstrat.train import predict as run_predict
 

@@ -103,3 +103,35 @@ def predict_package(package: str | os.PathLike, features_dir: str | os.PathLike,
         "manifest_sha256": doc["_manifest_sha256"], "signature": doc["_signature"],
         "pipeline": doc["pipeline"], "rules": rules})
     return out
+
+
+def predict_package_from_slides(package: str | os.PathLike, manifest: str | os.PathLike,
+                                out_dir: str | os.PathLike, *, weights: str | os.PathLike | None = None,
+                                public_key: str | os.PathLike | None = None,
+                                require_signature: bool = False, device: str = "auto",
+                                workers: int = 1) -> Path:
+    """Tile and embed the manifest's slides exactly as the package pins them (into
+    ``OUT/work``), then :func:`predict_package`. The encoder's weights must hash to the pinned
+    sha256 (else refused before any slide is read)."""
+    from pathstrat.cohort import load_manifest
+    from pathstrat.embed import embed_cohort
+    from pathstrat.encoders import build_encoder
+    from pathstrat.errors import WeightsError
+    from pathstrat.sharing.build import open_package
+    from pathstrat.tiling import TilingParams, tile_cohort
+
+    with open_package(package, public_key=public_key, require_signature=require_signature) as (_, doc):
+        pinned_enc, til = doc["pipeline"]["encoder"], doc["pipeline"]["tiling"]
+    enc = build_encoder(pinned_enc["encoder_id"], weights=weights, device=device)
+    if pinned_enc.get("weights_sha256") and enc.weights_sha256 != pinned_enc["weights_sha256"]:
+        raise WeightsError(f"Encoder '{enc.spec.id}' weights hash to {enc.weights_sha256}, but the package "
+                           f"pins {pinned_enc['weights_sha256']}: get the exact weights the sponsor used "
+                           "(--weights PATH).")
+    params = TilingParams(**{k: til[k] for k in ("target_mpp", "tile_px", "overlap_px", "min_tissue",
+                                                  "mask_mpp") if til.get(k) is not None})
+    work = Path(out_dir) / "work"
+    df, _problems = load_manifest(manifest, on_missing="record")
+    tile_cohort(df, work, params, workers=workers, progress=False)
+    res = embed_cohort(df, work, work, enc.spec.id, encoder=enc, workers=0)
+    return predict_package(package, res.features_dir, df, out_dir, public_key=public_key,
+                           require_signature=require_signature, device=device)

@@ -73,6 +73,7 @@ def create_app(package: str | os.PathLike, tokens_file: str | os.PathLike, *,
     import pandas as pd
     from fastapi import FastAPI, HTTPException, Request
     from fastapi.responses import JSONResponse
+    from starlette.concurrency import run_in_threadpool
 
     from pathstrat.errors import FeatureDimError, SchemaError
     from pathstrat.features import read_bag
@@ -91,6 +92,10 @@ def create_app(package: str | os.PathLike, tokens_file: str | os.PathLike, *,
     max_bytes = int(max_mb * 2**20)
     enc_id = doc["pipeline"]["encoder"].get("encoder_id")
     in_dim = int(doc["model"]["in_dim"])
+    from pathstrat.training.predict import load_fold_model, load_run_spec
+
+    spec = load_run_spec(root)
+    models = {f["name"]: load_fold_model(root, f, spec, device) for f in spec["folds"]}  # loaded once
     info = {"package": doc["name"], "version": doc["version"], "manifest_sha256": doc["_manifest_sha256"]}
 
     app = FastAPI(title=f"pathstrat: {doc['name']} {doc['version']}",
@@ -125,6 +130,28 @@ def create_app(package: str | os.PathLike, tokens_file: str | os.PathLike, *,
                              "targets": [t["name"] for t in doc["model"]["targets"]]},
                             headers={"X-Request-ID": rid})
 
+    def _run(body: bytes, slide_id: str, rid: str, name: str):
+        """Check the upload and predict it (blocking: runs in the thread pool)."""
+        req = work / "requests" / rid
+        (req / "features").mkdir(parents=True)
+        try:
+            (req / "features" / f"{slide_id}.h5").write_bytes(body)
+            try:
+                bag = read_bag(req / "features" / f"{slide_id}.h5", expected_dim=in_dim,
+                               expected_encoder=enc_id, load_views=False)
+            except (FeatureDimError, SchemaError) as exc:
+                audit.write(request_id=rid, client=name, endpoint="/v1/predict", status=422)
+                raise HTTPException(422, str(exc).replace(str(req), "<upload>"),
+                                    headers={"X-Request-ID": rid}) from exc
+            man = pd.DataFrame({"slide_id": [slide_id], "patient_id": [slide_id], "path": [""]})
+            predict(root, req / "features", man, req / "out", allow_overlap=True, device=device,
+                    save_attention=False, model_cache=models)
+            pred = pd.read_csv(req / "out" / "predictions.csv")
+            cols = [c for c in pred.columns if c in ("target", "score", "risk") or c.startswith("prob_")]
+            return bag, json.loads(pred[cols].to_json(orient="records"))
+        finally:
+            shutil.rmtree(req, ignore_errors=True)
+
     @app.post("/v1/predict")
     async def predict_bag(request: Request, slide_id: str = "slide") -> JSONResponse:
         """One slide's feature file (HDF5 body) -> its predictions."""
@@ -143,25 +170,7 @@ def create_app(package: str | os.PathLike, tokens_file: str | os.PathLike, *,
                                 headers={"X-Request-ID": rid})
         if not slide_id or any(c in slide_id for c in "/\\\x00\n") or len(slide_id) > 160:
             raise HTTPException(422, "slide_id must be a plain name", headers={"X-Request-ID": rid})
-        req = work / "requests" / rid
-        (req / "features").mkdir(parents=True)
-        try:
-            (req / "features" / f"{slide_id}.h5").write_bytes(body)
-            try:
-                bag = read_bag(req / "features" / f"{slide_id}.h5", expected_dim=in_dim,
-                               expected_encoder=enc_id, load_views=False)
-            except (FeatureDimError, SchemaError) as exc:
-                audit.write(request_id=rid, client=name, endpoint="/v1/predict", status=422)
-                raise HTTPException(422, str(exc).replace(str(req), "<upload>"),
-                                    headers={"X-Request-ID": rid}) from exc
-            man = pd.DataFrame({"slide_id": [slide_id], "patient_id": [slide_id], "path": [""]})
-            predict(root, req / "features", man, req / "out", allow_overlap=True, device=device,
-                    save_attention=False)
-            pred = pd.read_csv(req / "out" / "predictions.csv")
-            cols = [c for c in pred.columns if c in ("target", "score", "risk") or c.startswith("prob_")]
-            rows = json.loads(pred[cols].to_json(orient="records"))
-        finally:
-            shutil.rmtree(req, ignore_errors=True)
+        bag, rows = await run_in_threadpool(_run, body, slide_id, rid, name)  # off the event loop
         ms = 1000 * (time.perf_counter() - t0)
         audit.write(request_id=rid, client=name, endpoint="/v1/predict", status=200,
                     n_tiles=int(len(bag)), ms=round(ms, 1))

@@ -76,7 +76,7 @@ def _check_inputs(spec: dict[str, Any], store_dim: int, store_encoder: str | Non
 def predict(run_dir: str | os.PathLike, features_dir: str | os.PathLike,
             manifest: str | os.PathLike | pd.DataFrame, out_dir: str | os.PathLike, *,
             allow_overlap: bool = False, device: str = "auto", save_attention: bool = True,
-            n_boot: int = 1000) -> Path:
+            n_boot: int = 1000, model_cache: dict[str, nn.Module] | None = None) -> Path:
     """Predict a cohort with the mean of all fold models of ``run_dir``.
 
     Refuses features from another encoder or dimension (:class:`FeatureDimError`) and patients
@@ -118,7 +118,12 @@ def predict(run_dir: str | os.PathLike, features_dir: str | os.PathLike,
     br_names: list[str] | None = None
     index = np.arange(len(store))
     for fold in spec["folds"]:
-        model = load_fold_model(run_dir, fold, spec, device)
+        if model_cache is not None and fold["name"] in model_cache:
+            model = model_cache[fold["name"]]  # a service keeps its fold models loaded
+        else:
+            model = load_fold_model(run_dir, fold, spec, device)
+            if model_cache is not None:
+                model_cache[fold["name"]] = model
         ev = evaluate(model, loader, device=device, keep_attention=save_attention)
         scores = decode_outputs(specs, ev.outputs, fold["target_state"])
         for k, v in scores.items():
