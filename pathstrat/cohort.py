@@ -96,16 +96,18 @@ NA_STRINGS = frozenset({"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-
 ID_COLUMNS = ("slide_id", "patient_id", "path")
 
 
-def read_table(path: Path) -> pd.DataFrame:
-    """Read a CSV or Parquet manifest with ids as written (strings, no NA conversion).
+def read_table(path: str | os.PathLike, *, what: str = "Manifest") -> pd.DataFrame:
+    """Read a CSV or Parquet table with ids as written (strings, no NA conversion): the one
+    table reader of the package (manifests, clinical tables, predictions).
 
     A CSV row with more fields than the header is refused naming its line (pandas would shift
     its columns silently); a shorter row leaves its trailing columns empty.
     """
     path = Path(path)
     if not path.is_file():
-        raise ManifestError(f"Manifest '{path}' does not exist (or is not a file). "
-                            "Pass the CSV or Parquet file listing slide_id and path.")
+        raise ManifestError(f"{what} '{path}' does not exist (or is not a file). "
+                            + ("Pass the CSV or Parquet file listing slide_id and path."
+                               if what == "Manifest" else "Check the path."))
     try:
         if path.suffix.lower() in PARQUET_SUFFIXES:
             df = pd.read_parquet(path)

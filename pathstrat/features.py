@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 
-from pathstrat.encoders.model import warn_if_random
 from pathstrat.errors import FeatureDimError, NonFiniteError, SchemaError
 from pathstrat.io import atomic_path
 
@@ -34,7 +33,30 @@ _TRIDENT_ATTRS = {"patch_size_level0": "tile_size_level0", "patch_size": "tile_p
                   "level0_width": "level0_width", "level0_height": "level0_height",
                   "name": "slide_id"}
 
-__all__ = ["FEATURES_SCHEMA", "Bag", "read_bag", "warn_if_random", "write_features"]
+__all__ = ["FEATURES_SCHEMA", "Bag", "RandomWeightsWarning", "read_bag", "warn_if_random", "write_features"]
+
+
+class RandomWeightsWarning(UserWarning):
+    """Features (or a model) come from a randomly initialised encoder."""
+
+
+def warn_if_random(attrs: Mapping[str, Any], what: str = "these features") -> bool:
+    """Warn loudly when feature attrs say the encoder was random-init; return whether it was.
+
+    Call it before training on a feature file: results on random features are meaningless
+    outside tests and benchmarks.
+    """
+    import warnings
+
+    if not bool(attrs.get("weights_random", False)):
+        return False
+    msg = (f"!!! {what} were computed with a RANDOMLY INITIALISED encoder "
+           f"'{attrs.get('encoder_id', '?')}' (weights: random). They are for tests and "
+           "benchmarks only; any model trained on them is meaningless. Re-embed with real "
+           "weights (--weights PATH or a Hugging Face cache) or use --encoder builtin. !!!")
+    log.warning(msg)
+    warnings.warn(msg, RandomWeightsWarning, stacklevel=2)
+    return True
 
 
 @dataclass

@@ -108,17 +108,10 @@ def _stat_ci(stat: Callable[[np.ndarray], float], n: int, *, n_boot: int = 500,
 
 # ---------------------------------------------------------------- inputs
 def read_table(path: str | Any) -> pd.DataFrame:
-    """Read a CSV or Parquet table; ids are kept as strings."""
-    from pathlib import Path
+    """A CSV or Parquet table with ids kept as strings (:func:`pathstrat.cohort.read_table`)."""
+    from pathstrat.cohort import read_table as _read
 
-    p = Path(path)
-    if not p.exists():
-        raise SchemaError(f"Table '{p}' does not exist; check the path.")
-    df = pd.read_parquet(p) if p.suffix.lower() in {".parquet", ".pq"} else pd.read_csv(p)
-    for col in ("slide_id", "patient_id"):
-        if col in df.columns:
-            df[col] = df[col].astype(str)
-    return df
+    return _read(path, what="Table")
 
 
 def _require(df: pd.DataFrame, cols: Sequence[str], what: str) -> None:

@@ -29,6 +29,7 @@ from pathstrat.encoders.spec import (
     list_specs,
     register_spec,
 )
+from pathstrat.encoders import catalog  # noqa: F401, E402 - registers the built-in specs (spec.py imports no catalogue)
 from pathstrat.encoders.transforms import EncoderTransform
 from pathstrat.encoders.weights import resolve_weights, weights_found
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -12,32 +11,12 @@ from pathstrat.encoders.spec import EncoderSpec, get_spec
 from pathstrat.encoders.transforms import EncoderTransform
 from pathstrat.encoders.weights import ResolvedWeights, resolve_weights
 from pathstrat.errors import ConfigError, MissingDependencyError
+from pathstrat.features import RandomWeightsWarning, warn_if_random  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
 
 RANDOM = "random"
 _TORCH_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
-
-
-class RandomWeightsWarning(UserWarning):
-    """Features (or a model) come from a randomly initialised encoder."""
-
-
-def warn_if_random(attrs: Mapping[str, Any], what: str = "these features") -> bool:
-    """Warn loudly when feature attrs say the encoder was random-init; return whether it was.
-
-    Call it before training on a feature file: results on random features are meaningless
-    outside tests and benchmarks.
-    """
-    if not bool(attrs.get("weights_random", False)):
-        return False
-    msg = (f"!!! {what} were computed with a RANDOMLY INITIALISED encoder "
-           f"'{attrs.get('encoder_id', '?')}' (weights: random). They are for tests and "
-           "benchmarks only; any model trained on them is meaningless. Re-embed with real "
-           "weights (--weights PATH or a Hugging Face cache) or use --encoder builtin. !!!")
-    log.warning(msg)
-    warnings.warn(msg, RandomWeightsWarning, stacklevel=2)
-    return True
 
 
 def resolve_device(device: str | None = "auto"):

@@ -115,13 +115,11 @@ def register_spec(spec: EncoderSpec, *, replace: bool = False) -> EncoderSpec:
 
 def get_spec(encoder_id: str) -> EncoderSpec:
     """The spec of ``encoder_id``; unknown ids raise ``UnknownNameError`` with close names."""
-    _ensure_catalog()
     return SPECS.get(encoder_id)
 
 
 def list_specs() -> list[EncoderSpec]:
     """All registered specs, sorted by id."""
-    _ensure_catalog()
     return [s for _, s in SPECS.items()]
 
 
@@ -148,14 +146,3 @@ def custom_timm_spec(
     if register:
         register_spec(spec, replace=True)
     return spec
-
-
-_CATALOG_LOADED = False
-
-
-def _ensure_catalog() -> None:
-    """Import the built-in catalogue once (kept out of import time of this module)."""
-    global _CATALOG_LOADED
-    if not _CATALOG_LOADED:
-        _CATALOG_LOADED = True
-        from pathstrat.encoders import catalog  # noqa: F401 - registers on import
