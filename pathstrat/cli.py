@@ -11,7 +11,6 @@ slides failed (listed in ``failures.csv``).
 
 from __future__ import annotations
 
-import importlib
 import logging
 import sys
 
@@ -21,19 +20,6 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_PARTIAL = 3
-
-# One module per stage; order is the order in `pathstrat --help`.
-COMMAND_MODULES = (
-    "pathstrat.commands.slides",  # info
-    "pathstrat.commands.tiling",  # tile
-    "pathstrat.commands.embedding",  # embed, encoders
-    "pathstrat.commands.training",  # train, predict
-    "pathstrat.commands.decisions",  # stratify, select, heatmap, report
-    "pathstrat.commands.pipeline",  # run, demo, doctor
-    "pathstrat.commands.federated",  # federated ...
-    "pathstrat.commands.trial",  # trial-design
-    "pathstrat.commands.sharing",  # package (build, verify, keygen)
-)
 
 app = typer.Typer(
     name="pathstrat",
@@ -89,8 +75,22 @@ def setup_logging(level: int = logging.INFO) -> None:
         root.addHandler(h)
 
 
+# One module per stage, imported explicitly; order is the order in `pathstrat --help`.
+from pathstrat.commands import (  # noqa: E402 - after the app and logging set-up they use
+    decisions,  # stratify, select, heatmap, report
+    embedding,  # embed, encoders
+    federated,  # federated ...
+    pipeline,  # run, demo, doctor, init
+    sharing,  # package, finetune, serve
+    slides,  # info
+    tiling,  # tile
+    training,  # train, predict
+    trial,  # trial-design
+)
+
+COMMAND_MODULES = (slides, tiling, embedding, training, decisions, pipeline, federated, trial, sharing)
 for _mod in COMMAND_MODULES:
-    importlib.import_module(_mod).register(app)
+    _mod.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:

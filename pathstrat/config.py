@@ -61,6 +61,18 @@ class TilingConfig(_Section):
     mask_mpp: float = Field(8.0, gt=0, description="Resolution of the tissue mask (µm/px).")
     workers: int = Field(1, ge=1, description="Parallel slide workers on one machine.")
 
+    @model_validator(mode="after")
+    def _valid_tiling_params(self) -> TilingConfig:
+        """The tiling stage's own rules (e.g. overlap < tile) checked when the config loads, not
+        on every slide at stage time."""
+        from pathstrat.tiling import TilingParams
+
+        try:
+            TilingParams(**self.model_dump(exclude={"workers"}))
+        except ValidationError as exc:
+            raise ValueError("; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())) from None
+        return self
+
 
 class EmbedConfig(_Section):
     """Parameters of pathstrat.embed.embed_cohort."""

@@ -97,6 +97,9 @@ def test_invalid_values_are_config_errors(tmp_path: Path):
         load_config(_write(tmp_path, {**MINIMAL, "select": {"target": "nope"}}))
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "absent.yaml")
+    # the tiling stage's own rule (overlap < tile) fails when the config loads, naming the section
+    with pytest.raises(ConfigError, match=r"tiling.*overlap_px \(64\) must be smaller than tile_px \(64\)"):
+        load_config(_write(tmp_path, {**MINIMAL, "tiling": {"tile_px": 64, "overlap_px": 64}}))
 
 
 def test_set_overrides_coerce_types(tmp_path: Path):
