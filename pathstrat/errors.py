@@ -54,6 +54,10 @@ class NonFiniteError(SchemaError):
     """Data holds NaN or infinite values where numbers are needed (features, a table column)."""
 
 
+class TrainingDivergedError(PathstratError, FloatingPointError):
+    """Training produced a non-finite loss or gradient; nothing of that model is saved."""
+
+
 class LeakageError(PathstratError, ValueError):
     """A patient would appear in both training and evaluation data."""
 

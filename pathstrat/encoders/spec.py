@@ -65,6 +65,7 @@ class EncoderSpec:
     state_dict_prefix: str = ""
     ignore_keys: tuple[str, ...] = ()
     test_overrides: dict[str, Any] = field(default_factory=dict)
+    features_normalized: bool = False  # True: features are already standardised (no input scaling)
     description: str = ""
 
     def __post_init__(self) -> None:

@@ -15,6 +15,7 @@ from pathstrat.errors import ConfigError
 from pathstrat.mil import models as _models  # noqa: F401  (registers models)
 from pathstrat.mil import transmil as _transmil  # noqa: F401
 from pathstrat.mil.base import MODELS, MILOutput, ModelSpec, masked_softmax
+from pathstrat.mil.scaling import attach_scaler
 
 __all__ = ["MODELS", "MILOutput", "ModelSpec", "build_model", "model_hparams", "masked_softmax"]
 
@@ -30,6 +31,7 @@ def model_hparams(name: str, **hparams: Any) -> dict[str, Any]:
     return {**spec.defaults, **hparams}
 
 
+
 def build_model(name: str, in_dim: int, heads: dict[str, int], **hparams: Any) -> nn.Module:
     """Build MIL model ``name`` for ``in_dim`` features with one output layer per head.
 
@@ -41,4 +43,4 @@ def build_model(name: str, in_dim: int, heads: dict[str, int], **hparams: Any) -
     model = spec.cls(int(in_dim), {str(k): int(v) for k, v in heads.items()},
                      **model_hparams(name, **hparams))
     model.spec = spec  # type: ignore[attr-defined]
-    return model
+    return attach_scaler(model, int(in_dim))  # identity until fitted (pathstrat.mil.scaling)

@@ -144,7 +144,9 @@ class TargetSpec:
         """Raw head outputs (n, n_outputs) -> scores: probabilities, values or risks."""
         out = np.asarray(out, np.float64)
         if self.kind in ("binary", "multilabel"):
-            p = 1 / (1 + np.exp(-out))
+            from scipy.special import expit
+
+            p = expit(out)  # no overflow warning for large logits
             return p[:, 0] if self.kind == "binary" else p
         if self.kind == "multiclass":
             z = np.exp(out - out.max(1, keepdims=True))

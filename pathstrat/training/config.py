@@ -47,6 +47,9 @@ class TrainConfig(BaseModel):
     n_boot: int = 1000
     save_attention: bool = True
     encoder_id: str | None = None
+    input_scaling: Literal["auto", "standardize", "none"] = Field(
+        "auto", description="Per-feature standardisation fitted on each fold's training patients "
+        "and stored in the checkpoint; auto = on unless the encoder's features are normalised.")
     init_weights: str | None = Field(None, description="safetensors file every fold model starts "
                                      "from (fine-tuning a packaged model); same architecture.")
     trainable: Literal["all", "attention", "head"] = Field(

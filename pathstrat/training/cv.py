@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -11,7 +12,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pathstrat.errors import ConfigError
+from pathstrat.errors import ConfigError, TrainingDivergedError
 from pathstrat.io import (
     FailureLog,
     OutputDirError,
@@ -24,6 +25,7 @@ from pathstrat.io import (
     write_text_atomic,
 )
 from pathstrat.mil import build_model
+from pathstrat.mil.scaling import fit_scaler, set_scaler
 from pathstrat.mil.losses import make_loss
 from pathstrat.mil.targets import CLASSIFICATION_KINDS, SURVIVAL_KINDS, TargetSpec, infer_target
 from pathstrat.training.config import TrainConfig
@@ -154,6 +156,7 @@ def _run(cfg: TrainConfig, out: Path) -> Path:
     rows: list[dict[str, Any]] = []
     train_rows: list[dict[str, Any]] = []
     fold_entries: list[dict[str, Any]] = []
+    history_rows: list[dict[str, Any]] = []
     hparams: dict[str, Any] = {}
     for (r, k), test_df in folds.groupby(["repeat", "fold"], sort=True):
         seed = cfg.seed + 1000 * int(r) + int(k)
@@ -171,7 +174,10 @@ def _run(cfg: TrainConfig, out: Path) -> Path:
         y = {s.name: s.encode(table, states[s.name]) for s in specs}
         set_seed(seed)
         model = build_model(cfg.model, store.dim, {s.name: s.n_outputs for s in specs}, **cfg.hparams)
-        if cfg.init_weights:
+        scaling = _scaling_method(cfg, store)
+        if scaling == "standardize":  # statistics of this fold's training patients only
+            set_scaler(model, *fit_scaler((store.bags[i].features for i in tr_idx), store.dim))
+        if cfg.init_weights:  # fine-tuning keeps the package's weights and input scaling
             start_from(model, cfg.init_weights, cfg.trainable)
         hparams = {**model.spec.defaults, **cfg.hparams}
         if hasattr(model, "attention_mode"):  # record the resolved mode ("auto" -> per_target/shared)
@@ -187,7 +193,11 @@ def _run(cfg: TrainConfig, out: Path) -> Path:
         params = TrainParams(epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay,
                              schedule=cfg.schedule, patience=cfg.patience, grad_clip=cfg.grad_clip,
                              device=device, amp=cfg.amp)
-        history = fit(model, train_loader, val_loader, loss_fn, params)
+        try:
+            history = fit(model, train_loader, val_loader, loss_fn, params)
+        except TrainingDivergedError as exc:
+            raise TrainingDivergedError(f"repeat {r}, fold {k}, {exc}") from None
+        history_rows += [{"repeat": int(r), "fold": int(k), **h} for h in history]
         keep_att = cfg.save_attention and int(r) == 0
         ev = evaluate(model, make_loader(BagDataset(store, te_idx, y), 1), device=device,
                       amp=cfg.amp, keep_attention=keep_att)
@@ -210,6 +220,7 @@ def _run(cfg: TrainConfig, out: Path) -> Path:
         log.info("repeat %d fold %d: %d train / %d val / %d test bags, %d epochs", r, k,
                  len(tr_idx), len(va_idx), len(te_idx), len(history))
     pred = _predictions_frame(rows)
+    write_dataframe_atomic(out / "history.csv", pd.DataFrame(history_rows))
     write_dataframe_atomic(out / "predictions.csv", pred)
     write_dataframe_atomic(out / "train_scores.csv", _predictions_frame(train_rows))
     metrics, per_fold = compute_metrics(pred, specs, n_boot=cfg.n_boot, seed=cfg.seed)
@@ -219,6 +230,10 @@ def _run(cfg: TrainConfig, out: Path) -> Path:
         "model": cfg.model, "hparams": hparams, "in_dim": store.dim,
         "encoder_id": store.encoder_id, "level": cfg.level,
         "targets": [s.to_dict() for s in specs], "folds": fold_entries,
+        "input_scaling": {"method": _scaling_method(cfg, store),
+                          "fitted_on": "the training patients of each fold (never validation/test)",
+                          "stored_as": "input_mean / input_inv_std buffers in each checkpoint",
+                          "init_weights": bool(cfg.init_weights)},
         **_training_content(store, fold_entries),
         "schema": "pathstrat.mil_run/1"})
     if len(failures):
@@ -242,6 +257,19 @@ def _training_content(store: BagStore, fold_entries: list[dict[str, Any]]) -> di
 
 #: Parameters of the input projection (frozen unless ``trainable="all"``); heads are ``heads.*``.
 _PROJECTION_PREFIXES = ("proj.", "fc.")
+
+
+def _scaling_method(cfg: TrainConfig, store: BagStore) -> str:
+    """``standardize`` or ``none``: ``auto`` standardises unless the encoder's spec says its
+    features are already normalised (and a fine-tuned model keeps its package's scaling)."""
+    if cfg.input_scaling != "auto":
+        return cfg.input_scaling
+    if store.encoder_id:
+        from pathstrat.encoders.spec import SPECS
+
+        if store.encoder_id in SPECS and SPECS.get(store.encoder_id).features_normalized:
+            return "none"
+    return "standardize"
 
 
 def start_from(model: torch.nn.Module, weights: str | os.PathLike, trainable: str = "all") -> None:
@@ -307,7 +335,10 @@ def _save_checkpoint(ckpt_dir: Path, name: str, model: torch.nn.Module, cfg: Tra
     tensors = {n: t.detach().cpu().contiguous().clone() for n, t in model.state_dict().items()}
     path = ckpt_dir / f"{name}.safetensors"
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"model": cfg.model, "fold": str(k), "repeat": str(r)})
+        # one metadata key: safetensors writes a multi-key map in arbitrary order, and two
+        # identical runs must give byte-identical files (a hash then means the same model)
+        meta = json.dumps({"model": cfg.model, "fold": k, "repeat": r}, sort_keys=True)
+        save_file(tensors, str(tmp), metadata={"pathstrat": meta})
     return {"name": name, "file": path.name, "sha256": sha256_file(path), "repeat": r, "fold": k,
             "training_patient_ids": sorted(map(str, training_patients)), "target_state": states,
             "epochs_trained": len(history),

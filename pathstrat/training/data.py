@@ -178,7 +178,7 @@ F16_MAX = float(np.finfo(np.float16).max)  # 65504
 
 def content_fingerprint(features: np.ndarray, coords: np.ndarray) -> str:
     """A slide's feature content as a short hash (shape, every coordinate, 64 spread rows of
-    features at float16): the same tiles under another slide or patient id give the same print,
+    features as float32): the same tiles under another slide or patient id give the same print,
     so the leakage guard sees renamed copies of training slides."""
     import hashlib
 
@@ -187,7 +187,7 @@ def content_fingerprint(features: np.ndarray, coords: np.ndarray) -> str:
     h = hashlib.blake2b(digest_size=16)
     h.update(np.asarray(features.shape, np.int64).tobytes())
     h.update(np.ascontiguousarray(coords, np.int64).tobytes())
-    h.update(np.ascontiguousarray(np.asarray(features)[rows], np.float16).tobytes())
+    h.update(np.ascontiguousarray(np.asarray(features)[rows], np.float32).tobytes())
     return h.hexdigest()
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import logging
 import random
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pathstrat.errors import ConfigError
+from pathstrat.errors import ConfigError, TrainingDivergedError
 from pathstrat.mil.losses import MultiTaskLoss, bag_labels
 
 log = logging.getLogger(__name__)
@@ -91,14 +92,23 @@ def train_one_epoch(model: nn.Module, loader, loss_fn: MultiTaskLoss,
             out = model(x, mask, bag_labels=_first_labels(loss_fn, targets, device))
         loss, _ = loss_fn({k: v.float() for k, v in out.logits.items()}, targets)
         loss = loss + out.aux_loss.float()
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise TrainingDivergedError(
+                f"the training loss is {value} at step {n // max(x.shape[0], 1) + 1}: training "
+                "diverged (a learning rate too high, or non-finite inputs). Lower --lr; nothing "
+                "of this model was saved.")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if grad_clip:
-            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        norm = nn.utils.clip_grad_norm_(model.parameters(), grad_clip or float("inf"))
+        if not torch.isfinite(norm):
+            raise TrainingDivergedError(
+                f"the gradient norm is {float(norm)} at step {n // max(x.shape[0], 1) + 1}: training "
+                "diverged. Lower --lr or set --grad-clip; nothing of this model was saved.")
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
-        total += float(loss.detach()) * x.shape[0]
+        total += value * x.shape[0]
         n += x.shape[0]
     return total / max(n, 1)
 
@@ -162,8 +172,11 @@ def fit(model: nn.Module, train_loader, val_loader, loss_fn: MultiTaskLoss,
     opt, sched = make_optimizer(model, params, len(train_loader))
     best, best_state, bad, history = float("inf"), None, 0, []
     for epoch in range(params.epochs):
-        tr = train_one_epoch(model, train_loader, loss_fn, opt, scheduler=sched, device=device,
-                             amp=params.amp, grad_clip=params.grad_clip)
+        try:
+            tr = train_one_epoch(model, train_loader, loss_fn, opt, scheduler=sched, device=device,
+                                 amp=params.amp, grad_clip=params.grad_clip)
+        except TrainingDivergedError as exc:
+            raise TrainingDivergedError(f"epoch {epoch + 1}: {exc}") from None
         row: dict[str, Any] = {"epoch": epoch, "train_loss": tr}
         if val_loader is not None:
             val = evaluate(model, val_loader, loss_fn, device=device, amp=params.amp).loss

@@ -13,8 +13,9 @@ import pandas as pd
 from torch import nn
 
 from pathstrat.errors import FeatureDimError, LeakageError, SchemaError, WeightsError
-from pathstrat.io import FailureLog, ensure_writable_dir, write_dataframe_atomic, write_json_atomic
+from pathstrat.io import FailureLog, ensure_writable_dir, sha256_file, write_dataframe_atomic, write_json_atomic
 from pathstrat.mil import build_model
+from pathstrat.mil.scaling import SCALER_KEYS
 from pathstrat.mil.targets import TargetSpec
 from pathstrat.training.data import BagDataset, load_bags, make_loader
 from pathstrat.training.engine import evaluate, resolve_device
@@ -34,7 +35,14 @@ def load_run_spec(run_dir: str | os.PathLike) -> dict[str, Any]:
     if not path.exists():
         raise SchemaError(f"'{run_dir}' is not a training run: {path} is missing. Pass the RUNDIR "
                           "written by `pathstrat train`.")
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        spec = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SchemaError(f"{path} is not valid JSON ({exc}); the run is damaged. Retrain it.") from exc
+    missing = [k for k in ("model", "in_dim", "targets", "folds", "hparams") if k not in spec]
+    if missing:
+        raise SchemaError(f"{path} lacks {missing}; it was not written by `pathstrat train`.")
+    return spec
 
 
 def load_fold_model(run_dir: str | os.PathLike, fold: dict[str, Any] | str,
@@ -55,11 +63,39 @@ def load_fold_model(run_dir: str | os.PathLike, fold: dict[str, Any] | str,
         hparams["attention"] = "shared"  # runs written before per-target attention existed
     model = build_model(spec["model"], spec["in_dim"], {t.name: t.n_outputs for t in targets},
                         **hparams)
-    path = Path(run_dir) / "checkpoints" / fold["file"]
-    if not path.exists():
+    path = checkpoint_path(run_dir, fold)
+    try:
+        state = load_file(str(path))
+    except Exception as exc:  # safetensors raises its own error types for non-safetensors bytes
+        raise WeightsError(f"Checkpoint {path} is not a safetensors file ({type(exc).__name__}: "
+                           f"{exc}); pathstrat never loads pickles. Restore the run's checkpoint or "
+                           "retrain.") from exc
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or set(missing) - set(SCALER_KEYS):
+        raise WeightsError(f"Checkpoint {path} does not fit model '{spec['model']}' (missing "
+                           f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}).")
+    return model.to(device).eval()  # runs before input scaling keep the identity scaler
+
+
+def checkpoint_path(run_dir: str | os.PathLike, fold: dict[str, Any]) -> Path:
+    """A fold's checkpoint inside ``run_dir/checkpoints``, its sha256 checked against model.json.
+
+    A ``file`` that points outside the run directory is refused without being opened; a file
+    whose hash differs from the one recorded at training is refused naming it."""
+    ckpt_dir = (Path(run_dir) / "checkpoints").resolve()
+    name = str(fold.get("file", ""))
+    path = (ckpt_dir / name).resolve()
+    if not name or Path(name).is_absolute() or path.parent != ckpt_dir:
+        raise WeightsError(f"model.json of '{run_dir}' names checkpoint '{name}' outside "
+                           f"{ckpt_dir}; refused (a run's checkpoints live in its checkpoints/ folder).")
+    if not path.is_file():
         raise WeightsError(f"Checkpoint {path} is missing; the run directory is incomplete.")
-    model.load_state_dict(load_file(str(path)))
-    return model.to(device).eval()
+    want = fold.get("sha256")
+    if want and sha256_file(path) != want:
+        raise WeightsError(f"Checkpoint {path} does not match the sha256 recorded in model.json: "
+                           "it changed after training (or belongs to another run). Restore it or "
+                           "retrain; do not predict with it.")
+    return path
 
 
 def _check_inputs(spec: dict[str, Any], store_dim: int, store_encoder: str | None) -> None:
