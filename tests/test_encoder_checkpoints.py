@@ -148,3 +148,132 @@ def test_verify_cli(tmp_path):
     res = CliRunner().invoke(app, ["encoders", "verify", "kaiko_vits16", "--weights", str(bad)])
     assert res.exit_code == 1
     assert "missing key: norm.weight" in res.output
+
+
+# --------------------------------------------------------------------------------------------
+# The fixture matrix: every registry entry loads a small random checkpoint written in its
+# publisher's layout, built by timm / transformers directly (not by our builders).
+
+#: Where each publisher ships its weights: a bare state dict (``torch.save``) or a timm hub folder.
+BARE_BIN = {"uni", "uni2_h", "gigapath"}
+TIMM_HUB = {"virchow", "virchow.cls", "virchow2", "virchow2.cls", "h_optimus_0", "h_optimus_1",
+            "h0_mini", "h0_mini.cls", "kaiko_vits16", "kaiko_vits8", "kaiko_vitb16", "kaiko_vitb8",
+            "kaiko_vitl14", "lunit_vits8", "resnet50_trunc"}
+
+
+def _published_timm_kwargs(spec) -> dict:
+    """The model card's kwargs with layer names as the card writes them (timm classes)."""
+    from timm.layers import SwiGLUPacked
+
+    kw = {**spec.build_kwargs, **spec.test_overrides}
+    if kw.get("mlp_layer") == "swiglu_packed":
+        kw["mlp_layer"] = SwiGLUPacked
+    if kw.get("act_layer") == "silu":
+        kw["act_layer"] = torch.nn.SiLU
+    return kw
+
+
+def _reference_pool(ref, x, pooling: str) -> torch.Tensor:
+    tokens = ref.forward_features(x)
+    if pooling == "cls":
+        return tokens[:, 0]
+    n_prefix = getattr(ref, "num_prefix_tokens", 1)
+    return torch.cat([tokens[:, 0], tokens[:, n_prefix:].mean(1)], dim=-1)
+
+
+def _all_specs():
+    from pathstrat.encoders import list_specs
+
+    return [s for s in list_specs() if s.family != "builtin"]
+
+
+@pytest.mark.parametrize("spec", _all_specs(), ids=lambda s: s.id)
+def test_every_entry_loads_its_published_checkpoint_layout(spec, tmp_path, monkeypatch):
+    import json
+
+    if spec.family == "conch":
+        pytest.importorskip("conch", reason="CONCH's own package is not installed (not on PyPI)")
+    torch.manual_seed(0)
+    if spec.family in ("timm", "resnet_trunc"):
+        kw = _published_timm_kwargs(spec)
+        size = kw.get("img_size", 224)
+        if spec.family == "resnet_trunc":
+            kw.pop("img_size", None)  # a CNN takes any input size
+        ref = timm.create_model(spec.arch, pretrained=False, **kw).eval()
+        sd = {k: v.contiguous() for k, v in ref.state_dict().items()}
+        if spec.id in BARE_BIN:
+            torch.save(sd, tmp_path / "pytorch_model.bin")
+        else:
+            assert spec.id in TIMM_HUB, f"add {spec.id}'s published layout to the matrix"
+            if spec.family == "resnet_trunc":  # the hub file keeps the ImageNet classifier
+                full = timm.create_model(spec.arch, pretrained=False).eval()
+                full.load_state_dict(sd, strict=False)
+                sd = {k: v.contiguous() for k, v in full.state_dict().items()}
+            save_file(sd, str(tmp_path / "model.safetensors"))
+            args = {k: v for k, v in kw.items() if isinstance(v, (int, float, str, bool))}
+            (tmp_path / "config.json").write_text(json.dumps({"architecture": spec.arch, "model_args": args}))
+        enc = build_encoder(spec.with_overrides(**spec.test_overrides), weights=str(tmp_path), device="cpu")
+        x = torch.randn(2, 3, size, size)
+        with torch.no_grad():
+            got = enc.module(x)
+            if spec.family == "timm":
+                want = _reference_pool(ref, x, spec.pooling)
+            else:  # CLAM's ResNet50-trunc: conv stem to layer3, global average pool (1024)
+                h = ref.maxpool(ref.act1(ref.bn1(ref.conv1(x))))
+                want = ref.layer3(ref.layer2(ref.layer1(h))).mean(dim=(2, 3))
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-4, atol=1e-5)
+        assert got.shape[1] == spec.dim
+    elif spec.family == "transformers":
+        transformers = pytest.importorskip("transformers", reason="the [transformers] extra is not installed")
+        kw = {**spec.build_kwargs, **spec.test_overrides}
+        kw.pop("trust_remote_code", None)
+        config = transformers.AutoConfig.for_model(kw.pop("model_type"), **kw)
+        ref = transformers.AutoModel.from_config(config).eval()
+        ref.save_pretrained(tmp_path)  # the Hub folder: config.json + model.safetensors
+        monkeypatch.setenv("PATHSTRAT_TRUST_REMOTE_CODE", "1")
+        enc = build_encoder(spec.with_overrides(**spec.test_overrides), weights=str(tmp_path), device="cpu")
+        x = torch.randn(2, 3, config.image_size, config.image_size)
+        with torch.no_grad():
+            out = ref(pixel_values=x)
+            got = enc.module(x)
+        if spec.pooling == "head":
+            want = out.pooler_output
+        else:
+            tokens = out.last_hidden_state
+            n_prefix = 1 + int(getattr(config, "num_register_tokens", 0) or 0)
+            want = tokens[:, 0] if spec.pooling == "cls" else torch.cat(
+                [tokens[:, 0], tokens[:, n_prefix:].mean(1)], dim=-1)
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-4, atol=1e-5)
+        assert got.shape[1] == spec.dim
+    elif spec.family == "conch_v15":
+        # TITAN's vision tower: a timm ViT-L/16 trunk at 448 px plus CONCH's attentional pooler,
+        # saved as one state dict ("trunk.*", pooler keys) in pytorch_model_vision.bin
+        kw = _published_timm_kwargs(spec)
+        trunk = timm.create_model(spec.arch, pretrained=False, **kw).eval()
+        rand = build_encoder(spec.with_overrides(**spec.test_overrides), weights="random", device="cpu")
+        sd = {k: v.clone() for k, v in rand.module.state_dict().items() if not k.startswith("trunk.")}
+        sd.update({f"trunk.{k}": v.clone() for k, v in trunk.state_dict().items()})
+        torch.save(sd, tmp_path / "pytorch_model_vision.bin")
+        enc = build_encoder(spec.with_overrides(**spec.test_overrides), weights=str(tmp_path / "pytorch_model_vision.bin"),
+                            device="cpu")
+        loaded = enc.module.state_dict()
+        for k, v in trunk.state_dict().items():
+            np.testing.assert_array_equal(loaded[f"trunk.{k}"].numpy(), v.numpy())
+        out = enc(np.zeros((1, kw.get("img_size", 448), kw.get("img_size", 448), 3), np.uint8))
+        assert out.shape == (1, spec.dim)
+    else:
+        pytest.fail(f"no published-layout fixture for family '{spec.family}' ({spec.id}): add one")
+
+
+def test_verify_checks_the_published_sha256_when_the_spec_has_one(tmp_path):
+    import hashlib
+
+    spec = get_spec("kaiko_vits16").with_overrides(depth=1)
+    _, path = _timm_ckpt(tmp_path, spec.arch, num_classes=0, depth=1, img_size=224)
+    right = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert verify_checkpoint(spec.with_overrides(), path).ok
+    import dataclasses
+
+    assert verify_checkpoint(dataclasses.replace(spec, sha256=right), path).ok
+    rep = verify_checkpoint(dataclasses.replace(spec, sha256="0" * 64), path)
+    assert not rep.ok and rep.sha256_mismatch == f"file {right}, spec {'0' * 64}"

@@ -65,6 +65,7 @@ class EncoderSpec:
     state_dict_prefix: str = ""
     ignore_keys: tuple[str, ...] = ()
     test_overrides: dict[str, Any] = field(default_factory=dict)
+    sha256: str = ""  # sha256 of the published weight file when known (checked by `encoders verify`)
     features_normalized: bool = False  # True: features are already standardised (no input scaling)
     description: str = ""
 

@@ -57,7 +57,7 @@ def verify_checkpoint(encoder_id: str | EncoderSpec, weights) -> VerifyReport:
     spec = encoder_id if isinstance(encoder_id, EncoderSpec) else get_spec(encoder_id)
     resolved = resolve_weights(spec, weights)
     rep = VerifyReport(spec.id, resolved.file.name)
-    expected_sha = getattr(spec, "sha256", "") or ""
+    expected_sha = spec.sha256
     if expected_sha:
         got = resolved.sha256
         if got != expected_sha:
