@@ -330,6 +330,57 @@ def _performance(rf: RunFiles) -> str:
     return "".join(parts)
 
 
+def plot_learning_curves(history: pd.DataFrame, ax=None):
+    """Per-fold training (solid) and validation (dashed) loss by epoch; returns ``ax``."""
+    if ax is None:
+        from matplotlib.figure import Figure
+
+        ax = Figure(figsize=(6, 3.2)).subplots()
+    for (r, k), d in history.groupby(["repeat", "fold"], sort=True):
+        line = ax.plot(d["epoch"] + 1, d["train_loss"], lw=1, alpha=0.8, label=f"fold {k}" if r == 0 else None)[0]
+        if "val_loss" in d and d["val_loss"].notna().any():
+            ax.plot(d["epoch"] + 1, d["val_loss"], lw=1, ls="--", color=line.get_color(), alpha=0.8)
+    ax.set(xlabel="epoch", ylabel="loss", title="Learning curves (solid: training, dashed: validation)")
+    if history["fold"].nunique() <= 10:
+        ax.legend(fontsize=7, ncol=2)
+    return ax
+
+
+@section("learning", "Learning curves")
+def _learning(rf: RunFiles) -> str:
+    hist = rf.csv("history.csv")
+    if hist is None or hist.empty:
+        return na("history.csv absent: written by `pathstrat train`")
+    ax = plot_learning_curves(hist)
+    last = hist.groupby(["repeat", "fold"]).tail(1)
+    summary = pd.DataFrame({"folds": [len(last)], "epochs (median)": [float(last["epoch"].median() + 1)],
+                            "final training loss (median)": [float(last["train_loss"].median())]})
+    if "val_loss" in hist and hist["val_loss"].notna().any():
+        summary["best validation loss (median)"] = float(hist.groupby(["repeat", "fold"])["val_loss"].min().median())
+    return img_tag(fig_png(ax.figure), "learning curves") + table(summary)
+
+
+@section("adaptation", "Adaptation to this cohort (fine-tuning)")
+def _adaptation(rf: RunFiles) -> str:
+    comp = rf.json("comparison.json")
+    if not comp:
+        return na("comparison.json absent: written by `pathstrat finetune --package`")
+    tab = rf.csv("comparison.csv")
+    out = (f"<p>Package {esc(comp['package'])} {esc(comp['package_version'])}, "
+           f"{comp['n_patients']} patients, trainable: {esc(comp['trainable'])}; primary metric "
+           f"{esc(comp['primary_metric'])} on target {esc(comp['target'])}.</p>")
+    rows = [{"model": m, "mean": v["mean"], "95% CI low": v["ci_low"], "95% CI high": v["ci_high"]}
+            for m, v in comp["models"].items() if v]
+    out += table(pd.DataFrame(rows))
+    d = comp.get("fine_tuned_minus_as_is")
+    if d:
+        out += (f"<p>Fine-tuned minus as-is (paired patient bootstrap): {fmt(d['difference'])} "
+                f"[{fmt(d['ci_low'])}, {fmt(d['ci_high'])}] on {d['n_patients']} patients.</p>")
+    if tab is not None and len(tab):
+        out += "<h3>All metrics</h3>" + table(tab)
+    return out
+
+
 @section("survival", "Survival: Kaplan-Meier and risk groups")
 def _survival(rf: RunFiles) -> str:
     s = rf.json("survival.json")

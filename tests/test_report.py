@@ -75,6 +75,10 @@ def _make_run(root: Path) -> tuple[Path, Path]:
         {"msi": {"auroc": {"mean": 0.71, "std": 0.05, "ci_low": 0.6, "ci_high": 0.8}},
          "os": {"c_index": {"mean": 0.66, "std": 0.04, "ci_low": 0.58, "ci_high": 0.74}}}))
     pd.DataFrame({"patient_id": pid, "repeat": 0, "fold": fold}).to_csv(run / "folds.csv", index=False)
+    ep = np.arange(6)
+    pd.concat([pd.DataFrame({"repeat": 0, "fold": k, "epoch": ep, "train_loss": 0.7 * np.exp(-ep / 3) + 0.05 * k,
+                             "val_loss": 0.72 - 0.03 * ep + 0.01 * k}) for k in range(4)]
+              ).to_csv(run / "history.csv", index=False)
     (run / "config.yaml").write_text(yaml.safe_dump(
         {"encoder": {"id": "uni2-h"}, "model": {"name": "abmil"}, "targets": ["msi", "os"]}))
     (run / "checkpoints").mkdir()
@@ -121,10 +125,11 @@ def test_report_is_self_contained_with_every_section(full_run):
     html = (run / "report.html").read_text()
     for key in ORDER:
         assert f'<section id="{key}">' in html, key
-    assert ORDER == ["cohort", "performance", "survival", "forest", "selection", "trial", "heatmaps",
-                     "config"]
+    assert ORDER == ["cohort", "performance", "learning", "adaptation", "survival", "forest",
+                     "selection", "trial", "heatmaps", "config"]
     assert "not available" not in html.split('id="performance"')[1].split('id="config"')[0].replace(
-        "not available: not a binary target", "")
+        "not available: not a binary target", "").replace(
+        "not available: comparison.json absent: written by `pathstrat finetune --package`", "")
     assert not re.search(r"<(script|link)\b", html)
     assert not re.search(r'(src|href)="(?!data:|#)', html)  # nothing external
     imgs = _images(html)
@@ -143,6 +148,9 @@ def test_report_is_self_contained_with_every_section(full_run):
     section = html.split('<section id="trial">')[1].split("</section>")[0]
     from pathstrat.report import fmt
     assert f"Prevalence {fmt(trial['inputs']['prevalence'])}" in section
+    learning = html.split('<section id="learning">')[1].split("</section>")[0]
+    hist = pd.read_csv(run / "history.csv")
+    assert "data:image/png;base64," in learning and f"<td>{hist.groupby(['repeat', 'fold']).ngroups}</td>" in learning
     for name, d in trial["designs"].items():
         assert f'<td class="t">{name.replace("_", " ")}</td>' in section
         assert fmt(d["enrolled"], 3) in section
@@ -158,7 +166,7 @@ def test_report_sections_present_when_inputs_missing(tmp_path):
         assert f'<section id="{key}">' in html
     for why in ("survival.json absent", "selection.json/selection.csv absent",
                 "heatmaps/index.csv absent", "config.yaml absent", "failures.csv absent",
-                "trial_design.json absent"):
+                "trial_design.json absent", "history.csv absent", "comparison.json absent"):
         assert f"not available: {why}" in html, why
 
 

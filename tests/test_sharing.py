@@ -309,6 +309,13 @@ def test_finetune_beats_the_package_on_a_shifted_partner_cohort(world, tmp_path,
     assert comp["new_package"] == "resp-1.1.0.pathstrat"
     with open_package(new) as (_, doc):
         assert doc["parent"] == "1.0.0" and doc["version"] == "1.1.0"
+    from pathstrat.report import build_report, fmt
+
+    html = build_report(tmp_path / "ft" / "finetuned", n_boot=20).read_text()
+    sec = html.split('<section id="adaptation">')[1].split("</section>")[0]
+    for m in ("as-is", "fine-tuned", "from scratch"):
+        assert f'<td class="t">{m}</td>' in sec
+    assert fmt(ft["mean"]) in sec and "Fine-tuned minus as-is" in sec
     # frozen projection: the fine-tuned fold models keep the package's input projection
     from safetensors.numpy import load_file
 

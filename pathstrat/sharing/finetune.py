@@ -130,8 +130,9 @@ def finetune_package(package: str | os.PathLike, features_dir: str | os.PathLike
     comp["new_package"] = str(build_package(runs["fine-tuned"], out / f"{doc['name']}-{version}.pathstrat",
                                             name=doc["name"], version=version, parent=doc["version"],
                                             overwrite=True).name)
-    write_dataframe_atomic(out / "comparison.csv", pd.DataFrame(rows))
-    write_json_atomic(out / "comparison.json", comp)
+    for where in (out, runs["fine-tuned"]):  # the fine-tuned run's report shows the comparison
+        write_dataframe_atomic(where / "comparison.csv", pd.DataFrame(rows))
+        write_json_atomic(where / "comparison.json", comp)
     log.info("finetune: %s as-is %s, fine-tuned %s, from scratch %s", primary,
              *(f"{(comp['models'][m] or {}).get('mean', float('nan')):.3f}"
                for m in ("as-is", "fine-tuned", "from scratch")))
