@@ -120,6 +120,7 @@ def build_sample(spaceranger: str | os.PathLike, slide_path: str | os.PathLike,
     sid = sample_id or sample.library_id
     ad.obs["sample_id"] = sid
     ad.obs["patient_id"] = patient_id or sid
+    ad.obs["slide_mpp"] = slide_mpp
     ad.obs_names = [f"{sid}:{b}" for b in ad.obs_names]
     ad.obsm["spatial"] = xy.astype(np.float64)
     ad.obsm[f"X_{enc.spec.id}"] = feats
@@ -192,4 +193,7 @@ def read_samples(paths: list[str | os.PathLike]) -> Any:
     out = ad_mod.concat([a[:, genes] for a in ads], join="inner", merge="same")
     out.uns["embedding_key"] = keys.pop()
     out.uns["samples"] = [a.uns["pathstrat"]["sample_id"] for a in ads]
+    first = ads[0].uns["pathstrat"]
+    out.uns["encoder"] = dict(first["encoder"])
+    out.uns["tiling"] = {k: first[k] for k in ("tile_um", "tile_mpp", "tile_px")}
     return out

@@ -127,8 +127,9 @@ def make_visium_sample(out_dir: str | os.PathLike, *, sample_id: str = "sample",
                        patient_id: str | None = None, width: int = 4000, height: int = 4000,
                        mpp: float = 0.5, layout: dict[str, float] | None = None,
                        fullres_downsample: int = 1, n_noise_genes: int = 150,
-                       depth: float = 3.0, fold: float = 7.0, dispersion: float = 5.0,
-                       texture_seed: int | None = 0, parquet: bool = True) -> SyntheticVisium:
+                       depth: float = 2500.0, fold: float = 7.0, dispersion: float = 5.0,
+                       gene_seed: int = 0, texture_seed: int | None = 0,
+                       parquet: bool = True) -> SyntheticVisium:
     """Write one generated slide and its Space Ranger-style outputs under ``out_dir``.
 
     Parameters
@@ -139,8 +140,11 @@ def make_visium_sample(out_dir: str | os.PathLike, *, sample_id: str = "sample",
     n_noise_genes
         Genes whose mean does not depend on the tissue (``NOISE0001`` ...).
     depth, fold, dispersion
-        Mean counts per gene scale; a planted gene's mean is ``base * (1 + fold * fraction)``
-        of its class under the spot; gamma-Poisson shape (larger = closer to Poisson).
+        Mean counts per spot; a planted gene's expected share is ``base * (1 + fold *
+        fraction)`` of its class under the spot (noise genes share the rest); gamma-Poisson
+        shape (larger = closer to Poisson).
+    gene_seed, texture_seed
+        Seeds of the gene baselines and the class textures, shared by the samples of a cohort.
     """
     if fullres_downsample < 1 or int(fullres_downsample) != fullres_downsample:
         raise ConfigError(f"fullres_downsample={fullres_downsample} must be a positive integer")
@@ -170,17 +174,8 @@ def make_visium_sample(out_dir: str | os.PathLike, *, sample_id: str = "sample",
 
     genes, noise = planted_genes(), [f"NOISE{i + 1:04d}" for i in range(n_noise_genes)]
     all_genes = genes + noise
-    base = depth * rng.lognormal(0.0, 0.5, len(all_genes))
-    mu = np.tile(base, (len(grid), 1))
-    col = 0
-    for cls, g in (v for v in PLANTED_PROGRAMMES.values()):
-        k = 1 + TISSUE_CLASSES.index(cls)
-        mu[:, col:col + len(g)] *= 1.0 + fold * frac[:, k:k + 1]
-        col += len(g)
-    lib = rng.lognormal(0.0, 0.25, (len(grid), 1))
-    lam = rng.gamma(dispersion, mu * lib / dispersion)
-    counts = rng.poisson(lam).astype(np.int32)
-
+    counts = _planted_counts(frac, len(noise), rng, depth=depth, fold=fold,
+                             dispersion=dispersion, gene_seed=gene_seed)
     outs = out / sample_id / "outs"
     spatial = outs / "spatial"
     spatial.mkdir(parents=True, exist_ok=True)
@@ -278,6 +273,33 @@ def write_10x_h5(path: str | os.PathLike, counts: np.ndarray, barcodes: np.ndarr
             ft.create_dataset("genome", data=np.array([genome.encode()] * len(genes)))
             ft.create_dataset("_all_tag_keys", data=np.array([b"genome"]))
     return path
+
+
+def _planted_counts(frac: np.ndarray, n_noise: int, rng: np.random.Generator, *, depth: float,
+                    fold: float, dispersion: float, gene_seed: int) -> np.ndarray:
+    """Counts (spots, planted + noise genes) with composition-neutral totals.
+
+    Expected proportions: planted gene ``g`` of class ``c`` gets ``b_g * (1 + fold * f_c)``;
+    noise genes share the rest in fixed proportions, so a spot's expected total does not depend
+    on its tissue and, after library-size normalisation, noise genes carry no tissue signal.
+    Gene baselines come from ``gene_seed`` so every sample shares them (no batch offsets).
+    """
+    grng = np.random.default_rng([int(gene_seed), 0x6E])
+    n_pl = sum(len(g) for _, g in PLANTED_PROGRAMMES.values())
+    b = grng.lognormal(0.0, 0.4, n_pl)
+    b *= 0.35 / (b.sum() * (1.0 + fold) / len(PLANTED_PROGRAMMES))  # planted share <= ~35 %
+    q = np.tile(b, (len(frac), 1))
+    col = 0
+    for cls, g in PLANTED_PROGRAMMES.values():
+        k = 1 + TISSUE_CLASSES.index(cls)
+        q[:, col:col + len(g)] *= 1.0 + fold * frac[:, k:k + 1]
+        col += len(g)
+    rest = np.clip(1.0 - q.sum(axis=1, keepdims=True), 0.05, None)
+    nb = grng.lognormal(0.0, 0.5, n_noise)
+    p = np.concatenate([q, rest * nb / nb.sum()], axis=1)
+    lib = rng.lognormal(0.0, 0.25, (len(frac), 1))
+    mu = depth * lib * p
+    return rng.poisson(rng.gamma(dispersion, mu / dispersion)).astype(np.int32)
 
 
 def _barcode(rng: np.random.Generator) -> str:
