@@ -32,6 +32,7 @@ COMMAND_MODULES = (
     "pathstrat.commands.pipeline",  # run, demo, doctor
     "pathstrat.commands.federated",  # federated ...
     "pathstrat.commands.trial",  # trial-design
+    "pathstrat.commands.spatial",  # spatial synth|build|fit|predict|pseudobulk
 )
 
 app = typer.Typer(
