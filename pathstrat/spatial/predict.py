@@ -134,7 +134,7 @@ def smooth_features(x: np.ndarray, xy_um: np.ndarray, groups: np.ndarray,
 
         w = sparse.coo_matrix((np.exp(-0.5 * (pairs.data / sigma_um) ** 2), (pairs.row, pairs.col)),
                               shape=(len(idx), len(idx))).tocsr()
-        w = w + sparse.identity(len(idx), format="csr")  # distance 0 pairs are not stored
+        w.setdiag(1.0)  # each spot with weight 1 (zero-distance pairs may or may not be stored)
         w = sparse.diags(1.0 / np.asarray(w.sum(axis=1)).ravel()) @ w
         out[idx] = w @ np.asarray(x[idx], np.float64)
     return out.astype(np.float32)
