@@ -64,8 +64,9 @@ def select_genes(adata: Any, n_top: int = 50, genes: Sequence[str] | None = None
             raise ConfigError(f"genes {missing[:5]} are not in the samples' genes; check "
                               "--genes (names as in var_names, e.g. features.tsv 'name')")
         return list(genes)
-    import scanpy as sc
+    from pathstrat.errors import import_optional
 
+    sc = import_optional("scanpy", "spatial", "selecting highly variable genes")
     tmp = sc.AnnData(log1p_normalise(adata.layers["counts"] if "counts" in adata.layers
                                      else adata.X).astype(np.float32),
                      var=pd.DataFrame(index=adata.var_names))
