@@ -103,6 +103,25 @@ def test_spot_to_level0_mapping_is_exact(tmp_path, downsample):
     assert m.content_corr > 0.9
 
 
+def test_visium_hd_bins_read_from_parquet_and_map_exactly(tmp_path):
+    from pathstrat.slide import open_slide
+    from pathstrat.spatial.ingest import map_to_slide, read_spaceranger
+
+    v = make_visium_sample(tmp_path, sample_id="HD", seed=2, width=1200, height=1000,
+                           bin_size_um=16, n_noise_genes=5)
+    assert v.outs.name == "square_016um" and not (v.outs / "spatial" / "tissue_positions.csv").exists()
+    sr = read_spaceranger(tmp_path / "HD", bin_size_um=16)  # finds binned_outputs/square_016um
+    assert sr.bin_size_um == 16 and sr.fullres_mpp == 0.5 and sr.spot_diameter_um == 16
+    pos = pd.read_parquet(v.outs / "spatial" / "tissue_positions.parquet").set_index("barcode")
+    assert sr.adata.n_obs == int(pos["in_tissue"].sum())
+    truth = v.truth().set_index("barcode").loc[sr.adata.obs_names]
+    with open_slide(v.slide.path) as slide:
+        xy, _ = map_to_slide(sr, slide)
+    np.testing.assert_array_equal(xy, truth[["x_level0", "y_level0"]].to_numpy())
+    ref = sc.read_10x_h5(v.outs / "filtered_feature_bc_matrix.h5")
+    np.testing.assert_array_equal(sr.adata.X.toarray(), ref.X.toarray())
+
+
 def test_parquet_and_legacy_position_files_give_the_same_spots(st, tmp_path):
     from pathstrat.spatial.ingest import read_spaceranger
 

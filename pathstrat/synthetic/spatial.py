@@ -129,7 +129,7 @@ def make_visium_sample(out_dir: str | os.PathLike, *, sample_id: str = "sample",
                        fullres_downsample: int = 1, n_noise_genes: int = 150,
                        depth: float = 2500.0, fold: float = 7.0, dispersion: float = 5.0,
                        gene_seed: int = 0, texture_seed: int | None = 0,
-                       parquet: bool = True) -> SyntheticVisium:
+                       parquet: bool = True, bin_size_um: float | None = None) -> SyntheticVisium:
     """Write one generated slide and its Space Ranger-style outputs under ``out_dir``.
 
     Parameters
@@ -145,6 +145,11 @@ def make_visium_sample(out_dir: str | os.PathLike, *, sample_id: str = "sample",
         shape (larger = closer to Poisson).
     gene_seed, texture_seed
         Seeds of the gene baselines and the class textures, shared by the samples of a cohort.
+    bin_size_um
+        Write a Visium HD-style output instead: square bins of this side (2, 8, 16 µm) under
+        ``outs/binned_outputs/square_XXXum/`` with ``tissue_positions.parquet`` only (float
+        pixel centres) and ``bin_size_um``/``microns_per_pixel`` in the scale factors; depth is
+        scaled by the bin's area relative to a 55 µm spot.
     """
     if fullres_downsample < 1 or int(fullres_downsample) != fullres_downsample:
         raise ConfigError(f"fullres_downsample={fullres_downsample} must be a positive integer")
@@ -160,23 +165,33 @@ def make_visium_sample(out_dir: str | os.PathLike, *, sample_id: str = "sample",
                        layout=layout, texture_seed=texture_seed)
     truth = load_truth(slide.truth_path)
 
-    # spot centres on whole full-resolution pixels, so level-0 truth = fullres * d exactly
     fmpp = mpp * d
-    grid = visium_grid(width * mpp, height * mpp, margin_um=60.0)
-    pxl_col = np.round(grid["x_um"].to_numpy() / fmpp).astype(np.int64)
-    pxl_row = np.round(grid["y_um"].to_numpy() / fmpp).astype(np.int64)
-    x0, y0 = (pxl_col * d).astype(np.float64), (pxl_row * d).astype(np.float64)
-    frac = spot_class_fractions(truth, x0 * mpp, y0 * mpp)
-    in_tissue = (frac[:, 0] < 0.5).astype(np.int64)
-    barcodes = np.array([f"{_barcode(rng)}-1" for _ in range(len(grid))])
-    while len(set(barcodes)) < len(barcodes):  # 16-mers collide almost never; keep it exact
+    if bin_size_um:
+        grid, pxl_col, pxl_row, barcodes = _hd_grid(width * mpp, height * mpp, float(bin_size_um),
+                                                   fmpp)
+        x0, y0 = pxl_col * d, pxl_row * d
+        frac = spot_class_fractions(truth, x0 * mpp, y0 * mpp, diameter_um=float(bin_size_um),
+                                    n=5)
+        depth = depth * float(bin_size_um) ** 2 / (math.pi * (SPOT_DIAMETER_UM / 2) ** 2)
+    else:
+        # spot centres on whole full-resolution pixels, so level-0 truth = fullres * d exactly
+        grid = visium_grid(width * mpp, height * mpp, margin_um=60.0)
+        pxl_col = np.round(grid["x_um"].to_numpy() / fmpp).astype(np.int64)
+        pxl_row = np.round(grid["y_um"].to_numpy() / fmpp).astype(np.int64)
+        x0, y0 = (pxl_col * d).astype(np.float64), (pxl_row * d).astype(np.float64)
+        frac = spot_class_fractions(truth, x0 * mpp, y0 * mpp)
         barcodes = np.array([f"{_barcode(rng)}-1" for _ in range(len(grid))])
+        while len(set(barcodes)) < len(barcodes):  # 16-mers collide almost never; keep it exact
+            barcodes = np.array([f"{_barcode(rng)}-1" for _ in range(len(grid))])
+    in_tissue = (frac[:, 0] < 0.5).astype(np.int64)
 
     genes, noise = planted_genes(), [f"NOISE{i + 1:04d}" for i in range(n_noise_genes)]
     all_genes = genes + noise
     counts = _planted_counts(frac, len(noise), rng, depth=depth, fold=fold,
                              dispersion=dispersion, gene_seed=gene_seed)
     outs = out / sample_id / "outs"
+    if bin_size_um:
+        outs = outs / "binned_outputs" / f"square_{int(round(bin_size_um)):03d}um"
     spatial = outs / "spatial"
     spatial.mkdir(parents=True, exist_ok=True)
     keep = in_tissue.astype(bool)
@@ -185,19 +200,21 @@ def make_visium_sample(out_dir: str | os.PathLike, *, sample_id: str = "sample",
     pos = pd.DataFrame({"barcode": barcodes, "in_tissue": in_tissue,
                         "array_row": grid["array_row"], "array_col": grid["array_col"],
                         "pxl_row_in_fullres": pxl_row, "pxl_col_in_fullres": pxl_col})
-    write_dataframe_atomic(spatial / "tissue_positions.csv", pos)
-    if parquet:
+    if not bin_size_um:  # Visium HD writes parquet only
+        write_dataframe_atomic(spatial / "tissue_positions.csv", pos)
+    if parquet or bin_size_um:
         with atomic_path(spatial / "tissue_positions.parquet") as tmp:
             pos.to_parquet(tmp, index=False)
     fw, fh = -(-width // d), -(-height // d)  # full-resolution image size
     hires_s = min(1.0, HIRES_MAX_PX / max(fw, fh))
     lowres_s = min(1.0, LOWRES_MAX_PX / max(fw, fh))
-    write_json_atomic(spatial / "scalefactors_json.json", {
-        "spot_diameter_fullres": SPOT_DIAMETER_UM / fmpp,
-        "fiducial_diameter_fullres": FIDUCIAL_DIAMETER_UM / fmpp,
-        "tissue_hires_scalef": hires_s,
-        "tissue_lowres_scalef": lowres_s,
-    })
+    sf = {"spot_diameter_fullres": (bin_size_um or SPOT_DIAMETER_UM) / fmpp,
+          "fiducial_diameter_fullres": FIDUCIAL_DIAMETER_UM / fmpp,
+          "tissue_hires_scalef": hires_s, "tissue_lowres_scalef": lowres_s}
+    if bin_size_um:
+        sf.update(bin_size_um=float(bin_size_um), microns_per_pixel=fmpp,
+                  regist_target_img_scalef=hires_s)
+    write_json_atomic(spatial / "scalefactors_json.json", sf)
     _write_images(slide, spatial, fw, fh, d, hires_s, lowres_s)
 
     tr = pd.DataFrame({"barcode": barcodes, "in_tissue": in_tissue, "x_level0": x0,
@@ -300,6 +317,20 @@ def _planted_counts(frac: np.ndarray, n_noise: int, rng: np.random.Generator, *,
     lib = rng.lognormal(0.0, 0.25, (len(frac), 1))
     mu = depth * lib * p
     return rng.poisson(rng.gamma(dispersion, mu / dispersion)).astype(np.int32)
+
+
+def _hd_grid(width_um: float, height_um: float, bin_um: float,
+             fmpp: float) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, np.ndarray]:
+    """Square Visium HD bins covering the slide: grid, float pixel centres and barcodes."""
+    nr, nc = int(height_um // bin_um), int(width_um // bin_um)
+    rr, cc = np.meshgrid(np.arange(nr), np.arange(nc), indexing="ij")
+    rr, cc = rr.ravel(), cc.ravel()
+    grid = pd.DataFrame({"array_row": rr.astype(np.int64), "array_col": cc.astype(np.int64)})
+    pxl_col = (cc + 0.5) * bin_um / fmpp
+    pxl_row = (rr + 0.5) * bin_um / fmpp
+    tag = int(round(bin_um))
+    barcodes = np.array([f"s_{tag:03d}um_{r:05d}_{c:05d}-1" for r, c in zip(rr, cc, strict=True)])
+    return grid, pxl_col, pxl_row, barcodes
 
 
 def _barcode(rng: np.random.Generator) -> str:
