@@ -45,6 +45,7 @@ SPOT_PITCH_UM = 100.0  # Visium centre-to-centre distance
 SPOT_DIAMETER_UM = 55.0
 FIDUCIAL_DIAMETER_UM = 89.0
 HIRES_MAX_PX = 2000
+PLANTED_SHARE = 0.3  # of every spot's library taken by the planted genes together
 LOWRES_MAX_PX = 600
 
 #: programme -> (tissue class whose presence raises it, genes). Names are gene symbols used only
@@ -294,26 +295,27 @@ def write_10x_h5(path: str | os.PathLike, counts: np.ndarray, barcodes: np.ndarr
 
 def _planted_counts(frac: np.ndarray, n_noise: int, rng: np.random.Generator, *, depth: float,
                     fold: float, dispersion: float, gene_seed: int) -> np.ndarray:
-    """Counts (spots, planted + noise genes) with composition-neutral totals.
+    """Counts (spots, planted + noise genes) whose noise genes carry no tissue signal.
 
-    Expected proportions: planted gene ``g`` of class ``c`` gets ``b_g * (1 + fold * f_c)``;
-    noise genes share the rest in fixed proportions, so a spot's expected total does not depend
-    on its tissue and, after library-size normalisation, noise genes carry no tissue signal.
-    Gene baselines come from ``gene_seed`` so every sample shares them (no batch offsets).
+    Planted gene ``g`` of class ``c`` has weight ``b_g * (1 + fold * f_c)``; the planted genes
+    together always take ``PLANTED_SHARE`` of a spot's library (weights renormalised per spot)
+    and noise genes share the rest in fixed proportions, so after library-size normalisation
+    a noise gene's expectation is the same in every spot whatever its tissue. Gene baselines
+    come from ``gene_seed`` so every sample shares them (no batch offsets).
     """
     grng = np.random.default_rng([int(gene_seed), 0x6E])
     n_pl = sum(len(g) for _, g in PLANTED_PROGRAMMES.values())
     b = grng.lognormal(0.0, 0.4, n_pl)
-    b *= 0.35 / (b.sum() * (1.0 + fold) / len(PLANTED_PROGRAMMES))  # planted share <= ~35 %
     q = np.tile(b, (len(frac), 1))
     col = 0
     for cls, g in PLANTED_PROGRAMMES.values():
         k = 1 + TISSUE_CLASSES.index(cls)
         q[:, col:col + len(g)] *= 1.0 + fold * frac[:, k:k + 1]
         col += len(g)
-    rest = np.clip(1.0 - q.sum(axis=1, keepdims=True), 0.05, None)
+    q *= PLANTED_SHARE / q.sum(axis=1, keepdims=True)
+    rest = 1.0 - PLANTED_SHARE
     nb = grng.lognormal(0.0, 0.5, n_noise)
-    p = np.concatenate([q, rest * nb / nb.sum()], axis=1)
+    p = np.concatenate([q, np.tile(rest * nb / nb.sum(), (len(frac), 1))], axis=1)
     lib = rng.lognormal(0.0, 0.25, (len(frac), 1))
     mu = depth * lib * p
     return rng.poisson(rng.gamma(dispersion, mu / dispersion)).astype(np.int32)
