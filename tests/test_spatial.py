@@ -200,6 +200,31 @@ def test_h5ad_holds_counts_positions_embeddings_and_provenance(st):
     assert min(corr) > 0.99  # same pixels up to JPEG decoder rounding
 
 
+def test_build_with_a_random_timm_encoder_records_it(st, tmp_path):
+    from pathstrat.encoders import build_encoder, custom_timm_spec
+    from pathstrat.spatial.spots import build_sample
+
+    spec = custom_timm_spec("st_test_vit", "vit_tiny_patch16_224", dim=192, dtype="fp32",
+                            build_kwargs={"img_size": 32, "depth": 1}, input_px=32)
+    enc = build_encoder(spec.id, weights="random", device="cpu")
+    s = st["samples"][3]
+    ad = build_sample(s.outs, s.slide.path, tmp_path / "t.h5ad", encoder=enc)
+    back = anndata.read_h5ad(tmp_path / "t.h5ad")
+    assert back.obsm["X_st_test_vit"].shape == (ad.n_obs, 192)
+    assert bool(back.uns["pathstrat"]["encoder"]["weights_random"]) is True
+    np.testing.assert_allclose(back.obsm["X_st_test_vit"][:4],
+                               np.asarray(enc(_spot_tiles(s.slide.path, back.obsm["spatial"][:4]))),
+                               rtol=1e-4, atol=1e-5)
+
+
+def _spot_tiles(path, centres):
+    from pathstrat.slide import open_slide
+
+    with open_slide(path) as sl:
+        return np.stack([sl.read_tile(int(round(x - 112)), int(round(y - 112)), 224, 224)
+                         for x, y in centres])
+
+
 def test_h5ad_loads_in_squidpy_and_builds_the_spatial_graph(st):
     sq = pytest.importorskip("squidpy")
     from scipy.spatial import cKDTree
