@@ -335,6 +335,7 @@ def test_pseudobulk_targets_by_hand_and_as_regression_targets(st, st_data):
     progs = programme_gene_sets()
     df = pseudobulk_targets(ad, progs)
     samples = sorted(set(ad.obs["sample_id"]))
+    assert list(df["path"]) == [str(s.slide.path.resolve()) for s in st["samples"]]
     assert list(df["slide_id"]) == samples and list(df["patient_id"]) == [
         f"P{i + 1:02d}" for i in range(4)]
     counts = ad.layers["counts"].toarray().astype(np.float64)
@@ -426,3 +427,12 @@ def test_cli_fit_predict_pseudobulk(st, he_slide, tmp_path):
                  "planted", "--out", str(pb)]) == 0
     targets = pd.read_csv(pb)
     assert infer_target(targets, "pb_immune").kind == "regression" and len(targets) == 4
+    from pathstrat.cohort import load_manifest
+    from pathstrat.survival import clinical_table
+
+    man_pb = load_manifest(pb)  # slide paths present: a manifest for tile / embed / train
+    assert list(man_pb["slide_id"]) == [s.sample_id for s in st["samples"]]
+    assert Path(man_pb["path"][0]) == st["samples"][0].slide.path.resolve()
+    ct = clinical_table(merged, "time", "event", covariates=["prog_immune_high_frac"])
+    assert ct.loc[0, "prog_immune_high_frac"] == pytest.approx(
+        pd.read_csv(out / "slide_programmes.csv").loc[0, "prog_immune_high_frac"])

@@ -193,7 +193,9 @@ def pseudobulk_targets(adata: Any, programmes: Mapping[str, Sequence[str]], *,
 
     Counts of all spots of a sample are summed (a pseudo-bulk library), normalised to 10,000
     and log1p-transformed; each gene is z-scored across samples and a programme is the mean of
-    its genes' z-scores. Rows: ``slide_id`` (= the sample), ``patient_id``, ``pb_*``.
+    its genes' z-scores. Rows: ``slide_id`` (= the sample), ``patient_id``, ``path`` (the
+    sample's slide, when the samples record it: the table is then a manifest for ``pathstrat
+    tile``/``embed``/``train --target pb_<programme>``), ``pb_*``.
     """
     from scipy import sparse
 
@@ -214,6 +216,9 @@ def pseudobulk_targets(adata: Any, programmes: Mapping[str, Sequence[str]], *,
     pid = (pd.Series(np.asarray(adata.obs["patient_id"]).astype(str), index=keys)
            .groupby(level=0).first() if "patient_id" in adata.obs else pd.Series(uniq, index=uniq))
     df = pd.DataFrame({"slide_id": uniq, "patient_id": [pid[u] for u in uniq]})
+    paths = adata.uns.get("slide_paths", {}) if by == "sample_id" else {}
+    if paths and all(u in paths for u in uniq):  # then the table is a manifest for tile/embed/train
+        df["path"] = [str(paths[u]) for u in uniq]
     for c in sc.columns:
         df[f"pb_{c}"] = sc[c].to_numpy()
     return df

@@ -193,6 +193,8 @@ def read_samples(paths: list[str | os.PathLike]) -> Any:
     out = ad_mod.concat([a[:, genes] for a in ads], join="inner", merge="same")
     out.uns["embedding_key"] = keys.pop()
     out.uns["samples"] = [a.uns["pathstrat"]["sample_id"] for a in ads]
+    out.uns["slide_paths"] = {a.uns["pathstrat"]["sample_id"]: a.uns["pathstrat"]["slide_path"]
+                              for a in ads}
     first = ads[0].uns["pathstrat"]
     out.uns["encoder"] = dict(first["encoder"])
     out.uns["tiling"] = {k: first[k] for k in ("tile_um", "tile_mpp", "tile_px")}
