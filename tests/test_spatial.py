@@ -401,7 +401,7 @@ def test_colocalisation_by_hand():
     assert colocalisation(coords, 10, a3, b2) == pytest.approx(2.5)
 
 
-def test_cli_fit_predict_pseudobulk(st, he_slide, tmp_path):
+def test_cli_fit_predict_pseudobulk(st, he_slide, tmp_path, aperio_tiff):
     from pathstrat.cli import main
     from pathstrat.mil.targets import infer_target
 
@@ -414,12 +414,19 @@ def test_cli_fit_predict_pseudobulk(st, he_slide, tmp_path):
     gm = pd.read_csv(run / "gene_metrics_ridge.csv")
     assert bench.loc[0, "pearson_mean"] == pytest.approx(gm["pearson"].mean())
     man = tmp_path / "he.csv"
-    pd.DataFrame({"slide_id": ["HE1"], "patient_id": ["H1"], "path": [str(he_slide.path)],
-                  "time": [12.0], "event": [1]}).to_csv(man, index=False)
+    blank = aperio_tiff(tmp_path / "blank.svs", np.full((512, 512, 3), 245, np.uint8), mpp=0.5)
+    pd.DataFrame({"slide_id": ["HE1", "BLANK"], "patient_id": ["H1", "H2"],
+                  "path": [str(he_slide.path), str(blank)], "time": [12.0, 30.0],
+                  "event": [1, 0]}).to_csv(man, index=False)
     out = tmp_path / "pred"
+    # the blank slide has no tissue: recorded in failures.csv, the batch goes on, exit 3
     assert main(["-q", "spatial", "predict", "--model", str(run / "model.npz"), "--manifest",
-                 str(man), "--out", str(out), "--device", "cpu", "--no-heatmaps"]) == 0
+                 str(man), "--out", str(out), "--device", "cpu", "--no-heatmaps"]) == 3
+    fails = pd.read_csv(out / "failures.csv")
+    assert list(fails["slide_id"]) == ["BLANK"] and fails.loc[0, "error_type"] == "EmptyTissueError"
     merged = pd.read_csv(out / "manifest_programmes.csv")
+    assert merged["prog_immune_mean"].isna().tolist() == [False, True]
+    merged = merged.iloc[:1]
     assert {"time", "event", "prog_immune_high_frac", "prog_immune_mean"} <= set(merged.columns)
     assert (out / "maps" / "HE1.programmes.geojson").is_file()
     pb = tmp_path / "pb.csv"

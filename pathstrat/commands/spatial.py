@@ -120,7 +120,8 @@ def predict_cmd(
     and manifest_programmes.csv (the manifest plus those columns, for train/stratify)."""
     from pathstrat.cohort import load_manifest
     from pathstrat.encoders import build_encoder
-    from pathstrat.io import as_list, ensure_writable_dir, write_dataframe_atomic
+    from pathstrat.errors import EmptyTissueError, MissingMPPError, SlideReadError
+    from pathstrat.io import FailureLog, as_list, ensure_writable_dir, write_dataframe_atomic
     from pathstrat.spatial.maps import programme_map, slide_summaries, write_map_outputs
     from pathstrat.spatial.predict import FittedExpressionModel
 
@@ -133,20 +134,29 @@ def predict_cmd(
     rows = []
     import pandas as pd
 
+    failures = FailureLog(outd / "failures.csv", "spatial-predict")
     for r in df.itertuples():
         mpp = getattr(r, "mpp", None)
-        pm = programme_map(r.path, fitted, slide_id=str(r.slide_id), encoder=enc,
-                           mpp=float(mpp) if mpp is not None and mpp == mpp else None,
-                           min_tissue=min_tissue)
+        try:
+            pm = programme_map(r.path, fitted, slide_id=str(r.slide_id), encoder=enc,
+                               mpp=float(mpp) if mpp is not None and mpp == mpp else None,
+                               min_tissue=min_tissue)
+        except (SlideReadError, EmptyTissueError, MissingMPPError) as exc:
+            failures.add(str(r.slide_id), r.path, exc)
+            continue
         write_map_outputs(pm, outd / "maps", slide_path=r.path, heatmaps=heatmaps)
         rows.append({"slide_id": str(r.slide_id), **slide_summaries(pm, pr)})
-    summ = pd.DataFrame(rows)
+    summ = pd.DataFrame(rows, columns=["slide_id"] if not rows else None)
     write_dataframe_atomic(outd / "slide_programmes.csv", summ)
     merged = df.drop(columns=[c for c in summ.columns if c in df.columns and c != "slide_id"])
     merged = merged.merge(summ, on="slide_id", how="left")
     write_dataframe_atomic(outd / "manifest_programmes.csv", merged)
     typer.echo(f"{len(rows)} slides -> {outd / 'slide_programmes.csv'}; manifest with programme "
                f"columns -> {outd / 'manifest_programmes.csv'}")
+    if len(failures):
+        failures.write()
+        typer.echo(f"{len(failures)} slides failed; see {failures.path}", err=True)
+        raise typer.Exit(3)
 
 
 @spatial_app.command("pseudobulk")
@@ -165,7 +175,8 @@ def pseudobulk_cmd(
     ad = read_samples(sample_paths(samples))
     df = pseudobulk_targets(ad, load_programmes(programmes))
     write_dataframe_atomic(out, df)
-    typer.echo(f"{len(df)} samples x {df.shape[1] - 2} programmes -> {out}")
+    n_prog = sum(c.startswith("pb_") for c in df.columns)
+    typer.echo(f"{len(df)} samples x {n_prog} programmes -> {out}")
 
 
 def register(app: typer.Typer) -> None:
