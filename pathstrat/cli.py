@@ -83,12 +83,14 @@ from pathstrat.commands import (  # noqa: E402 - after the app and logging set-u
     pipeline,  # run, demo, doctor, init
     sharing,  # package, finetune, serve
     slides,  # info
+    spatial,  # spatial synth|build|fit|predict|pseudobulk
     tiling,  # tile
     training,  # train, predict
     trial,  # trial-design
 )
 
-COMMAND_MODULES = (slides, tiling, embedding, training, decisions, pipeline, federated, trial, sharing)
+COMMAND_MODULES = (slides, tiling, embedding, training, decisions, pipeline, federated, trial, sharing,
+                   spatial)
 for _mod in COMMAND_MODULES:
     _mod.register(app)
 

@@ -13,8 +13,15 @@ from pathstrat.synthetic.slide import (
     tile_truth,
     truth_path_for,
 )
+from pathstrat.synthetic.spatial import (
+    PLANTED_PROGRAMMES,
+    SyntheticVisium,
+    make_visium_cohort,
+    make_visium_sample,
+)
 from pathstrat.synthetic.textures import Stain
 
-__all__ = ["CLASSES", "MANIFEST_COLUMNS", "PATTERNS", "TISSUE_CLASSES", "CohortDesign", "Stain",
-           "SyntheticSlide", "load_truth", "make_cohort", "make_slide", "tile_truth",
+__all__ = ["CLASSES", "MANIFEST_COLUMNS", "PATTERNS", "PLANTED_PROGRAMMES", "TISSUE_CLASSES",
+           "CohortDesign", "Stain", "SyntheticSlide", "SyntheticVisium", "load_truth",
+           "make_cohort", "make_slide", "make_visium_cohort", "make_visium_sample", "tile_truth",
            "truth_path_for"]
