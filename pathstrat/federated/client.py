@@ -162,8 +162,9 @@ def build_client_app(sites: Sequence[SiteConfig] | None = None, extra_mods: Sequ
     def _train(msg: Message, context) -> Message:
         fed, state, site, local, arrays, rnd, cfg = _setup(msg, context)
         mu = float(cfg.get("proximal-mu", 0.0))
+        lr = float(cfg["lr"]) if "lr" in cfg else None  # the coordinator's schedule
         new, loss = local.train(arrays, state, epochs=fed.local_epochs, proximal_mu=mu,
-                                seed=fed.seed * 1000 + rnd)
+                                seed=fed.seed * 1000 + rnd, lr=lr)
         metrics = {"num-examples": len(local.train_idx), "train-loss": float(loss)}
         if secagg.is_legacy(msg):
             return secagg.fit_reply(msg, new, len(local.train_idx), metrics)

@@ -90,7 +90,17 @@ class FederationConfig(_Strict):
     expected_sites: int | None = Field(None, ge=1, description="Wait (up to join_timeout_s) for "
                                        "this many SuperNodes before the join; then go on with "
                                        "those connected (at least min_sites).")
-    lr: float = Field(2e-4, gt=0)
+    lr: float = Field(2e-4, gt=0, description="Local learning rate of round 1 (see lr_schedule).")
+    lr_schedule: Literal["constant", "cosine", "step"] = Field(
+        "cosine", description="Server-side learning-rate schedule across rounds: cosine from lr "
+        "down to lr * lr_min_fraction at the last round, 'step' halves it every lr_step_rounds.")
+    lr_min_fraction: float = Field(0.1, gt=0, le=1)
+    lr_step_rounds: int = Field(5, ge=1)
+    selection: Literal["loss", "pooled_auroc", "last"] = Field(
+        "loss", description="Which round's global model is kept: lowest aggregated held-out loss, "
+        "highest pooled AUROC of the first binary head (ties: lower loss), or the last round.")
+    patience: int | None = Field(None, ge=1, description="Stop after this many rounds without a "
+                                 "better held-out criterion (None: run all rounds).")
     weight_decay: float = Field(1e-4, ge=0)
     batch_size: int = Field(1, ge=1)
     max_tiles: int | None = Field(None, ge=1)

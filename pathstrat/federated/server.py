@@ -5,10 +5,14 @@
 2. **Agree**: global head state (class weights, survival bins, regression scaling) from the
    summed counts/histograms of the joined sites.
 3. **Train**: Flower's FedAvg or FedProx (optionally wrapped in client-side fixed-clipping DP)
-   over the joined sites only; a site that fails or times out in a round is left out of that
-   round's aggregate.
-4. **Save**: the final global model as ``checkpoints/fold0.safetensors`` + ``model.json`` and a
-   ``federation.json`` with per-round, per-site metrics and the privacy guarantee.
+   over the joined sites only (round loop in :mod:`pathstrat.federated.rounds`); a site that
+   fails, times out or sends a non-finite update in a round is left out of that round's
+   aggregate. The learning rate follows a server-side schedule across rounds.
+4. **Select**: the round whose global model scored best on the sites' aggregated held-out
+   metrics is kept (optional early stopping), see :mod:`pathstrat.federated.selection`.
+5. **Save**: the kept global model as ``checkpoints/fold0.safetensors`` + ``model.json``, a
+   ``federation.json`` with per-round, per-site metrics, the selection and the privacy
+   guarantee, and ``round_curves.csv`` (per-round curves per site and aggregated).
 """
 
 from __future__ import annotations
@@ -69,6 +73,16 @@ def _grid_wrapper_cls():
             replies = list(self._grid.send_and_receive(messages, timeout=timeout))
             self._record(messages, replies)
             return replies
+
+        def mark_failed(self, server_round: int, message_type: str, site: str, reason: str) -> None:
+            """Record that a reply received from ``site`` was refused (e.g. a non-finite update)."""
+            for ev in self.events:
+                if (ev.get("round") == server_round and ev.get("site") == site
+                        and ev.get("type") == message_type and "error" not in ev):
+                    ev["error"] = reason
+                    return
+            self.events.append({"round": server_round, "type": message_type, "site": site,
+                                "error": reason})
 
         def _record(self, messages, replies) -> None:
             seen = set()
@@ -256,18 +270,23 @@ def run_federation(grid, fed: FederationConfig, out_dir: str | Path) -> dict[str
         rounds = [{"round": r, "train": h.get("train", {}), "evaluate": h.get("evaluate", {}),
                    "failed_sites": []} for r, h in sorted(history.items())]
         final_metrics = history.get(max(history), {}).get("evaluate", {}) if history else {}
+        rejected = []
+        selection = {"kept_round": fed.rounds, "last_round": fed.rounds, "criterion": "last",
+                     "value": None, "eval_loss": None, "stopped_early": False, "patience": None,
+                     "reason": "SecAgg+ rounds: the last round's global model is kept (the "
+                               "coordinator never holds an intermediate model in the clear)"}
     else:
+        from pathstrat.federated.rounds import run_rounds
+
         strategy = make_strategy(fed, len(joined))
-        result = strategy.start(grid=site_grid, initial_arrays=ArrayRecord(model.state_dict()),
-                                num_rounds=fed.rounds, timeout=fed.timeout_s,
-                                train_config=ConfigRecord(dict(cfg)),
-                                evaluate_config=ConfigRecord(dict(cfg)))
-        if result.arrays is None or len(result.arrays) == 0:
-            raise FederationError("No training round could be aggregated (every site failed); "
-                                  "see the site errors in the log.")
+        result = run_rounds(strategy, site_grid, ArrayRecord(model.state_dict()), fed, cfg)
+        if result.arrays is None:
+            raise FederationError("No training round could be aggregated (every site failed or "
+                                  "sent a rejected update); see the site errors in the log.")
         final = result.arrays.to_torch_state_dict()
-        rounds = _round_table(result, site_grid.events)
-        final_metrics = _plain(result.evaluate_metrics_clientapp.get(fed.rounds, {}))
+        rounds, selection, rejected = result.rounds, result.selection, result.rejected
+        kept = next((r for r in rounds if r.get("kept")), rounds[-1])
+        final_metrics = kept["evaluate"]
     model.load_state_dict({k: v.to(model.state_dict()[k].dtype) for k, v in final.items()})
     summary = {
         "schema": "pathstrat.federation/1",
@@ -279,31 +298,25 @@ def run_federation(grid, fed: FederationConfig, out_dir: str | Path) -> dict[str
         "rounds": rounds,
         "events": site_grid.events,
         "secagg": fed.secagg is not None,
+        "selection": selection,
+        "rejected_updates": rejected,
         "final_metrics": final_metrics,
+        "curves": "round_curves.csv",
         "dp": guarantee.to_dict() if guarantee else None,
         "dp_statement": guarantee.describe() if guarantee else "no differential privacy",
         "seconds": round(time.monotonic() - t0, 2),
     }
+    from pathstrat.federated.curves import round_curves
+    from pathstrat.io import write_dataframe_atomic
+
     save_federated_checkpoint(out, model, fed, state, summary)
+    write_dataframe_atomic(out / "round_curves.csv", round_curves(rounds, site_grid.events),
+                           index=False)
     write_json_atomic(out / "federation.json", summary)
-    log.info("federation finished: %d sites, %d rounds; checkpoint in %s", len(joined), fed.rounds,
+    log.info("federation finished: %d sites, %d rounds; kept round %s (%s); checkpoint in %s",
+             len(joined), len(rounds), selection["kept_round"], selection["reason"],
              out / "checkpoints")
     return summary
-
-
-def _plain(rec) -> dict[str, Any]:
-    return {k: (list(v) if isinstance(v, list) else float(v)) for k, v in dict(rec).items()}
-
-
-def _round_table(result, events) -> list[dict[str, Any]]:
-    rows = []
-    rounds = sorted(set(result.train_metrics_clientapp) | set(result.evaluate_metrics_clientapp))
-    for r in rounds:
-        failed = sorted({e["site"] for e in events if e.get("round") == r and "error" in e})
-        rows.append({"round": r, "train": _plain(result.train_metrics_clientapp.get(r, {})),
-                     "evaluate": _plain(result.evaluate_metrics_clientapp.get(r, {})),
-                     "failed_sites": failed})
-    return rows
 
 
 def build_server_app(fed: FederationConfig | None = None, out_dir: str | Path | None = None):
