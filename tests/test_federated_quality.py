@@ -135,6 +135,27 @@ def test_kept_round_is_the_best_aggregated_heldout_loss_and_curves_agree(default
     assert agg["responder.pooled_auroc"].notna().all()
 
 
+def test_report_shows_kept_round_and_round_curves(default_run):
+    import base64
+    import io
+    import re
+
+    from PIL import Image
+
+    from pathstrat.report import build_report, fmt
+
+    summary, run, _ = default_run
+    html = build_report(run, n_boot=20).read_text()
+    part = html.split('<section id="config">')[1].split("</section>")[0]
+    sel = summary["selection"]
+    assert f"Kept round {sel['kept_round']} of 12" in part and "lowest aggregated held-out" in part
+    kept = next(r for r in summary["rounds"] if r["kept"])
+    assert fmt(kept["evaluate"]["eval-loss"]) in part
+    imgs = [Image.open(io.BytesIO(base64.b64decode(b)))
+            for b in re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', part)]
+    assert len(imgs) == 1 and imgs[0].size[0] > 400
+
+
 def test_lr_schedules_and_selector_rules():
     from pathstrat.federated.selection import RoundSelector, lr_for_round
 
