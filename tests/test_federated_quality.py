@@ -331,3 +331,68 @@ def test_rounds_never_report_a_heldout_loss_when_nothing_was_evaluated(small_sit
         assert r["failed_sites"] == [] and "train-loss" in r["train"]
     sel = summary["selection"]
     assert sel["kept_round"] == 3 and "nothing was evaluated" in sel["reason"]
+
+
+# --- site feature cache shared between ClientApp processes (issue 13, fast rounds) -------------
+
+def test_site_cache_is_reused_across_processes_and_invalidated_by_changes(small_sites, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from pathstrat.federated.site import GlobalState, LocalSite, build_global_model
+    from pathstrat.federated.sitecache import cache_key
+
+    sites, df, own = small_sites
+    cache = tmp_path / "cache"
+    site = sites[0].model_copy(update={"cache_dir": cache})
+    fed = small_config()
+    plain = LocalSite(sites[0], fed)  # reads the feature files, no cache
+    first = LocalSite(site, fed)  # reads the files and writes the cache entry
+    entries = [p for p in cache.iterdir() if not p.name.startswith(".")]
+    assert len(entries) == 1 and (entries[0] / "features.npy").exists()
+    # another process finds the entry (a fresh flwr-clientapp process does the same)
+    code = ("import sys, pandas as pd; from pathlib import Path; "
+            "from pathstrat.cohort import load_manifest; "
+            "from pathstrat.federated.sitecache import load_cached_store; "
+            "m = Path(sys.argv[1]); df = load_manifest(m, check_files=False); "
+            "s, hit = load_cached_store(m, df, Path(sys.argv[2]), 'slide', Path(sys.argv[3]), "
+            "lambda: sys.exit('cache miss')); print(hit, len(s), s.dim)")
+    proc = subprocess.run([sys.executable, "-c", code, str(site.manifest), str(site.features_dir),
+                           str(cache)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["True", str(len(plain.store)), str(plain.store.dim)]
+    cached = LocalSite(site, fed)
+    assert cached.store.attrs["cache"] == str(entries[0])
+    # the cached store is the same data: bags, table, splits and the model's metrics
+    pd.testing.assert_frame_equal(cached.store.table, plain.store.table)
+    for a, b in zip(cached.store.bags, plain.store.bags, strict=True):
+        assert (a.key, a.slide_ids, a.offsets) == (b.key, b.slide_ids, b.offsets)
+        np.testing.assert_array_equal(a.features.numpy(), b.features.numpy())
+        np.testing.assert_array_equal(a.coords, b.coords)
+    np.testing.assert_array_equal(cached.train_idx, plain.train_idx)
+    state = GlobalState({"responder": {"pos_weight": [1.0]}}, {})
+    w = build_global_model(fed, state).state_dict()
+    assert cached.evaluate(w, state)["eval-loss"] == plain.evaluate(w, state)["eval-loss"]
+    assert first.store.attrs.get("cache") is None  # the first load read the feature files
+    # re-embedding one slide (new bytes, new mtime) or editing the manifest makes a new key
+    key0 = cache_key(site.manifest, plain.store.table, site.features_dir, "slide")
+    sid = df[df["site"] == "A"]["slide_id"].iloc[0]
+    _poison(own / f"{sid}.h5", n_bad=1, value=0.5)
+    os.utime(own / f"{sid}.h5", ns=(1, 10**18))
+    assert cache_key(site.manifest, plain.store.table, site.features_dir, "slide") != key0
+    fresh = LocalSite(site, fed)
+    assert fresh.store.attrs["cache"] != str(entries[0])
+    bag = next(b for b in fresh.store.bags if b.key == sid)
+    assert float(bag.features[0, 0]) == 0.5  # the new entry holds the re-embedded slide
+    assert len([p for p in cache.iterdir() if not p.name.startswith(".")]) == 2
+
+
+def test_site_cache_on_by_default_for_supernodes_only(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATHSTRAT_SITE_CACHE", str(tmp_path / "c"))
+    nc = {"site-name": "A", "manifest": str(tmp_path / "m.csv"), "features-dir": str(tmp_path)}
+    assert SiteConfig.from_node_config(nc).cache_dir == tmp_path / "c"
+    assert SiteConfig.from_node_config({**nc, "cache-dir": "off"}).cache_dir is None
+    assert SiteConfig.from_node_config({**nc, "cache-dir": str(tmp_path / "x")}).cache_dir == tmp_path / "x"
+    assert SiteConfig(name="A", manifest=tmp_path / "m.csv", features_dir=tmp_path).cache_dir is None

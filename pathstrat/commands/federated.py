@@ -34,8 +34,8 @@ packages = ["."]
 publisher = "pathstrat"
 
 [tool.flwr.app.components]
-serverapp = "pathstrat.federated.app:server_app"
-clientapp = "pathstrat.federated.app:client_app"
+serverapp = "pathstrat.federated.serverapp:server_app"
+clientapp = "pathstrat.federated.clientapp:client_app"
 
 [tool.flwr.app.config]
 # read by the ServerApp on the coordinator (paths on the coordinator's disk)

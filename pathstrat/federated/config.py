@@ -162,6 +162,10 @@ class SiteConfig(_Strict):
     device: str | None = Field(None, description="This site's device ('cpu', 'cuda', 'auto'); "
                                "default: the federation's.")
     audit_dir: Path | None = Field(None, description="Write every outgoing message's summary here.")
+    cache_dir: Path | None = Field(None, description="Keep a memory-mapped copy of the site's "
+                                   "features here, shared by all ClientApp processes (see "
+                                   "pathstrat.federated.sitecache). None: no cache; a SuperNode "
+                                   "without 'cache-dir' uses the default user cache folder.")
     drop_at_round: int | None = Field(None, ge=1, description="Simulation only: the site fails "
                                       "from this training round on (tests robustness to dropouts).")
 
@@ -171,6 +175,12 @@ class SiteConfig(_Strict):
         data = {k.replace("-", "_"): v for k, v in node_config.items()
                 if k.replace("-", "_") in cls.model_fields}
         data.setdefault("name", str(node_config.get("site-name", node_config.get("name", "site"))))
+        if "cache_dir" not in data:  # deployment: every message is a new process -> cache on
+            from pathstrat.federated.sitecache import default_cache_dir
+
+            data["cache_dir"] = default_cache_dir()
+        elif str(data["cache_dir"]).strip().lower() in ("", "off", "none"):
+            data["cache_dir"] = None
         return _validate(cls, data, "SuperNode --node-config")
 
 

@@ -114,7 +114,14 @@ class LocalSite:
         df = load_manifest(site.manifest, check_files=False)
         self._check_columns(df)
         try:
-            store = load_bags(df, site.features_dir, level=fed.level)
+            if site.cache_dir is not None:
+                from pathstrat.federated.sitecache import load_cached_store
+
+                store, _ = load_cached_store(site.manifest, df, site.features_dir, fed.level,
+                                             site.cache_dir,
+                                             lambda: load_bags(df, site.features_dir, level=fed.level))
+            else:
+                store = load_bags(df, site.features_dir, level=fed.level)
         except FeatureDimError as exc:  # features disagree among themselves
             raise SiteRefusedError(f"Site '{site.name}' cannot join: {exc}",
                                    f"Site '{site.name}' cannot join: its feature files disagree "
