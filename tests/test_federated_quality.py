@@ -396,3 +396,46 @@ def test_site_cache_on_by_default_for_supernodes_only(tmp_path, monkeypatch):
     assert SiteConfig.from_node_config({**nc, "cache-dir": "off"}).cache_dir is None
     assert SiteConfig.from_node_config({**nc, "cache-dir": str(tmp_path / "x")}).cache_dir == tmp_path / "x"
     assert SiteConfig(name="A", manifest=tmp_path / "m.csv", features_dir=tmp_path).cache_dir is None
+
+
+# --- privacy accounting against an independent accountant (issue 13) ---------------------------
+
+@pytest.mark.parametrize(("z", "clip", "rounds", "delta"),
+                         [(1.0, 1.0, 1, 1e-5), (1.0, 0.05, 20, 1e-5), (2.0, 3.0, 50, 1e-6),
+                          (0.8, 1.0, 10, 1e-5)])
+def test_reported_epsilon_matches_dp_accounting(z, clip, rounds, delta):
+    """The (epsilon, delta) of client-side fixed clipping (per round a Gaussian mechanism with
+    sensitivity C/m and noise std z*C/m, i.e. noise multiplier z) against Google's dp-accounting:
+    equal to its privacy-loss-distribution accountant (tight for Gaussian composition) and never
+    above its RDP accountant's bound. The clipping norm scales sensitivity and noise alike."""
+    dpa = pytest.importorskip("dp_accounting", reason="needs dp-accounting (the [dev] extra)")
+    from dp_accounting.pld import pld_privacy_accountant
+    from dp_accounting.rdp import rdp_privacy_accountant
+
+    from pathstrat.federated.privacy import dp_guarantee
+
+    g = dp_guarantee(z, clip, rounds, delta)
+    event = dpa.SelfComposedDpEvent(dpa.GaussianDpEvent(z), rounds)
+    pld = pld_privacy_accountant.PLDAccountant(value_discretization_interval=1e-4)
+    pld.compose(event)
+    rdp = rdp_privacy_accountant.RdpAccountant()
+    rdp.compose(event)
+    assert g.epsilon_total == pytest.approx(pld.get_epsilon(delta), rel=1e-3)
+    assert g.epsilon_total <= rdp.get_epsilon(delta)
+    one = pld_privacy_accountant.PLDAccountant(value_discretization_interval=1e-4)
+    one.compose(dpa.GaussianDpEvent(z))
+    assert g.epsilon_per_round == pytest.approx(one.get_epsilon(delta), rel=1e-3)
+
+
+def test_no_sampling_amplification_is_claimed():
+    """With fraction_train < 1 the reported epsilon stays the unsampled one: an upper bound on what
+    an accountant credits for sampling the sites (Poisson, rate q)."""
+    dpa = pytest.importorskip("dp_accounting", reason="needs dp-accounting (the [dev] extra)")
+    from dp_accounting.pld import pld_privacy_accountant
+
+    from pathstrat.federated.privacy import dp_guarantee
+
+    g = dp_guarantee(1.0, 1.0, 20, 1e-5)
+    pld = pld_privacy_accountant.PLDAccountant(value_discretization_interval=1e-4)
+    pld.compose(dpa.SelfComposedDpEvent(dpa.PoissonSampledDpEvent(0.5, dpa.GaussianDpEvent(1.0)), 20))
+    assert pld.get_epsilon(1e-5) < g.epsilon_total
