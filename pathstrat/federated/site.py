@@ -167,7 +167,7 @@ class LocalSite:
         in the site's log; the coordinator only learns how many files are affected)."""
         bad: list[str] = []
         for b in store.bags:
-            ok = torch.isfinite(b.features).all(dim=1)
+            ok = finite_rows(b.features)
             if bool(ok.all()):
                 continue
             for i, sid in enumerate(b.slide_ids):
@@ -287,6 +287,17 @@ class LocalSite:
         for s in specs:
             out.update(head_metrics(s, rows, scores.get(s.name), labels[s.name], self.fed.score_bins))
         return out
+
+
+def finite_rows(features: torch.Tensor) -> np.ndarray:
+    """Per tile: True when all its feature values are finite (bit test for float16/32: an
+    all-ones exponent is inf or NaN; fast on memory-mapped CPU arrays)."""
+    a = features.detach().cpu().numpy() if isinstance(features, torch.Tensor) else np.asarray(features)
+    if a.dtype == np.float16:
+        return ((a.view(np.uint16) & 0x7C00) != 0x7C00).all(axis=1)
+    if a.dtype == np.float32:
+        return ((a.view(np.uint32) & 0x7F800000) != 0x7F800000).all(axis=1)
+    return np.isfinite(a).all(axis=1)
 
 
 def head_metrics(spec, rows, score, y, score_bins: int) -> dict[str, Any]:
