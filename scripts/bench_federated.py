@@ -104,19 +104,19 @@ def main() -> None:
 
     # local compute floor: same epochs and evaluations, one process, data loaded once
     locals_ = [LocalSite(s, fed) for s in sites]
-    joined = {i: {"name": s.name, "info": dict(l.join_stats()[1]), "stats": l.join_stats()[0]}
-              for i, (s, l) in enumerate(zip(sites, locals_, strict=True))}
+    joined = {i: {"name": s.name, "info": dict(loc.join_stats()[1]), "stats": loc.join_stats()[0]}
+              for i, (s, loc) in enumerate(zip(sites, locals_, strict=True))}
     state = agree(fed, joined)
     weights = build_global_model(fed, state).state_dict()
     t0 = time.perf_counter()
     for rnd in range(1, fed.rounds + 1):
-        new = [l.train(weights, state, epochs=fed.local_epochs, seed=fed.seed * 1000 + rnd,
-                       lr=lr_for_round(fed, rnd)) for l in locals_]
-        n = [len(l.train_idx) for l in locals_]
+        new = [site.train(weights, state, epochs=fed.local_epochs, seed=fed.seed * 1000 + rnd,
+                          lr=lr_for_round(fed, rnd)) for site in locals_]
+        n = [len(site.train_idx) for site in locals_]
         weights = {k: sum(w[k] * (ni / sum(n)) for (w, _), ni in zip(new, n, strict=True))
                    for k in weights}
-        for l in locals_:
-            l.evaluate(weights, state)
+        for site in locals_:
+            site.evaluate(weights, state)
     local_s = time.perf_counter() - t0
 
     t0 = time.perf_counter()

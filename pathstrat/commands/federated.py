@@ -113,6 +113,9 @@ def _print_summary(summary: dict, out: Path) -> None:
         ev = {k: round(v, 4) for k, v in r["evaluate"].items() if not k.endswith(".n")}
         failed = f" (failed: {', '.join(r['failed_sites'])})" if r["failed_sites"] else ""
         typer.echo(f"round {r['round']}: {json.dumps(ev)}{failed}")
+    sel = summary.get("selection") or {}
+    if sel:
+        typer.echo(f"kept round {sel['kept_round']}: {sel['reason']} (curves: {out / 'round_curves.csv'})")
     typer.echo(summary["dp_statement"])
     typer.echo(f"global model: {out / 'checkpoints'} (use with `pathstrat predict` / `pathstrat report`)")
 

@@ -237,7 +237,7 @@ def make_strategy(fed: FederationConfig, n_sites: int):
 
 def run_federation(grid, fed: FederationConfig, out_dir: str | Path) -> dict[str, Any]:
     """The coordinator's whole run; returns (and writes) the federation summary."""
-    from flwr.app import ArrayRecord, ConfigRecord
+    from flwr.app import ArrayRecord
 
     from pathstrat.federated.checkpoint import save_federated_checkpoint
     from pathstrat.federated.privacy import dp_guarantee
