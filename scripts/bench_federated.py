@@ -37,6 +37,7 @@ t0 = time.perf_counter()
 from pathlib import Path
 from pathstrat.federated import FederationConfig, SiteConfig
 from pathstrat.federated.site import LocalSite
+import h5py, pathstrat.cohort, pathstrat.features, pathstrat.training.data  # imports apart
 fed = FederationConfig.from_json(Path(sys.argv[1]).read_text())
 cache = None if sys.argv[4] == "-" else Path(sys.argv[4])
 t1 = time.perf_counter()
@@ -67,6 +68,8 @@ def main() -> None:
     ap.add_argument("--local-epochs", type=int, default=2)
     ap.add_argument("--model", default="abmil")
     ap.add_argument("--out", type=Path, default=None, help="work folder (default: a temp folder)")
+    ap.add_argument("--load-only", action="store_true", help="only the fresh-process site load "
+                    "(cold vs cached), e.g. with --tiles 4000 6000 --dim 1024")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -102,6 +105,18 @@ def main() -> None:
                            join_timeout_s=300, timeout_s=600)
     sites = [SiteConfig(name=s, manifest=manifests[s], features_dir=fdir) for s in names]
 
+    fed_json = work / "fed_config.json"
+    fed_json.write_text(fed.to_json())
+    cold = _site_load(fed_json, manifests["A"], fdir, None)
+    _site_load(fed_json, manifests["A"], fdir, work / "load_cache")  # builds the cache entry
+    warm = _site_load(fed_json, manifests["A"], fdir, work / "load_cache")
+    load = {"slides_in_site_A": int(pd.read_csv(manifests["A"]).shape[0]), "cold_from_h5": cold, "from_site_cache": warm}
+    if args.load_only:
+        print(json.dumps({"dim": args.dim, "tiles_per_slide": list(args.tiles),
+                          "site_load_fresh_process": load,
+                          "machine": f"{platform.machine()}, {os.cpu_count()} cores"}, indent=2))
+        return
+
     # local compute floor: same epochs and evaluations, one process, data loaded once
     locals_ = [LocalSite(s, fed) for s in sites]
     joined = {i: {"name": s.name, "info": dict(loc.join_stats()[1]), "stats": loc.join_stats()[0]}
@@ -136,12 +151,7 @@ def main() -> None:
             dep.run(work / "app", timeout_s=3600)
     fed_s = time.perf_counter() - t0
 
-    fed_json = work / "fed_config.json"
-    fed_json.write_text(fed.to_json())
-    cold = _site_load(fed_json, manifests["A"], fdir, None)
-    _site_load(fed_json, manifests["A"], fdir, work / "load_cache")  # builds the cache entry
-    warm = _site_load(fed_json, manifests["A"], fdir, work / "load_cache")
-    n_tiles = int(sum(b.features.shape[0] for b in locals_[0].store.bags))
+    load["tiles_in_site_A"] = int(sum(b.features.shape[0] for b in locals_[0].store.bags))
     print(json.dumps({
         "mode": args.mode, "sites": args.sites, "patients": args.patients, "dim": args.dim,
         "tiles_per_slide": list(args.tiles), "rounds": args.rounds,
@@ -150,8 +160,7 @@ def main() -> None:
         "local_one_process_s": round(local_s, 2), "federated_s": round(fed_s, 2),
         "ratio_federated_over_local": round(fed_s / local_s, 2),
         "overhead_per_round_s": round((fed_s - local_s) / args.rounds, 2),
-        "site_load_fresh_process": {"tiles_in_site_A": n_tiles, "cold_from_h5": cold,
-                                    "from_site_cache": warm},
+        "site_load_fresh_process": load,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch threads 1",
     }, indent=2))
 
