@@ -67,6 +67,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--local-epochs", type=int, default=2)
     ap.add_argument("--model", default="abmil")
+    ap.add_argument("--evaluate-with-train", action="store_true",
+                    help="held-out metrics inside the next train message (one message per round)")
     ap.add_argument("--out", type=Path, default=None, help="work folder (default: a temp folder)")
     ap.add_argument("--load-only", action="store_true", help="only the fresh-process site load "
                     "(cold vs cached), e.g. with --tiles 4000 6000 --dim 1024")
@@ -102,7 +104,8 @@ def main() -> None:
                            targets=[{"name": "responder", "kind": "binary"}], encoder_id="synthetic",
                            feature_dim=args.dim, rounds=args.rounds, local_epochs=args.local_epochs,
                            lr=1e-3, expected_sites=args.sites, min_sites=args.sites,
-                           join_timeout_s=300, timeout_s=600)
+                           join_timeout_s=300, timeout_s=600,
+                           evaluate_with_train=args.evaluate_with_train)
     sites = [SiteConfig(name=s, manifest=manifests[s], features_dir=fdir) for s in names]
 
     fed_json = work / "fed_config.json"
@@ -156,6 +159,7 @@ def main() -> None:
         "mode": args.mode, "sites": args.sites, "patients": args.patients, "dim": args.dim,
         "tiles_per_slide": list(args.tiles), "rounds": args.rounds,
         "local_epochs": args.local_epochs, "model": args.model,
+        "evaluate_with_train": args.evaluate_with_train,
         "cohort_generation_s": round(gen_s, 2),
         "local_one_process_s": round(local_s, 2), "federated_s": round(fed_s, 2),
         "ratio_federated_over_local": round(fed_s / local_s, 2),

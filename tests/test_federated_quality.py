@@ -439,3 +439,33 @@ def test_no_sampling_amplification_is_claimed():
     pld = pld_privacy_accountant.PLDAccountant(value_discretization_interval=1e-4)
     pld.compose(dpa.SelfComposedDpEvent(dpa.PoissonSampledDpEvent(0.5, dpa.GaussianDpEvent(1.0)), 20))
     assert pld.get_epsilon(1e-5) < g.epsilon_total
+
+
+def test_evaluate_with_train_gives_the_same_rounds_with_half_the_messages(small_sites, tmp_path):
+    """Held-out metrics carried by the next train message (one message per site and round):
+    the same global models, the same per-round held-out metrics and the same kept round as
+    separate evaluate messages; only the last round sends an evaluate message."""
+    from safetensors.torch import load_file
+
+    from pathstrat.federated import simulate
+
+    sites, _, _ = small_sites
+    base = simulate(small_config(rounds=4), sites, tmp_path / "two", backend="inprocess")
+    fused = simulate(small_config(rounds=4, evaluate_with_train=True), sites, tmp_path / "one",
+                     backend="inprocess")
+    kinds = pd.Series([e["type"] for e in fused["events"]]).value_counts().to_dict()
+    assert kinds == {"train": 12, "evaluate": 3}
+    assert pd.Series([e["type"] for e in base["events"]]).value_counts().to_dict() == {
+        "train": 12, "evaluate": 12}
+    for a, b in zip(base["rounds"], fused["rounds"], strict=True):
+        for k in ("eval-loss", "responder.auroc", "responder.pooled_auroc", "num-examples"):
+            assert b["evaluate"][k] == pytest.approx(a["evaluate"][k], rel=1e-5, abs=1e-7), (a["round"], k)
+        assert b["train"]["train-loss"] == pytest.approx(a["train"]["train-loss"], rel=1e-6)
+    assert fused["selection"]["kept_round"] == base["selection"]["kept_round"]
+    wa = load_file(str(tmp_path / "two" / "checkpoints" / "fold0.safetensors"))
+    wb = load_file(str(tmp_path / "one" / "checkpoints" / "fold0.safetensors"))
+    assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-6
+    ca = pd.read_csv(tmp_path / "two" / "round_curves.csv")
+    cb = pd.read_csv(tmp_path / "one" / "round_curves.csv")
+    pd.testing.assert_frame_equal(ca[["round", "site", "n-eval", "eval-loss"]],
+                                  cb[["round", "site", "n-eval", "eval-loss"]], rtol=1e-5)

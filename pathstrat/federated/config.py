@@ -101,6 +101,10 @@ class FederationConfig(_Strict):
         "highest pooled AUROC of the first binary head (ties: lower loss), or the last round.")
     patience: int | None = Field(None, ge=1, description="Stop after this many rounds without a "
                                  "better held-out criterion (None: run all rounds).")
+    evaluate_with_train: bool = Field(False, description="Each site evaluates the incoming global "
+                                      "model on its held-out patients inside the next train "
+                                      "message (one message per site and round instead of two; "
+                                      "only with fraction_train = fraction_evaluate = 1, no SecAgg+).")
     weight_decay: float = Field(1e-4, ge=0)
     batch_size: int = Field(1, ge=1)
     max_tiles: int | None = Field(None, ge=1)

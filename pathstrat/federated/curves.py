@@ -50,7 +50,11 @@ def round_curves(rounds: list[dict[str, Any]], events: list[dict[str, Any]]) -> 
             site["failed"] = True
             continue
         for k, v in (ev.get("metrics") or {}).items():
-            if k == "num-examples":
+            if k.startswith("eval/"):  # held-out metrics of the previous round's model
+                if int(rnd) - 1 in by_round:  # (evaluate_with_train)
+                    prev = row(int(rnd) - 1, str(ev["site"]))
+                    prev["n-eval" if k == "eval/num-examples" else k[len("eval/"):]] = v
+            elif k == "num-examples":
                 site["n-train" if ev["type"] == "train" else "n-eval"] = v
             elif k == "dp-weight" or (ev["type"] == "train" and k != "train-loss"):
                 continue

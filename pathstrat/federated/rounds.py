@@ -56,6 +56,21 @@ def nonfinite_reason(content, array_key: str = "arrays") -> str | None:
     return None
 
 
+def _select(selector: RoundSelector, row: dict[str, Any], arrays, fed: FederationConfig, grid,
+            any_aggregated: bool) -> bool:
+    """Score one round's model (its row's ``evaluate``); True when early stopping says stop."""
+    ev = row["evaluate"]
+    msg = ", ".join(f"{k} {v:.4g}" for k, v in ev.items()
+                    if not isinstance(v, list) and not k.endswith(".n"))
+    log.info("round %d/%d (lr %.3g): %s", row["round"], fed.rounds, row["lr"],
+             msg or "nothing evaluated")
+    stop = selector.update(row["round"], ev, arrays) if any_aggregated else False
+    if stop:
+        log.info("early stop after round %d: %d rounds without a better '%s'", row["round"],
+                 fed.patience, selector.criterion)
+    return stop
+
+
 def _plain(rec) -> dict[str, Any]:
     return {k: (list(v) if isinstance(v, list) else float(v)) for k, v in dict(rec or {}).items()}
 
@@ -65,17 +80,31 @@ def run_rounds(strategy, grid, initial_arrays, fed: FederationConfig,
     """Run up to ``fed.rounds`` rounds on ``grid`` (a SiteGrid); returns the kept global model."""
     from flwr.app import ConfigRecord
 
+    from pathstrat.federated.client import EVAL_FIRST
+    from pathstrat.federated.server import aggregate_metrics, split_train_metrics
+
     selector = RoundSelector(fed)
     arrays, any_aggregated = initial_arrays, False
     result = RoundsResult(arrays=None)
     key = getattr(strategy, "arrayrecord_key", "arrays")
     inner = getattr(strategy, "strategy", strategy)  # DP wrapper -> the wrapped FedAvg/FedProx
     key = getattr(inner, "arrayrecord_key", key)
+    fused = fed.evaluate_with_train and fed.fraction_train >= 1 and fed.fraction_evaluate >= 1
+    pending: tuple[int, Any] | None = None  # (round, arrays) whose evaluation comes next round
+    stop = False
     for rnd in range(1, fed.rounds + 1):
         lr = lr_for_round(fed, rnd)
-        train_cfg = ConfigRecord({**config, "lr": lr})
+        train_cfg = ConfigRecord({**config, "lr": lr, **({EVAL_FIRST: True} if pending else {})})
         msgs = list(strategy.configure_train(rnd, arrays, train_cfg, grid))
         replies = list(grid.send_and_receive(msgs, timeout=fed.timeout_s)) if msgs else []
+        if pending is not None:  # held-out metrics of the previous round's model
+            held = split_train_metrics([r.content for r in replies if not r.has_error()])[1]
+            prev = result.rounds[-1]
+            prev["evaluate"] = _plain(aggregate_metrics(held, "num-examples")) if held else {}
+            stop = _select(selector, prev, pending[1], fed, grid, any_aggregated)
+            pending = None
+            if stop:  # this round's training is not used: the kept model is an earlier one
+                break
         kept_replies = []
         for r in replies:
             reason = None if r.has_error() else nonfinite_reason(r.content, key)
@@ -93,21 +122,21 @@ def run_rounds(strategy, grid, initial_arrays, fed: FederationConfig,
         else:
             log.error("round %d: no site update could be aggregated; the global model is unchanged",
                       rnd)
+        row = {"round": rnd, "lr": lr, "aggregated": agg_arrays is not None,
+               "train": _plain(agg_train), "evaluate": {}, "failed_sites": []}
+        result.rounds.append(row)
+        if fused and rnd < fed.rounds:
+            pending = (rnd, arrays)
+            continue
         eval_msgs = list(strategy.configure_evaluate(rnd, arrays, ConfigRecord(dict(config)), grid))
         eval_replies = list(grid.send_and_receive(eval_msgs, timeout=fed.timeout_s)) if eval_msgs else []
         agg_eval = strategy.aggregate_evaluate(rnd, eval_replies) if eval_replies else None
-        ev = _plain(agg_eval)
-        failed = sorted({e["site"] for e in grid.events if e.get("round") == rnd and "error" in e})
-        result.rounds.append({"round": rnd, "lr": lr, "aggregated": agg_arrays is not None,
-                              "train": _plain(agg_train), "evaluate": ev, "failed_sites": failed})
-        stop = selector.update(rnd, ev, arrays) if any_aggregated else False
-        msg = ", ".join(f"{k} {v:.4g}" for k, v in ev.items()
-                        if not isinstance(v, list) and not k.endswith(".n"))
-        log.info("round %d/%d (lr %.3g): %s", rnd, fed.rounds, lr, msg or "nothing evaluated")
-        if stop:
-            log.info("early stop after round %d: %d rounds without a better '%s'", rnd,
-                     fed.patience, selector.criterion)
+        row["evaluate"] = _plain(agg_eval)
+        if _select(selector, row, arrays, fed, grid, any_aggregated):
             break
+    for row in result.rounds:
+        row["failed_sites"] = sorted({e["site"] for e in grid.events
+                                      if e.get("round") == row["round"] and "error" in e})
     if not any_aggregated:
         return result
     kept_round, kept = selector.kept()

@@ -211,6 +211,27 @@ def aggregate_metrics(records, weight_key: str):
     return MetricRecord(out)
 
 
+def split_train_metrics(records, prefix: str = "eval/"):
+    """(train part, held-out part) of train replies' metric records: the held-out metrics of the
+    incoming model travel in train replies under ``prefix`` (``evaluate_with_train``)."""
+    from flwr.app import MetricRecord, RecordDict
+
+    train, held = [], []
+    for rec in records:
+        m = next(iter(rec.metric_records.values()))
+        train.append(RecordDict({"metrics": MetricRecord(
+            {k: v for k, v in m.items() if not k.startswith(prefix)})}))
+        ev = {k[len(prefix):]: v for k, v in m.items() if k.startswith(prefix)}
+        if ev:
+            held.append(RecordDict({"metrics": MetricRecord(ev)}))
+    return train, held
+
+
+def aggregate_train_metrics(records, weight_key: str):
+    """Train metrics (weighted means) without the held-out part carried by train replies."""
+    return aggregate_metrics(split_train_metrics(records)[0], weight_key)
+
+
 def make_strategy(fed: FederationConfig, n_sites: int):
     """FedAvg / FedProx from the config, wrapped for DP when ``fed.dp`` is set."""
     from flwr.serverapp.strategy import (
@@ -224,7 +245,7 @@ def make_strategy(fed: FederationConfig, n_sites: int):
     kw = dict(fraction_train=n_train / n_sites, fraction_evaluate=fed.fraction_evaluate,
               min_train_nodes=n_train, min_evaluate_nodes=n_eval, min_available_nodes=1,
               weighted_by_key="dp-weight" if fed.dp else "num-examples",
-              evaluate_metrics_aggr_fn=aggregate_metrics)
+              evaluate_metrics_aggr_fn=aggregate_metrics, train_metrics_aggr_fn=aggregate_train_metrics)
     if fed.strategy == "fedprox":
         strategy = FedProx(proximal_mu=fed.proximal_mu, **kw)
     else:
