@@ -48,6 +48,7 @@ def _grid_wrapper_cls():
         def __init__(self, grid, allowed: set[int], names: dict[int, str]) -> None:
             self._grid, self.allowed, self.names = grid, allowed, names
             self.events: list[dict[str, Any]] = []
+            self.t0 = time.monotonic()
 
         def set_run(self, run) -> None:
             self._grid.set_run(run)
@@ -70,8 +71,12 @@ def _grid_wrapper_cls():
 
         def send_and_receive(self, messages, *, timeout=None):
             messages = list(messages)
+            sent = time.monotonic()
             replies = list(self._grid.send_and_receive(messages, timeout=timeout))
             self._record(messages, replies)
+            for ev in self.events[len(self.events) - len(messages):]:  # wall time of this step
+                ev["sent_s"] = round(sent - self.t0, 2)
+                ev["step_s"] = round(time.monotonic() - sent, 2)
             return replies
 
         def mark_failed(self, server_round: int, message_type: str, site: str, reason: str) -> None:
@@ -267,7 +272,9 @@ def run_federation(grid, fed: FederationConfig, out_dir: str | Path) -> dict[str
     out = ensure_writable_dir(out_dir)
     t0 = time.monotonic()
     nodes = wait_for_sites(grid, fed.min_sites, fed.join_timeout_s, fed.expected_sites)
+    t_wait = time.monotonic()
     joined, refused = join_sites(grid, nodes, fed)
+    t_join = time.monotonic()
     for name, reason in refused.items():
         log.warning("site %s is not part of this federation: %s", name, reason)
     if len(joined) < fed.min_sites:
@@ -326,6 +333,8 @@ def run_federation(grid, fed: FederationConfig, out_dir: str | Path) -> dict[str
         "dp": guarantee.to_dict() if guarantee else None,
         "dp_statement": guarantee.describe() if guarantee else "no differential privacy",
         "seconds": round(time.monotonic() - t0, 2),
+        "timing_s": {"wait_for_sites": round(t_wait - t0, 2), "join": round(t_join - t_wait, 2),
+                     "rounds": round(time.monotonic() - t_join, 2)},
     }
     from pathstrat.federated.curves import round_curves
     from pathstrat.io import write_dataframe_atomic
