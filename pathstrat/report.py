@@ -568,6 +568,10 @@ def _config(rf: RunFiles) -> str:
             else na("config.yaml absent"))
     if model:
         out += f"<h3>checkpoints/model.json</h3><pre>{esc(json.dumps(model, indent=2))}</pre>"
+    if rf.path("federation.json"):  # federated run: kept round, per-round curves (issue 13)
+        from pathstrat.federated.curves import report_html
+
+        out += report_html(rf.run)
     return out
 
 

@@ -448,7 +448,8 @@ def test_init_app_writes_a_valid_flower_app(tmp_path):
                "--address", "link.example.org:9093", "--root-cert", "/certs/ca.crt"])
     assert rc == 0
     config, _ = load_and_validate(tmp_path / "app" / "pyproject.toml", check_module=True)
-    assert config["tool"]["flwr"]["app"]["components"]["serverapp"] == "pathstrat.federated.app:server_app"
+    assert config["tool"]["flwr"]["app"]["components"]["serverapp"] == "pathstrat.federated.serverapp:server_app"
+    assert config["tool"]["flwr"]["app"]["components"]["clientapp"] == "pathstrat.federated.clientapp:client_app"
     assert config["tool"]["flwr"]["app"]["config"]["config-file"] == str(cfg.resolve())
     conn = (tmp_path / "app" / "superlink-connection.toml").read_text()
     assert 'address = "link.example.org:9093"' in conn and "/certs/ca.crt" in conn

@@ -34,8 +34,8 @@ packages = ["."]
 publisher = "pathstrat"
 
 [tool.flwr.app.components]
-serverapp = "pathstrat.federated.app:server_app"
-clientapp = "pathstrat.federated.app:client_app"
+serverapp = "pathstrat.federated.serverapp:server_app"
+clientapp = "pathstrat.federated.clientapp:client_app"
 
 [tool.flwr.app.config]
 # read by the ServerApp on the coordinator (paths on the coordinator's disk)
@@ -113,6 +113,9 @@ def _print_summary(summary: dict, out: Path) -> None:
         ev = {k: round(v, 4) for k, v in r["evaluate"].items() if not k.endswith(".n")}
         failed = f" (failed: {', '.join(r['failed_sites'])})" if r["failed_sites"] else ""
         typer.echo(f"round {r['round']}: {json.dumps(ev)}{failed}")
+    sel = summary.get("selection") or {}
+    if sel:
+        typer.echo(f"kept round {sel['kept_round']}: {sel['reason']} (curves: {out / 'round_curves.csv'})")
     typer.echo(summary["dp_statement"])
     typer.echo(f"global model: {out / 'checkpoints'} (use with `pathstrat predict` / `pathstrat report`)")
 

@@ -6,7 +6,7 @@ Only model weights and aggregate statistics leave a site. Public API:
   :class:`TargetDef`
 * :func:`simulate`, :func:`split_sites`: K simulated sites from one cohort's ``site`` column
 * :func:`build_server_app`, :func:`build_client_app`: the Flower apps (deployment:
-  ``pathstrat.federated.app:server_app`` / ``:client_app``)
+  ``pathstrat.federated.serverapp:server_app`` / ``pathstrat.federated.clientapp:client_app``)
 * :class:`LocalSite` (site-side checks, training, evaluation), :func:`check_site`
 * :func:`finetune_site`: adapt the global model to one site afterwards
 * :func:`dp_guarantee`: (epsilon, delta) per site and round of client-side fixed clipping

@@ -1,12 +1,13 @@
 """Flower app components for deployment (``flwr run``): the coordinator's ServerApp and the sites'
-ClientApp. Referenced from the app's pyproject.toml as ``pathstrat.federated.app:server_app`` and
-``pathstrat.federated.app:client_app`` (see docs/federated.md and ``pathstrat federated init-app``).
+ClientApp. ``pathstrat federated init-app`` references the light per-side modules
+``pathstrat.federated.serverapp:server_app`` and ``pathstrat.federated.clientapp:client_app``
+(a site process then never imports the coordinator's code); this module keeps both names for
+apps written by earlier versions (see docs/federated.md).
 """
 
 from __future__ import annotations
 
-from pathstrat.federated.client import build_client_app
-from pathstrat.federated.server import build_server_app
+from pathstrat.federated.clientapp import client_app
+from pathstrat.federated.serverapp import server_app
 
-server_app = build_server_app()
-client_app = build_client_app()
+__all__ = ["client_app", "server_app"]

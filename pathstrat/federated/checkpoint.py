@@ -42,7 +42,9 @@ def save_federated_checkpoint(out_dir: str | os.PathLike, model: nn.Module, fed:
     specs = resolved_specs(fed, state)
     fed_block = {"strategy": fed.strategy, "rounds": fed.rounds, "local_epochs": fed.local_epochs,
                  "dp": summary.get("dp") if summary else None,
-                 "sites": [s["name"] for s in (summary or {}).get("sites", [])], **(extra or {})}
+                 "sites": [s["name"] for s in (summary or {}).get("sites", [])],
+                 "kept_round": ((summary or {}).get("selection") or {}).get("kept_round"),
+                 **(extra or {})}
     write_json_atomic(ckpt / "model.json", {
         "model": fed.model, "hparams": dict(fed.hparams), "in_dim": fed.feature_dim,
         "encoder_id": fed.encoder_id, "level": fed.level,

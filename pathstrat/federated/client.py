@@ -29,6 +29,8 @@ from pathstrat.federated.site import GlobalState, LocalSite, SiteRefusedError, b
 log = logging.getLogger(__name__)
 
 JOIN = "query.join"
+EVAL_FIRST = "evaluate-first"  # train config: evaluate the incoming global model first
+EVAL_PREFIX = "eval/"  # its metrics travel in the train reply under this prefix
 CLIP_KEY = "clipping_norm"  # flwr.supercore.differential_privacy.KEY_CLIPPING_NORM
 
 
@@ -162,9 +164,13 @@ def build_client_app(sites: Sequence[SiteConfig] | None = None, extra_mods: Sequ
     def _train(msg: Message, context) -> Message:
         fed, state, site, local, arrays, rnd, cfg = _setup(msg, context)
         mu = float(cfg.get("proximal-mu", 0.0))
+        lr = float(cfg["lr"]) if "lr" in cfg else None  # the coordinator's schedule
+        held_out = {}
+        if cfg.get(EVAL_FIRST) and not secagg.is_legacy(msg):  # metrics of the incoming model
+            held_out = {f"{EVAL_PREFIX}{k}": v for k, v in local.evaluate(arrays, state).items()}
         new, loss = local.train(arrays, state, epochs=fed.local_epochs, proximal_mu=mu,
-                                seed=fed.seed * 1000 + rnd)
-        metrics = {"num-examples": len(local.train_idx), "train-loss": float(loss)}
+                                seed=fed.seed * 1000 + rnd, lr=lr)
+        metrics = {"num-examples": len(local.train_idx), "train-loss": float(loss), **held_out}
         if secagg.is_legacy(msg):
             return secagg.fit_reply(msg, new, len(local.train_idx), metrics)
         if fed.dp is not None:

@@ -90,7 +90,21 @@ class FederationConfig(_Strict):
     expected_sites: int | None = Field(None, ge=1, description="Wait (up to join_timeout_s) for "
                                        "this many SuperNodes before the join; then go on with "
                                        "those connected (at least min_sites).")
-    lr: float = Field(2e-4, gt=0)
+    lr: float = Field(2e-4, gt=0, description="Local learning rate of round 1 (see lr_schedule).")
+    lr_schedule: Literal["constant", "cosine", "step"] = Field(
+        "cosine", description="Server-side learning-rate schedule across rounds: cosine from lr "
+        "down to lr * lr_min_fraction at the last round, 'step' halves it every lr_step_rounds.")
+    lr_min_fraction: float = Field(0.1, gt=0, le=1)
+    lr_step_rounds: int = Field(5, ge=1)
+    selection: Literal["loss", "pooled_auroc", "last"] = Field(
+        "loss", description="Which round's global model is kept: lowest aggregated held-out loss, "
+        "highest pooled AUROC of the first binary head (ties: lower loss), or the last round.")
+    patience: int | None = Field(None, ge=1, description="Stop after this many rounds without a "
+                                 "better held-out criterion (None: run all rounds).")
+    evaluate_with_train: bool = Field(False, description="Each site evaluates the incoming global "
+                                      "model on its held-out patients inside the next train "
+                                      "message (one message per site and round instead of two; "
+                                      "only with fraction_train = fraction_evaluate = 1, no SecAgg+).")
     weight_decay: float = Field(1e-4, ge=0)
     batch_size: int = Field(1, ge=1)
     max_tiles: int | None = Field(None, ge=1)
@@ -152,6 +166,10 @@ class SiteConfig(_Strict):
     device: str | None = Field(None, description="This site's device ('cpu', 'cuda', 'auto'); "
                                "default: the federation's.")
     audit_dir: Path | None = Field(None, description="Write every outgoing message's summary here.")
+    cache_dir: Path | None = Field(None, description="Keep a memory-mapped copy of the site's "
+                                   "features here, shared by all ClientApp processes (see "
+                                   "pathstrat.federated.sitecache). None: no cache; a SuperNode "
+                                   "without 'cache-dir' uses the default user cache folder.")
     drop_at_round: int | None = Field(None, ge=1, description="Simulation only: the site fails "
                                       "from this training round on (tests robustness to dropouts).")
 
@@ -161,6 +179,12 @@ class SiteConfig(_Strict):
         data = {k.replace("-", "_"): v for k, v in node_config.items()
                 if k.replace("-", "_") in cls.model_fields}
         data.setdefault("name", str(node_config.get("site-name", node_config.get("name", "site"))))
+        if "cache_dir" not in data:  # deployment: every message is a new process -> cache on
+            from pathstrat.federated.sitecache import default_cache_dir
+
+            data["cache_dir"] = default_cache_dir()
+        elif str(data["cache_dir"]).strip().lower() in ("", "off", "none"):
+            data["cache_dir"] = None
         return _validate(cls, data, "SuperNode --node-config")
 
 

@@ -5,10 +5,14 @@
 2. **Agree**: global head state (class weights, survival bins, regression scaling) from the
    summed counts/histograms of the joined sites.
 3. **Train**: Flower's FedAvg or FedProx (optionally wrapped in client-side fixed-clipping DP)
-   over the joined sites only; a site that fails or times out in a round is left out of that
-   round's aggregate.
-4. **Save**: the final global model as ``checkpoints/fold0.safetensors`` + ``model.json`` and a
-   ``federation.json`` with per-round, per-site metrics and the privacy guarantee.
+   over the joined sites only (round loop in :mod:`pathstrat.federated.rounds`); a site that
+   fails, times out or sends a non-finite update in a round is left out of that round's
+   aggregate. The learning rate follows a server-side schedule across rounds.
+4. **Select**: the round whose global model scored best on the sites' aggregated held-out
+   metrics is kept (optional early stopping), see :mod:`pathstrat.federated.selection`.
+5. **Save**: the kept global model as ``checkpoints/fold0.safetensors`` + ``model.json``, a
+   ``federation.json`` with per-round, per-site metrics, the selection and the privacy
+   guarantee, and ``round_curves.csv`` (per-round curves per site and aggregated).
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ def _grid_wrapper_cls():
         def __init__(self, grid, allowed: set[int], names: dict[int, str]) -> None:
             self._grid, self.allowed, self.names = grid, allowed, names
             self.events: list[dict[str, Any]] = []
+            self.t0 = time.monotonic()
 
         def set_run(self, run) -> None:
             self._grid.set_run(run)
@@ -66,9 +71,23 @@ def _grid_wrapper_cls():
 
         def send_and_receive(self, messages, *, timeout=None):
             messages = list(messages)
+            sent = time.monotonic()
             replies = list(self._grid.send_and_receive(messages, timeout=timeout))
             self._record(messages, replies)
+            for ev in self.events[len(self.events) - len(messages):]:  # wall time of this step
+                ev["sent_s"] = round(sent - self.t0, 2)
+                ev["step_s"] = round(time.monotonic() - sent, 2)
             return replies
+
+        def mark_failed(self, server_round: int, message_type: str, site: str, reason: str) -> None:
+            """Record that a reply received from ``site`` was refused (e.g. a non-finite update)."""
+            for ev in self.events:
+                if (ev.get("round") == server_round and ev.get("site") == site
+                        and ev.get("type") == message_type and "error" not in ev):
+                    ev["error"] = reason
+                    return
+            self.events.append({"round": server_round, "type": message_type, "site": site,
+                                "error": reason})
 
         def _record(self, messages, replies) -> None:
             seen = set()
@@ -197,6 +216,27 @@ def aggregate_metrics(records, weight_key: str):
     return MetricRecord(out)
 
 
+def split_train_metrics(records, prefix: str = "eval/"):
+    """(train part, held-out part) of train replies' metric records: the held-out metrics of the
+    incoming model travel in train replies under ``prefix`` (``evaluate_with_train``)."""
+    from flwr.app import MetricRecord, RecordDict
+
+    train, held = [], []
+    for rec in records:
+        m = next(iter(rec.metric_records.values()))
+        train.append(RecordDict({"metrics": MetricRecord(
+            {k: v for k, v in m.items() if not k.startswith(prefix)})}))
+        ev = {k[len(prefix):]: v for k, v in m.items() if k.startswith(prefix)}
+        if ev:
+            held.append(RecordDict({"metrics": MetricRecord(ev)}))
+    return train, held
+
+
+def aggregate_train_metrics(records, weight_key: str):
+    """Train metrics (weighted means) without the held-out part carried by train replies."""
+    return aggregate_metrics(split_train_metrics(records)[0], weight_key)
+
+
 def make_strategy(fed: FederationConfig, n_sites: int):
     """FedAvg / FedProx from the config, wrapped for DP when ``fed.dp`` is set."""
     from flwr.serverapp.strategy import (
@@ -210,7 +250,7 @@ def make_strategy(fed: FederationConfig, n_sites: int):
     kw = dict(fraction_train=n_train / n_sites, fraction_evaluate=fed.fraction_evaluate,
               min_train_nodes=n_train, min_evaluate_nodes=n_eval, min_available_nodes=1,
               weighted_by_key="dp-weight" if fed.dp else "num-examples",
-              evaluate_metrics_aggr_fn=aggregate_metrics)
+              evaluate_metrics_aggr_fn=aggregate_metrics, train_metrics_aggr_fn=aggregate_train_metrics)
     if fed.strategy == "fedprox":
         strategy = FedProx(proximal_mu=fed.proximal_mu, **kw)
     else:
@@ -223,7 +263,7 @@ def make_strategy(fed: FederationConfig, n_sites: int):
 
 def run_federation(grid, fed: FederationConfig, out_dir: str | Path) -> dict[str, Any]:
     """The coordinator's whole run; returns (and writes) the federation summary."""
-    from flwr.app import ArrayRecord, ConfigRecord
+    from flwr.app import ArrayRecord
 
     from pathstrat.federated.checkpoint import save_federated_checkpoint
     from pathstrat.federated.privacy import dp_guarantee
@@ -232,7 +272,9 @@ def run_federation(grid, fed: FederationConfig, out_dir: str | Path) -> dict[str
     out = ensure_writable_dir(out_dir)
     t0 = time.monotonic()
     nodes = wait_for_sites(grid, fed.min_sites, fed.join_timeout_s, fed.expected_sites)
+    t_wait = time.monotonic()
     joined, refused = join_sites(grid, nodes, fed)
+    t_join = time.monotonic()
     for name, reason in refused.items():
         log.warning("site %s is not part of this federation: %s", name, reason)
     if len(joined) < fed.min_sites:
@@ -256,18 +298,23 @@ def run_federation(grid, fed: FederationConfig, out_dir: str | Path) -> dict[str
         rounds = [{"round": r, "train": h.get("train", {}), "evaluate": h.get("evaluate", {}),
                    "failed_sites": []} for r, h in sorted(history.items())]
         final_metrics = history.get(max(history), {}).get("evaluate", {}) if history else {}
+        rejected = []
+        selection = {"kept_round": fed.rounds, "last_round": fed.rounds, "criterion": "last",
+                     "value": None, "eval_loss": None, "stopped_early": False, "patience": None,
+                     "reason": "SecAgg+ rounds: the last round's global model is kept (the "
+                               "coordinator never holds an intermediate model in the clear)"}
     else:
+        from pathstrat.federated.rounds import run_rounds
+
         strategy = make_strategy(fed, len(joined))
-        result = strategy.start(grid=site_grid, initial_arrays=ArrayRecord(model.state_dict()),
-                                num_rounds=fed.rounds, timeout=fed.timeout_s,
-                                train_config=ConfigRecord(dict(cfg)),
-                                evaluate_config=ConfigRecord(dict(cfg)))
-        if result.arrays is None or len(result.arrays) == 0:
-            raise FederationError("No training round could be aggregated (every site failed); "
-                                  "see the site errors in the log.")
+        result = run_rounds(strategy, site_grid, ArrayRecord(model.state_dict()), fed, cfg)
+        if result.arrays is None:
+            raise FederationError("No training round could be aggregated (every site failed or "
+                                  "sent a rejected update); see the site errors in the log.")
         final = result.arrays.to_torch_state_dict()
-        rounds = _round_table(result, site_grid.events)
-        final_metrics = _plain(result.evaluate_metrics_clientapp.get(fed.rounds, {}))
+        rounds, selection, rejected = result.rounds, result.selection, result.rejected
+        kept = next((r for r in rounds if r.get("kept")), rounds[-1])
+        final_metrics = kept["evaluate"]
     model.load_state_dict({k: v.to(model.state_dict()[k].dtype) for k, v in final.items()})
     summary = {
         "schema": "pathstrat.federation/1",
@@ -279,31 +326,27 @@ def run_federation(grid, fed: FederationConfig, out_dir: str | Path) -> dict[str
         "rounds": rounds,
         "events": site_grid.events,
         "secagg": fed.secagg is not None,
+        "selection": selection,
+        "rejected_updates": rejected,
         "final_metrics": final_metrics,
+        "curves": "round_curves.csv",
         "dp": guarantee.to_dict() if guarantee else None,
         "dp_statement": guarantee.describe() if guarantee else "no differential privacy",
         "seconds": round(time.monotonic() - t0, 2),
+        "timing_s": {"wait_for_sites": round(t_wait - t0, 2), "join": round(t_join - t_wait, 2),
+                     "rounds": round(time.monotonic() - t_join, 2)},
     }
+    from pathstrat.federated.curves import round_curves
+    from pathstrat.io import write_dataframe_atomic
+
     save_federated_checkpoint(out, model, fed, state, summary)
+    write_dataframe_atomic(out / "round_curves.csv", round_curves(rounds, site_grid.events),
+                           index=False)
     write_json_atomic(out / "federation.json", summary)
-    log.info("federation finished: %d sites, %d rounds; checkpoint in %s", len(joined), fed.rounds,
+    log.info("federation finished: %d sites, %d rounds; kept round %s (%s); checkpoint in %s",
+             len(joined), len(rounds), selection["kept_round"], selection["reason"],
              out / "checkpoints")
     return summary
-
-
-def _plain(rec) -> dict[str, Any]:
-    return {k: (list(v) if isinstance(v, list) else float(v)) for k, v in dict(rec).items()}
-
-
-def _round_table(result, events) -> list[dict[str, Any]]:
-    rows = []
-    rounds = sorted(set(result.train_metrics_clientapp) | set(result.evaluate_metrics_clientapp))
-    for r in rounds:
-        failed = sorted({e["site"] for e in events if e.get("round") == r and "error" in e})
-        rows.append({"round": r, "train": _plain(result.train_metrics_clientapp.get(r, {})),
-                     "evaluate": _plain(result.evaluate_metrics_clientapp.get(r, {})),
-                     "failed_sites": failed})
-    return rows
 
 
 def build_server_app(fed: FederationConfig | None = None, out_dir: str | Path | None = None):

@@ -120,12 +120,20 @@ class LocalSite:
                                    f"Site '{site.name}' cannot join: its manifest has invalid "
                                    "labels, times or events (see the site's log).") from exc
         try:
-            store = load_bags(df, site.features_dir, level=fed.level)
+            if site.cache_dir is not None:
+                from pathstrat.federated.sitecache import load_cached_store
+
+                store, _ = load_cached_store(site.manifest, df, site.features_dir, fed.level,
+                                             site.cache_dir,
+                                             lambda: load_bags(df, site.features_dir, level=fed.level))
+            else:
+                store = load_bags(df, site.features_dir, level=fed.level)
         except FeatureDimError as exc:  # features disagree among themselves
             raise SiteRefusedError(f"Site '{site.name}' cannot join: {exc}",
                                    f"Site '{site.name}' cannot join: its feature files disagree "
                                    "in encoder or dimension.") from exc
         self._check_features(store)
+        self._check_finite(store, site.features_dir)
         self.store = store
         table = store.table
         if "split" in table.columns:
@@ -160,6 +168,28 @@ class LocalSite:
                    "and point features-dir at that folder.")
             raise SiteRefusedError(msg, msg)
 
+    def _check_finite(self, store, features_dir) -> None:
+        """Refuse the site when any feature value is NaN or infinite (names file and tile count
+        in the site's log; the coordinator only learns how many files are affected)."""
+        bad: list[str] = []
+        for b in store.bags:
+            ok = finite_rows(b.features)
+            if bool(ok.all()):
+                continue
+            for i, sid in enumerate(b.slide_ids):
+                n = int((~ok[b.offsets[i]:b.offsets[i + 1]]).sum())
+                if n:
+                    bad.append(f"{features_dir}/{sid}.h5 ({n} of "
+                               f"{b.offsets[i + 1] - b.offsets[i]} tiles)")
+        if bad:
+            fix = ("Re-embed those slides with `pathstrat embed` (or remove them from the manifest) "
+                   "before joining.")
+            raise SiteRefusedError(
+                f"Site '{self.site.name}' cannot join: {len(bad)} feature file(s) contain NaN or "
+                f"infinite values: {'; '.join(bad[:10])}{' ...' if len(bad) > 10 else ''}. {fix}",
+                f"Site '{self.site.name}' cannot join: {len(bad)} of its feature files contain NaN "
+                f"or infinite values (file names in the site's log). {fix}")
+
     # --- join statistics --------------------------------------------------------------------
     def join_stats(self) -> tuple[dict[str, Any], dict[str, str]]:
         """Counts and histograms of the training split (what the federation agrees on)."""
@@ -191,8 +221,13 @@ class LocalSite:
         return model.to(self.device)
 
     def train(self, arrays: dict[str, torch.Tensor], state: GlobalState, *, epochs: int,
-              proximal_mu: float = 0.0, seed: int = 0) -> tuple[dict[str, torch.Tensor], float]:
-        """Local epochs from the global weights; returns the new weights and the mean loss."""
+              proximal_mu: float = 0.0, seed: int = 0,
+              lr: float | None = None) -> tuple[dict[str, torch.Tensor], float]:
+        """Local epochs from the global weights; returns the new weights and the mean loss.
+
+        ``lr`` is the round's learning rate from the coordinator's schedule (default ``fed.lr``).
+        A non-finite loss or weight raises :class:`SiteRefusedError` (never sent to the server).
+        """
         from pathstrat.mil.losses import make_loss
         from pathstrat.training.data import BagDataset, make_loader
         from pathstrat.training.engine import train_one_epoch
@@ -207,12 +242,24 @@ class LocalSite:
         ds = BagDataset(self.store, self.train_idx, self._targets(specs, state),
                         max_tiles=fed.max_tiles, train=True, seed=seed)
         loader = make_loader(ds, fed.batch_size, shuffle=True, seed=seed)
-        opt = torch.optim.AdamW(model.parameters(), lr=fed.lr, weight_decay=fed.weight_decay)
+        opt = torch.optim.AdamW(model.parameters(), lr=float(lr or fed.lr),
+                                weight_decay=fed.weight_decay)
         torch.manual_seed(seed)
         loss = float("nan")
-        for _ in range(epochs):
+        for epoch in range(epochs):
             loss = train_one_epoch(model, loader, loss_fn, opt, device=self.device)
-        return {k: v.detach().cpu() for k, v in model.state_dict().items()}, loss
+            if not np.isfinite(loss):
+                msg = (f"Site '{self.site.name}': local training gave a non-finite loss ({loss}) in "
+                       f"epoch {epoch + 1}; the update is not sent. Lower the federation's lr or "
+                       "check this site's features (`pathstrat federated check-site`).")
+                raise SiteRefusedError(msg, msg)
+        new = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        bad = [k for k, v in new.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if bad:
+            msg = (f"Site '{self.site.name}': local training gave non-finite weights ({bad[:3]}); "
+                   "the update is not sent. Lower the federation's lr.")
+            raise SiteRefusedError(msg, msg)
+        return new, loss
 
     def predict(self, arrays: dict[str, torch.Tensor], state: GlobalState, which: str = "eval"):
         """(table rows, {head: scores}, {head: encoded labels}, loss) of one split."""
@@ -236,11 +283,27 @@ class LocalSite:
         """Metrics of the global model on this site's held-out patients (aggregates only)."""
         specs = resolved_specs(self.fed, state)
         rows, scores, labels, loss = self.predict(arrays, state, "eval")
+        if len(self.eval_idx) and not np.isfinite(loss):
+            msg = (f"Site '{self.site.name}': the global model gives a non-finite held-out loss "
+                   f"({loss}); nothing is reported for this round.")
+            raise SiteRefusedError(msg, msg)
+        # NaN (never 0.0) when there is nothing to evaluate: the aggregate skips non-finite values
         out: dict[str, Any] = {"num-examples": len(self.eval_idx),
-                               "eval-loss": float(loss) if np.isfinite(loss) else 0.0}
+                               "eval-loss": float(loss) if len(self.eval_idx) else float("nan")}
         for s in specs:
             out.update(head_metrics(s, rows, scores.get(s.name), labels[s.name], self.fed.score_bins))
         return out
+
+
+def finite_rows(features: torch.Tensor) -> np.ndarray:
+    """Per tile: True when all its feature values are finite (bit test for float16/32: an
+    all-ones exponent is inf or NaN; fast on memory-mapped CPU arrays)."""
+    a = features.detach().cpu().numpy() if isinstance(features, torch.Tensor) else np.asarray(features)
+    if a.dtype == np.float16:
+        return ((a.view(np.uint16) & 0x7C00) != 0x7C00).all(axis=1)
+    if a.dtype == np.float32:
+        return ((a.view(np.uint32) & 0x7F800000) != 0x7F800000).all(axis=1)
+    return np.isfinite(a).all(axis=1)
 
 
 def head_metrics(spec, rows, score, y, score_bins: int) -> dict[str, Any]:
