@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pathstrat.errors import ConfigError, FeatureDimError, ManifestError, PathstratError
+from pathstrat.errors import ConfigError, FeatureDimError, ManifestError, PathstratError, SchemaError
 from pathstrat.federated.config import FederationConfig, SiteConfig
 from pathstrat.federated.stats import score_histograms, site_label_stats, time_grid
 
@@ -124,10 +124,9 @@ class LocalSite:
                 from pathstrat.federated.sitecache import load_cached_store
 
                 store, _ = load_cached_store(site.manifest, df, site.features_dir, fed.level,
-                                             site.cache_dir,
-                                             lambda: load_bags(df, site.features_dir, level=fed.level))
+                                             site.cache_dir, lambda: self._load_bags(df))
             else:
-                store = load_bags(df, site.features_dir, level=fed.level)
+                store = self._load_bags(df)
         except FeatureDimError as exc:  # features disagree among themselves
             raise SiteRefusedError(f"Site '{site.name}' cannot join: {exc}",
                                    f"Site '{site.name}' cannot join: its feature files disagree "
@@ -167,6 +166,34 @@ class LocalSite:
                    f"site's slides with `pathstrat embed --encoder {fed.encoder_id}` (same weights) "
                    "and point features-dir at that folder.")
             raise SiteRefusedError(msg, msg)
+
+    def _load_bags(self, df):
+        """All bags of the site; feature files that `read_bag` refuses as non-finite refuse the
+        site (naming them in its log), any other unusable file stops it as before."""
+        import re
+
+        from pathstrat.io import FailureLog
+        from pathstrat.training.data import load_bags
+
+        failures = FailureLog(self.site.features_dir / ".site-failures.csv", "federated")
+        store = load_bags(df, self.site.features_dir, level=self.fed.level, failures=failures)
+        nonfinite = [r for r in failures.rows if r["error_type"] == "NonFiniteError"]
+        other = [r for r in failures.rows if r["error_type"] != "NonFiniteError"]
+        if other:
+            raise SchemaError(f"Site '{self.site.name}': {other[0]['reason']}")
+        if nonfinite:
+            bad = []
+            for r in nonfinite:
+                m = re.search(r"(\d+ of \d+) tiles", r["reason"])
+                bad.append(f"{r['path']} ({m.group(1) if m else '?'} tiles)")
+            fix = ("Re-embed those slides with `pathstrat embed` (or remove them from the manifest) "
+                   "before joining.")
+            raise SiteRefusedError(
+                f"Site '{self.site.name}' cannot join: {len(bad)} feature file(s) contain NaN or "
+                f"infinite values: {'; '.join(bad[:10])}{' ...' if len(bad) > 10 else ''}. {fix}",
+                f"Site '{self.site.name}' cannot join: {len(bad)} of its feature files contain NaN "
+                f"or infinite values (file names in the site's log). {fix}")
+        return store
 
     def _check_finite(self, store, features_dir) -> None:
         """Refuse the site when any feature value is NaN or infinite (names file and tile count
