@@ -186,14 +186,18 @@ class LocalSite:
             for r in nonfinite:
                 m = re.search(r"(\d+ of \d+) tiles", r["reason"])
                 bad.append(f"{r['path']} ({m.group(1) if m else '?'} tiles)")
-            fix = ("Re-embed those slides with `pathstrat embed` (or remove them from the manifest) "
-                   "before joining.")
-            raise SiteRefusedError(
-                f"Site '{self.site.name}' cannot join: {len(bad)} feature file(s) contain NaN or "
-                f"infinite values: {'; '.join(bad[:10])}{' ...' if len(bad) > 10 else ''}. {fix}",
-                f"Site '{self.site.name}' cannot join: {len(bad)} of its feature files contain NaN "
-                f"or infinite values (file names in the site's log). {fix}")
+            self._refuse_nonfinite(bad)
         return store
+
+    def _refuse_nonfinite(self, bad: list[str]) -> None:
+        """One refusal for non-finite features: files and tile counts in the site's log only."""
+        fix = ("Re-embed those slides with `pathstrat embed` (or remove them from the manifest) "
+               "before joining.")
+        raise SiteRefusedError(
+            f"Site '{self.site.name}' cannot join: {len(bad)} feature file(s) contain NaN or "
+            f"infinite values: {'; '.join(bad[:10])}{' ...' if len(bad) > 10 else ''}. {fix}",
+            f"Site '{self.site.name}' cannot join: {len(bad)} of its feature files contain NaN "
+            f"or infinite values (file names in the site's log). {fix}")
 
     def _check_finite(self, store, features_dir) -> None:
         """Refuse the site when any feature value is NaN or infinite (names file and tile count
@@ -209,13 +213,7 @@ class LocalSite:
                     bad.append(f"{features_dir}/{sid}.h5 ({n} of "
                                f"{b.offsets[i + 1] - b.offsets[i]} tiles)")
         if bad:
-            fix = ("Re-embed those slides with `pathstrat embed` (or remove them from the manifest) "
-                   "before joining.")
-            raise SiteRefusedError(
-                f"Site '{self.site.name}' cannot join: {len(bad)} feature file(s) contain NaN or "
-                f"infinite values: {'; '.join(bad[:10])}{' ...' if len(bad) > 10 else ''}. {fix}",
-                f"Site '{self.site.name}' cannot join: {len(bad)} of its feature files contain NaN "
-                f"or infinite values (file names in the site's log). {fix}")
+            self._refuse_nonfinite(bad)
 
     # --- join statistics --------------------------------------------------------------------
     def join_stats(self) -> tuple[dict[str, Any], dict[str, str]]:
