@@ -443,3 +443,18 @@ def test_cli_fit_predict_pseudobulk(st, he_slide, tmp_path, aperio_tiff):
     ct = clinical_table(merged, "time", "event", covariates=["prog_immune_high_frac"])
     assert ct.loc[0, "prog_immune_high_frac"] == pytest.approx(
         pd.read_csv(out / "slide_programmes.csv").loc[0, "prog_immune_high_frac"])
+
+
+def test_spatial_demo_step_runs_the_public_commands(tmp_path):
+    """`pathstrat demo --spatial`'s step: generated samples -> h5ad -> ridge -> maps; the planted
+    programmes are learned (out-of-fold Pearson > 0.7) and slide columns are written."""
+    from pathstrat.runner.demo import run_spatial_demo
+
+    res = run_spatial_demo(tmp_path / "spatial", n_samples=4, n_he=1)
+    b = res["benchmark"]
+    assert b["n_patients"] == 4
+    # planted programmes are predicted out of fold (noise genes pull the all-gene mean down)
+    assert min(b[f"programme_{p}_pearson"] for p in ("stromal", "tumour", "immune", "hypoxia")) > 0.7
+    cols = pd.read_csv(res["slide_columns"])
+    assert len(cols) == 1 and {"prog_immune_mean", "prog_immune_high_frac"} <= set(cols.columns)
+    assert res["model"].is_file()

@@ -37,14 +37,22 @@ def register(app: typer.Typer) -> None:
         n_patients: int = typer.Option(60, "--n-patients", help="Synthetic patients."),
         seed: int = typer.Option(0, "--seed"),
         set_: list[str] = typer.Option([], "--set", help="Override a key of configs/demo.yaml."),
+        spatial: bool = typer.Option(False, "--spatial", help="Also run the spatial-transcriptomics step (OUT/spatial; needs the [spatial] extra)."),
     ) -> None:
         """Generate a synthetic cohort with planted signal and run the whole pipeline on it."""
-        from pathstrat.runner.demo import run_demo
+        from pathstrat.runner.demo import run_demo, run_spatial_demo
 
         summary = run_demo(out, n_patients=n_patients, seed=seed, overrides=set_)
         _print_summary(summary)
         report = summary.run_dir / "report.html"
         typer.echo(f"report: {report.resolve()}")
+        if spatial:
+            res = run_spatial_demo(out / "spatial", seed=seed)
+            progs = {k.split("_")[1]: v for k, v in res["benchmark"].items()
+                     if k.startswith("programme_") and k.endswith("_pearson")}
+            typer.echo("spatial: programme Pearson (out of fold) "
+                       + ", ".join(f"{k} {v:.2f}" for k, v in progs.items())
+                       + f"; slide columns {res['slide_columns']}")
         if summary.exit_code:
             raise typer.Exit(summary.exit_code)
 
