@@ -93,3 +93,7 @@ def import_optional(module: str, extra: str, purpose: str = ""):
         return importlib.import_module(module)
     except ImportError as exc:
         raise MissingDependencyError(module.split(".")[0], extra, purpose) from exc
+
+
+class NonFiniteError(PathstratError, ArithmeticError):
+    """Training produced a non-finite loss, gradient or weight (the model is never saved)."""

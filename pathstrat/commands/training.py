@@ -38,6 +38,12 @@ def register(app: typer.Typer) -> None:
         store: str = typer.Option("memory", "--store", help="memory | mmap (features read once either way)."),
         schedule: str = typer.Option("cosine", "--schedule", help="cosine | onecycle | constant."),
         balanced_sampling: bool = typer.Option(False, "--balanced-sampling", help="Draw bags inversely to class frequency."),
+        standardize: str = typer.Option("auto", "--standardize", help="auto | on | off: per-feature z-scoring fitted on "
+                                        "each training fold, saved in the checkpoint (auto: on unless the "
+                                        "feature files declare features_normalized)."),
+        val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help="Training-fold patients held out for "  # noqa: UP045
+                                                     "early stopping (default auto: 0.2 from 200 training patients, else 0)."),
+        patience: int = typer.Option(8, "--patience", help="Early-stopping patience (epochs)."),
         config: Optional[Path] = typer.Option(None, "--config", help="YAML with the same keys (CLI flags win)."),  # noqa: UP045
         hparam: list[str] = typer.Option([], "--hparam", help="Model hyperparameter key=value (repeatable)."),
         list_models: bool = typer.Option(False, "--list-models", help="Print the MIL model registry and exit."),
@@ -62,7 +68,8 @@ def register(app: typer.Typer) -> None:
         flags = dict(model=model, folds=folds, repeats=repeats, seed=seed,
                      survival_loss=survival_loss, level=level, epochs=epochs,
                      max_tiles=max_tiles or None, batch_size=batch_size, lr=lr, device=device,
-                     store=store, schedule=schedule, balanced_sampling=balanced_sampling)
+                     store=store, schedule=schedule, balanced_sampling=balanced_sampling,
+                     standardize=standardize, val_fraction=val_fraction, patience=patience)
         # flags left at their default do not override values from --config
         cli.update({k: v for k, v in flags.items()
                     if not base or ctx.get_parameter_source(k) != ParameterSource.DEFAULT})

@@ -36,7 +36,15 @@ class TrainConfig(BaseModel):
     weight_decay: float = 1e-2
     schedule: Literal["cosine", "onecycle", "constant"] = "cosine"
     patience: int = 8
-    val_fraction: float = 0.2
+    val_fraction: float | None = Field(None, description="Patients of each training fold held out "
+                                       "for early stopping; None = auto: 0.2 when the training "
+                                       "fold has >= early_stop_min_patients patients, else 0 "
+                                       "(fixed epochs; docs/mil.md).")
+    early_stop_min_patients: int = 200
+    standardize: Literal["auto", "on", "off"] = Field("auto", description="Per-feature z-scoring "
+                                                      "fitted on each training fold, saved in the "
+                                                      "checkpoint; auto = on unless the feature "
+                                                      "files declare features_normalized.")
     class_weighting: Literal["balanced", "none"] = "balanced"
     balanced_sampling: bool = False
     grad_clip: float | None = 1.0

@@ -31,9 +31,11 @@ from pathstrat.training.evaluation import (
     BASE_COLUMNS,
     compute_metrics,
     decode_outputs,
+    epoch_metric,
     prediction_rows,
     write_attention,
 )
+from pathstrat.training.scaling import FeatureScaler, attach_scaler, fit_scaler, scaler_record
 from pathstrat.training.splits import check_no_overlap, inner_split, make_splits, strata
 
 log = logging.getLogger(__name__)
@@ -113,6 +115,8 @@ def _run(cfg: TrainConfig, out: Path) -> Path:
     _maybe_preload(store, device)
     ckpt_dir = out / "checkpoints"
     ckpt_dir.mkdir(exist_ok=True)
+    use_scaler = _use_scaler(cfg, store)
+    hist_rows: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
     train_rows: list[dict[str, Any]] = []
     fold_entries: list[dict[str, Any]] = []
@@ -133,6 +137,9 @@ def _run(cfg: TrainConfig, out: Path) -> Path:
         y = {s.name: s.encode(table, states[s.name]) for s in specs}
         set_seed(seed)
         model = build_model(cfg.model, store.dim, {s.name: s.n_outputs for s in specs}, **cfg.hparams)
+        scaler = fit_scaler(store.bags[i].features for i in tr_idx) if use_scaler else None
+        if scaler is not None:  # training-fold patients only; saved in the checkpoint
+            attach_scaler(model, scaler)
         hparams = {**model.spec.defaults, **cfg.hparams}
         if hasattr(model, "attention_mode"):  # record the resolved mode ("auto" -> per_target/shared)
             hparams["attention"] = model.attention_mode
@@ -146,8 +153,10 @@ def _run(cfg: TrainConfig, out: Path) -> Path:
         val_loader = (make_loader(BagDataset(store, va_idx, y), 1) if len(va_idx) else None)
         params = TrainParams(epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay,
                              schedule=cfg.schedule, patience=cfg.patience, grad_clip=cfg.grad_clip,
-                             device=device, amp=cfg.amp)
-        history = fit(model, train_loader, val_loader, loss_fn, params)
+                             device=device, amp=cfg.amp, where=f"repeat {r}, fold {k}")
+        metric_name, metric_fn = epoch_metric(specs[0], y[specs[0].name], states[specs[0].name])
+        history = fit(model, train_loader, val_loader, loss_fn, params, metric_fn=metric_fn)
+        hist_rows += [{"repeat": int(r), "fold": int(k), "metric": metric_name, **h} for h in history]
         keep_att = cfg.save_attention and int(r) == 0
         ev = evaluate(model, make_loader(BagDataset(store, te_idx, y), 1), device=device,
                       amp=cfg.amp, keep_attention=keep_att)
@@ -165,13 +174,16 @@ def _run(cfg: TrainConfig, out: Path) -> Path:
                              "targets": [s.name for s in specs]}, ev.branch_names)
         name = f"fold{k}" + (f"_r{r}" if cfg.repeats > 1 else "")
         fold_entries.append(_save_checkpoint(ckpt_dir, name, model, cfg, int(r), int(k),
-                                             np.concatenate([train_p, val_p]), states, history))
+                                             np.concatenate([train_p, val_p]), states, history,
+                                             scaler))
         fold_entries[-1]["validation_patient_ids"] = sorted(map(str, val_p))
-        log.info("repeat %d fold %d: %d train / %d val / %d test bags, %d epochs", r, k,
-                 len(tr_idx), len(va_idx), len(te_idx), len(history))
+        fold_metric = metric_fn(ev.index, ev.outputs)
+        log.info("repeat %d fold %d: %d train / %d val / %d test bags, %d epochs, test %s %.3f",
+                 r, k, len(tr_idx), len(va_idx), len(te_idx), len(history), metric_name, fold_metric)
     pred = _predictions_frame(rows)
     write_dataframe_atomic(out / "predictions.csv", pred)
     write_dataframe_atomic(out / "train_scores.csv", _predictions_frame(train_rows))
+    write_dataframe_atomic(out / "history.csv", _history_frame(hist_rows))
     metrics, per_fold = compute_metrics(pred, specs, n_boot=cfg.n_boot, seed=cfg.seed)
     write_json_atomic(out / "metrics.json", metrics)
     write_dataframe_atomic(out / "metrics_folds.csv", per_fold)
@@ -179,6 +191,9 @@ def _run(cfg: TrainConfig, out: Path) -> Path:
         "model": cfg.model, "hparams": hparams, "in_dim": store.dim,
         "encoder_id": store.encoder_id, "level": cfg.level,
         "targets": [s.to_dict() for s in specs], "folds": fold_entries,
+        "scaler": {"kind": "standardize" if use_scaler else "none", "per_fold": use_scaler,
+                   "fitted_on": "training-fold patients (all tiles)" if use_scaler else None,
+                   "setting": cfg.standardize},
         "schema": "pathstrat.mil_run/1"})
     if len(failures):
         failures.write()
@@ -187,6 +202,27 @@ def _run(cfg: TrainConfig, out: Path) -> Path:
         Path(cache).unlink(missing_ok=True)
     log.info("run written to %s", out)
     return out
+
+
+def _use_scaler(cfg: TrainConfig, store: BagStore) -> bool:
+    """z-score the features? ``on``/``off``, or ``auto``: unless every file says normalised."""
+    if cfg.standardize != "auto":
+        return cfg.standardize == "on"
+    return not store.attrs.get("features_normalized", False)
+
+
+HISTORY_COLUMNS = ["repeat", "fold", "epoch", "metric", "train_loss", "val_loss", "train_metric",
+                   "val_metric", "best"]
+
+
+def _history_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """``history.csv``: one row per (repeat, fold, epoch); val columns empty without validation."""
+    h = pd.DataFrame(rows)
+    for c in HISTORY_COLUMNS:
+        if c not in h.columns:
+            h[c] = np.nan
+    h["best"] = [v is True for v in h["best"]]
+    return h[HISTORY_COLUMNS]
 
 
 def _maybe_preload(store: BagStore, device: str) -> None:
@@ -205,16 +241,26 @@ def _train_val_patients(cfg: TrainConfig, folds: pd.DataFrame, table: pd.DataFra
     if "role" in folds.columns:
         train_p = folds.loc[folds["role"] == "train", "patient_id"].astype(str).to_numpy()
         val_p = folds.loc[folds["role"] == "val", "patient_id"].astype(str).to_numpy()
-        if len(val_p) or cfg.val_fraction <= 0:
+        if len(val_p) or _val_fraction(cfg, len(train_p)) <= 0:
             return train_p, val_p
         rest = train_p
     else:
         rest = folds.loc[(folds["repeat"] == r) & ~folds["patient_id"].isin(test_p),
                          "patient_id"].astype(str).to_numpy()
+    frac = _val_fraction(cfg, len(rest))
+    if frac <= 0:
+        return rest, rest[:0]
     pat = table.drop_duplicates("patient_id").set_index(table.drop_duplicates("patient_id")["patient_id"].astype(str))
     col, kind = _strat(spec)
     s = strata(pat.loc[rest].reset_index(drop=True), col, kind)
-    return inner_split(rest, s, cfg.val_fraction, seed)
+    return inner_split(rest, s, frac, seed)
+
+
+def _val_fraction(cfg: TrainConfig, n_train_patients: int) -> float:
+    """``val_fraction``, or auto: 0.2 from ``early_stop_min_patients`` training patients, else 0."""
+    if cfg.val_fraction is not None:
+        return float(cfg.val_fraction)
+    return 0.2 if n_train_patients >= cfg.early_stop_min_patients else 0.0
 
 
 def _predictions_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
@@ -225,14 +271,26 @@ def _predictions_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
 
 def _save_checkpoint(ckpt_dir: Path, name: str, model: torch.nn.Module, cfg: TrainConfig, r: int,
                      k: int, training_patients: np.ndarray, states: dict[str, Any],
-                     history: list[dict[str, Any]]) -> dict[str, Any]:
-    from safetensors.torch import save_file
-
+                     history: list[dict[str, Any]], scaler: FeatureScaler | None = None,
+                     ) -> dict[str, Any]:
     tensors = {n: t.detach().cpu().contiguous().clone() for n, t in model.state_dict().items()}
     path = ckpt_dir / f"{name}.safetensors"
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"model": cfg.model, "fold": str(k), "repeat": str(r)})
+    save_checkpoint_file(path, tensors, {"model": cfg.model, "fold": str(k), "repeat": str(r)})
     return {"name": name, "file": path.name, "sha256": sha256_file(path), "repeat": r, "fold": k,
             "training_patient_ids": sorted(map(str, training_patients)), "target_state": states,
-            "epochs_trained": len(history),
+            "epochs_trained": len(history), "scaler": scaler_record(scaler),
             "best_val_loss": min((h["val_loss"] for h in history if "val_loss" in h), default=None)}
+
+
+def save_checkpoint_file(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Write a safetensors file atomically with byte-stable content for the same tensors.
+
+    safetensors serialises a metadata map in hash order (different bytes per process), so the
+    metadata is stored as one key, ``pathstrat``, holding sorted JSON.
+    """
+    import json
+
+    from safetensors.torch import save_file
+
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"pathstrat": json.dumps(metadata, sort_keys=True)})

@@ -116,6 +116,7 @@ def load_bags(manifest: pd.DataFrame, features_dir: str | os.PathLike, *, level:
     sink = _Sink(store, cache_dir)
     coords: dict[str, np.ndarray] = {}
     dim, enc, warned = expected_dim, expected_encoder, False
+    normalised = True  # every file declares features_normalized (then no z-scoring by default)
     for sid in manifest["slide_id"].astype(str):
         path = fdir / f"{sid}.h5"
         if not path.exists():
@@ -142,6 +143,7 @@ def load_bags(manifest: pd.DataFrame, features_dir: str | os.PathLike, *, level:
         dim = dim or int(feats.shape[1])
         attrs = dict(bag.attrs)
         enc = enc or (str(attrs["encoder_id"]) if attrs.get("encoder_id") else None)
+        normalised = normalised and _truthy(attrs.get("features_normalized"))
         if not warned and attrs.get("weights_random"):
             _warn_random(attrs, path)
             warned = True
@@ -165,7 +167,14 @@ def load_bags(manifest: pd.DataFrame, features_dir: str | os.PathLike, *, level:
         rows.append(first)
     table = pd.DataFrame(rows).reset_index(drop=True)
     log.info("loaded %d bags (%s level, %d slides, dim %d, %s)", len(bags), level, len(df), dim, store)
-    return BagStore(bags, table, int(dim), enc, level, {"cache": str(sink.path) if sink.path else None})
+    return BagStore(bags, table, int(dim), enc, level, {"cache": str(sink.path) if sink.path else None,
+                                                        "features_normalized": normalised})
+
+
+def _truthy(v: Any) -> bool:
+    if isinstance(v, (bytes, str)):
+        return str(v.decode() if isinstance(v, bytes) else v).strip().lower() in ("1", "true", "yes")
+    return bool(v) if v is not None else False
 
 
 class _Sink:

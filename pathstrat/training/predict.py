@@ -13,11 +13,18 @@ import pandas as pd
 from torch import nn
 
 from pathstrat.errors import FeatureDimError, LeakageError, SchemaError, WeightsError
-from pathstrat.io import FailureLog, ensure_writable_dir, write_dataframe_atomic, write_json_atomic
+from pathstrat.io import (
+    FailureLog,
+    ensure_writable_dir,
+    sha256_file,
+    write_dataframe_atomic,
+    write_json_atomic,
+)
 from pathstrat.mil import build_model
 from pathstrat.mil.targets import TargetSpec
 from pathstrat.training.data import BagDataset, load_bags, make_loader
 from pathstrat.training.engine import evaluate, resolve_device
+from pathstrat.training.scaling import attach_from_state
 from pathstrat.training.evaluation import (
     compute_metrics,
     decode_outputs,
@@ -55,11 +62,43 @@ def load_fold_model(run_dir: str | os.PathLike, fold: dict[str, Any] | str,
         hparams["attention"] = "shared"  # runs written before per-target attention existed
     model = build_model(spec["model"], spec["in_dim"], {t.name: t.n_outputs for t in targets},
                         **hparams)
-    path = Path(run_dir) / "checkpoints" / fold["file"]
+    path = checkpoint_path(run_dir, fold)
+    state = read_checkpoint(path, fold.get("sha256"))
+    attach_from_state(model, state)
+    model.load_state_dict(state)
+    return model.to(device).eval()
+
+
+def checkpoint_path(run_dir: str | os.PathLike, fold: dict[str, Any]) -> Path:
+    """The checkpoint file of ``fold``, refused (never opened) when it lies outside the run."""
+    ckpt = (Path(run_dir) / "checkpoints").resolve()
+    name = str(fold.get("file", ""))
+    path = (ckpt / name).resolve()
+    if not name or Path(name).is_absolute() or not path.is_relative_to(ckpt):
+        raise WeightsError(f"model.json of run '{run_dir}' points fold '{fold.get('name')}' at "
+                           f"'{name}', outside {ckpt}; a run's checkpoints must lie in its "
+                           "checkpoints/ folder (re-run `pathstrat train`).")
     if not path.exists():
         raise WeightsError(f"Checkpoint {path} is missing; the run directory is incomplete.")
-    model.load_state_dict(load_file(str(path)))
-    return model.to(device).eval()
+    return path
+
+
+def read_checkpoint(path: Path, sha256: str | None) -> dict[str, Any]:
+    """Tensors of a safetensors checkpoint after checking its recorded sha256 (no pickle)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if sha256:
+        got = sha256_file(path)
+        if got != sha256:
+            raise WeightsError(f"Checkpoint {path} has sha256 {got[:12]}... but model.json records "
+                               f"{sha256[:12]}...; the file was changed or the run directory mixes "
+                               "two runs. Re-run `pathstrat train` into a fresh --out.")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise WeightsError(f"Checkpoint {path} is not a safetensors file ({exc}); pathstrat "
+                           "loads model weights only from safetensors. Re-run `pathstrat train`.") from exc
 
 
 def _check_inputs(spec: dict[str, Any], store_dim: int, store_encoder: str | None) -> None:
