@@ -44,6 +44,7 @@ def register(app: typer.Typer) -> None:
         val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help="Training-fold patients held out for "  # noqa: UP045
                                                      "early stopping (default auto: 0.2 from 200 training patients, else 0)."),
         patience: int = typer.Option(8, "--patience", help="Early-stopping patience (epochs)."),
+        threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (default auto: 1 for small bags)."),  # noqa: UP045
         config: Optional[Path] = typer.Option(None, "--config", help="YAML with the same keys (CLI flags win)."),  # noqa: UP045
         hparam: list[str] = typer.Option([], "--hparam", help="Model hyperparameter key=value (repeatable)."),
         list_models: bool = typer.Option(False, "--list-models", help="Print the MIL model registry and exit."),
@@ -69,7 +70,8 @@ def register(app: typer.Typer) -> None:
                      survival_loss=survival_loss, level=level, epochs=epochs,
                      max_tiles=max_tiles or None, batch_size=batch_size, lr=lr, device=device,
                      store=store, schedule=schedule, balanced_sampling=balanced_sampling,
-                     standardize=standardize, val_fraction=val_fraction, patience=patience)
+                     standardize=standardize, val_fraction=val_fraction, patience=patience,
+                     threads=threads)
         # flags left at their default do not override values from --config
         cli.update({k: v for k, v in flags.items()
                     if not base or ctx.get_parameter_source(k) != ParameterSource.DEFAULT})

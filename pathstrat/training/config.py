@@ -55,6 +55,9 @@ class TrainConfig(BaseModel):
     n_boot: int = 1000
     save_attention: bool = True
     encoder_id: str | None = None
+    threads: int | None = Field(None, description="CPU threads for training; None = auto: 1 when "
+                                "a batch is small (intra-op threading costs more than it saves), "
+                                "else torch's default.")
 
     @field_validator("targets")
     @classmethod
