@@ -326,7 +326,32 @@ def _performance(rf: RunFiles) -> str:
                            "model negative": [int((~pred & (y == 1)).sum()), int((~pred & (y == 0)).sum())]})
         parts.append(f"<p>Confusion at threshold {thr:.4g} ({esc(why)}), patient level "
                      f"(n={len(y)}):</p>" + table(cm))
-    return "".join(parts)
+    return "".join(parts) + _learning_curves(rf)
+
+
+def _learning_curves(rf: RunFiles) -> str:
+    """Per-epoch loss and first-head metric per fold from ``history.csv`` (empty when absent)."""
+    from matplotlib.figure import Figure
+
+    h = rf.csv("history.csv")
+    if h is None or h.empty or "train_loss" not in h.columns:
+        return ""
+    fig = Figure(figsize=(10, 3.4))
+    ax = fig.subplots(1, 2)
+    metric = str(h["metric"].dropna().iloc[0]) if "metric" in h and h["metric"].notna().any() else "metric"
+    for (r, k), g in h.groupby(["repeat", "fold"], sort=True):
+        for col, a, style in (("train_loss", ax[0], "-"), ("val_loss", ax[0], "--"),
+                              ("train_metric", ax[1], "-"), ("val_metric", ax[1], "--")):
+            if col in g and g[col].notna().any():
+                a.plot(g["epoch"], g[col], style, lw=0.8, alpha=0.7,
+                       label=col.split("_")[0] if (r, k) == (0, 0) else None)
+    ax[0].set(xlabel="epoch", ylabel="loss", title="loss per fold")
+    ax[1].set(xlabel="epoch", ylabel=metric, title=f"{metric} per fold (first target)")
+    for a in ax:
+        if a.get_legend_handles_labels()[0]:
+            a.legend()
+    return ("<h3>Learning curves (history.csv)</h3>"
+            + img_tag(fig_png(fig), "learning curves: loss and metric per epoch and fold"))
 
 
 @section("survival", "Survival: Kaplan-Meier and risk groups")
