@@ -55,16 +55,17 @@ def test_offset_in_test_bags_does_not_move_the_fitted_mean(planted):
     fold0 = next(f for f in spec["folds"] if f["fold"] == 0)
     assert not set(fold0["training_patient_ids"]) & test_p
     state = load_file(str(run / "checkpoints" / fold0["file"]))
-    mean, std = _tile_mean_std(fdir, df, set(fold0["training_patient_ids"]))
+    fit_p = set(fold0["training_patient_ids"]) - set(fold0["validation_patient_ids"])
+    mean, std = _tile_mean_std(fdir, df, fit_p)  # fitted on training (not inner-val) patients
     np.testing.assert_allclose(state["input_scaler.mean"].numpy(), mean, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(state["input_scaler.std"].numpy(), std, rtol=1e-4, atol=1e-5)
     assert np.abs(state["input_scaler.mean"].numpy()).max() < 10  # nowhere near the 1e4 offset
     # the test has teeth: a fold that trains on the shifted patients does see the offset
     fold1 = next(f for f in spec["folds"] if f["fold"] == 1)
-    assert set(fold1["training_patient_ids"]) & test_p
+    assert (set(fold1["training_patient_ids"]) - set(fold1["validation_patient_ids"])) & test_p
     m1 = load_file(str(run / "checkpoints" / fold1["file"]))["input_scaler.mean"].numpy()
-    np.testing.assert_allclose(m1, _tile_mean_std(fdir, df, set(fold1["training_patient_ids"]))[0],
-                               rtol=1e-5)
+    fit1 = set(fold1["training_patient_ids"]) - set(fold1["validation_patient_ids"])
+    np.testing.assert_allclose(m1, _tile_mean_std(fdir, df, fit1)[0], rtol=1e-5)
     assert m1.min() > 1000
 
 

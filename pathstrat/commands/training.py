@@ -42,7 +42,7 @@ def register(app: typer.Typer) -> None:
                                         "each training fold, saved in the checkpoint (auto: on unless the "
                                         "feature files declare features_normalized)."),
         val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help="Training-fold patients held out for "  # noqa: UP045
-                                                     "early stopping (default auto: 0.2 from 200 training patients, else 0)."),
+                                                     "early stopping (default auto: 0.2 from early_stop_min_patients training patients (default 0), else 0)."),
         patience: int = typer.Option(8, "--patience", help="Early-stopping patience (epochs)."),
         threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (default auto: 1 for small bags)."),  # noqa: UP045
         config: Optional[Path] = typer.Option(None, "--config", help="YAML with the same keys (CLI flags win)."),  # noqa: UP045

@@ -40,7 +40,7 @@ class TrainConfig(BaseModel):
                                        "for early stopping; None = auto: 0.2 when the training "
                                        "fold has >= early_stop_min_patients patients, else 0 "
                                        "(fixed epochs; docs/mil.md).")
-    early_stop_min_patients: int = 200
+    early_stop_min_patients: int = 0
     standardize: Literal["auto", "on", "off"] = Field("auto", description="Per-feature z-scoring "
                                                       "fitted on each training fold, saved in the "
                                                       "checkpoint; auto = on unless the feature "
