@@ -137,7 +137,7 @@ def check_finite_weights(model: nn.Module, where: str = "") -> None:
            if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
         raise NonFiniteError(f"{_where(where)}non-finite weights in {', '.join(bad[:3])}"
-                             f"{' ...' if len(bad) > 3 else ''}. {_FIX}")
+                             f"{f' (+{len(bad) - 3} more)' if len(bad) > 3 else ''}. {_FIX}")
 
 
 @torch.no_grad()
