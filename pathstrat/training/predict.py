@@ -24,13 +24,13 @@ from pathstrat.mil import build_model
 from pathstrat.mil.targets import TargetSpec
 from pathstrat.training.data import BagDataset, load_bags, make_loader
 from pathstrat.training.engine import evaluate, resolve_device
-from pathstrat.training.scaling import attach_from_state
 from pathstrat.training.evaluation import (
     compute_metrics,
     decode_outputs,
     prediction_rows,
     write_attention,
 )
+from pathstrat.training.scaling import attach_from_state
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,6 @@ def load_run_spec(run_dir: str | os.PathLike) -> dict[str, Any]:
 def load_fold_model(run_dir: str | os.PathLike, fold: dict[str, Any] | str,
                     spec: dict[str, Any] | None = None, device: str = "cpu") -> nn.Module:
     """Rebuild one fold's model from its safetensors checkpoint (weights only, no pickle)."""
-    from safetensors.torch import load_file
 
     spec = spec or load_run_spec(run_dir)
     if isinstance(fold, str):
