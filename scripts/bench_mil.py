@@ -41,7 +41,8 @@ def _write_bags(out: Path, bags: list[np.ndarray], labels: np.ndarray) -> tuple[
         with h5py.File(fdir / f"b{i:04d}.h5", "w") as f:
             f["features"] = x.astype(np.float32)
             f["coords"] = np.zeros((len(x), 2), np.int64)
-        rows.append({"slide_id": f"b{i:04d}", "patient_id": f"b{i:04d}", "label": int(y)})
+        rows.append({"slide_id": f"b{i:04d}", "patient_id": f"b{i:04d}", "path": f"b{i:04d}.svs",
+                     "label": int(y)})
     pd.DataFrame(rows).to_csv(out / "manifest.csv", index=False)
     return fdir, out / "manifest.csv"
 
@@ -79,6 +80,8 @@ def run_dataset(name: str, bags, labels, folds: int, repeats: int, tmp: Path) ->
     rc = cli(["train", "--features", str(fdir), "--manifest", str(man), "--target", "label",
               "--folds", str(folds), "--repeats", str(repeats), "--out", str(out), "--device", "cpu"])
     ours_s = time.perf_counter() - t
+    if not (out / "metrics.json").exists():
+        return {"dataset": name, "skipped": f"pathstrat train exited {rc}"}
     m = json.loads((out / "metrics.json").read_text())["label"]
     fo = pd.read_csv(out / "folds.csv").query("repeat == 0").set_index("patient_id").fold
     fold_of = np.array([fo[f"b{i:04d}"] for i in range(len(bags))])
