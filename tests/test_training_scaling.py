@@ -138,7 +138,7 @@ def test_non_finite_loss_stops_training_and_saves_nothing(cohort, tmp_path, monk
         return (total * float("nan") if calls["n"] > 3 else total), parts
 
     monkeypatch.setattr(E.MultiTaskLoss, "forward", poisoned)
-    with pytest.raises(TrainingDivergedError, match=r"repeat 0, fold 0, epoch \d+: the training loss is nan"):
+    with pytest.raises(TrainingDivergedError, match=r"repeat 0, fold 0, epoch \d+, step \d+: the training loss is nan"):
         train_cv(features=str(fdir), manifest=str(man), out=str(tmp_path / "run"), **FAST)
     assert not (tmp_path / "run" / "checkpoints" / "model.json").exists()
     assert not list((tmp_path / "run" / "checkpoints").glob("*.safetensors"))
@@ -147,7 +147,7 @@ def test_non_finite_loss_stops_training_and_saves_nothing(cohort, tmp_path, monk
     rc = main(["train", "--features", str(fdir), "--manifest", str(man), "--out", str(tmp_path / "cli"),
                "--target", "responder", "--folds", "2", "--epochs", "3"])
     err = capsys.readouterr().err
-    assert rc == 2 and "training loss is nan" in err and "Lower --lr" in err
+    assert rc == 2 and "training loss is nan" in err and "lower --lr" in err
 
 
 def test_checkpoint_integrity_is_checked_on_load(cohort, tmp_path):

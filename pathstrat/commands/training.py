@@ -38,6 +38,13 @@ def register(app: typer.Typer) -> None:
         store: str = typer.Option("memory", "--store", help="memory | mmap (features read once either way)."),
         schedule: str = typer.Option("cosine", "--schedule", help="cosine | onecycle | constant."),
         balanced_sampling: bool = typer.Option(False, "--balanced-sampling", help="Draw bags inversely to class frequency."),
+        input_scaling: str = typer.Option("auto", "--input-scaling", help="auto | standardize | none: per-feature "
+                                          "z-scoring fitted on each training fold, saved in the checkpoint "
+                                          "(auto: on unless the encoder/feature files declare normalised features)."),
+        val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help="Training-fold patients held out for "  # noqa: UP045
+                                                     "early stopping (default auto: 0.2 from early_stop_min_patients training patients (default 0), else 0)."),
+        patience: int = typer.Option(8, "--patience", help="Early-stopping patience (epochs)."),
+        threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (default auto: 1 for small bags)."),  # noqa: UP045
         config: Optional[Path] = typer.Option(None, "--config", help="YAML with the same keys (CLI flags win)."),  # noqa: UP045
         hparam: list[str] = typer.Option([], "--hparam", help="Model hyperparameter key=value (repeatable)."),
         list_models: bool = typer.Option(False, "--list-models", help="Print the MIL model registry and exit."),
@@ -63,7 +70,9 @@ def register(app: typer.Typer) -> None:
         flags = dict(model=model, folds=folds, repeats=repeats, seed=seed,
                      survival_loss=survival_loss, level=level, epochs=epochs,
                      max_tiles=max_tiles or None, batch_size=batch_size, lr=lr, device=device,
-                     store=store, schedule=schedule, balanced_sampling=balanced_sampling)
+                     store=store, schedule=schedule, balanced_sampling=balanced_sampling,
+                     input_scaling=input_scaling, val_fraction=val_fraction, patience=patience,
+                     threads=threads)
         # flags left at their default do not override values from --config
         cli.update({k: v for k, v in flags.items()
                     if not base or ctx.get_parameter_source(k) != ParameterSource.DEFAULT})

@@ -36,7 +36,11 @@ class TrainConfig(BaseModel):
     weight_decay: float = 1e-2
     schedule: Literal["cosine", "onecycle", "constant"] = "cosine"
     patience: int = 8
-    val_fraction: float = 0.2
+    val_fraction: float | None = Field(None, description="Patients of each training fold held out "
+                                       "for early stopping; None = auto: 0.2 when the training "
+                                       "fold has >= early_stop_min_patients patients, else 0 "
+                                       "(fixed epochs; docs/mil.md).")
+    early_stop_min_patients: int = 0
     class_weighting: Literal["balanced", "none"] = "balanced"
     balanced_sampling: bool = False
     grad_clip: float | None = 1.0
@@ -55,6 +59,9 @@ class TrainConfig(BaseModel):
     trainable: Literal["all", "attention", "head"] = Field(
         "all", description="With init_weights: train everything, the aggregator and heads, or the "
         "heads only (the rest frozen).")
+    threads: int | None = Field(None, description="CPU threads for training; None = auto: 1 when "
+                                "a batch is small (intra-op threading costs more than it saves), "
+                                "else torch's default.")
 
     @field_validator("targets")
     @classmethod

@@ -35,6 +35,7 @@ from pathstrat.training.evaluation import (
     BASE_COLUMNS,
     compute_metrics,
     decode_outputs,
+    epoch_metric,
     prediction_rows,
     write_attention,
 )
@@ -120,9 +121,11 @@ def train_cv(config: TrainConfig | dict[str, Any] | None = None, *, overwrite: b
         log.info("removed the previous run's outputs in %s (--overwrite)", out)
     clean_stale_tmp(out)
     handler = _attach_log(out / "run.log")
+    threads = torch.get_num_threads()
     try:
         return _run(cfg, out)
     finally:
+        torch.set_num_threads(threads)
         logging.getLogger("pathstrat").removeHandler(handler)
         handler.close()
 
@@ -151,12 +154,13 @@ def _run(cfg: TrainConfig, out: Path) -> Path:
     write_dataframe_atomic(out / "folds.csv", folds)
     device = resolve_device(cfg.device)
     _maybe_preload(store, device)
+    _set_threads(cfg, store, device)
     ckpt_dir = out / "checkpoints"
     ckpt_dir.mkdir(exist_ok=True)
+    hist_rows: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
     train_rows: list[dict[str, Any]] = []
     fold_entries: list[dict[str, Any]] = []
-    history_rows: list[dict[str, Any]] = []
     hparams: dict[str, Any] = {}
     for (r, k), test_df in folds.groupby(["repeat", "fold"], sort=True):
         seed = cfg.seed + 1000 * int(r) + int(k)
@@ -192,12 +196,10 @@ def _run(cfg: TrainConfig, out: Path) -> Path:
         val_loader = (make_loader(BagDataset(store, va_idx, y), 1) if len(va_idx) else None)
         params = TrainParams(epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay,
                              schedule=cfg.schedule, patience=cfg.patience, grad_clip=cfg.grad_clip,
-                             device=device, amp=cfg.amp)
-        try:
-            history = fit(model, train_loader, val_loader, loss_fn, params)
-        except TrainingDivergedError as exc:
-            raise TrainingDivergedError(f"repeat {r}, fold {k}, {exc}") from None
-        history_rows += [{"repeat": int(r), "fold": int(k), **h} for h in history]
+                             device=device, amp=cfg.amp, where=f"repeat {r}, fold {k}")
+        metric_name, metric_fn = epoch_metric(specs[0], y[specs[0].name], states[specs[0].name])
+        history = fit(model, train_loader, val_loader, loss_fn, params, metric_fn=metric_fn)
+        hist_rows += [{"repeat": int(r), "fold": int(k), "metric": metric_name, **h} for h in history]
         keep_att = cfg.save_attention and int(r) == 0
         ev = evaluate(model, make_loader(BagDataset(store, te_idx, y), 1), device=device,
                       amp=cfg.amp, keep_attention=keep_att)
@@ -217,12 +219,13 @@ def _run(cfg: TrainConfig, out: Path) -> Path:
         fold_entries.append(_save_checkpoint(ckpt_dir, name, model, cfg, int(r), int(k),
                                              np.concatenate([train_p, val_p]), states, history))
         fold_entries[-1]["validation_patient_ids"] = sorted(map(str, val_p))
-        log.info("repeat %d fold %d: %d train / %d val / %d test bags, %d epochs", r, k,
-                 len(tr_idx), len(va_idx), len(te_idx), len(history))
+        fold_metric = metric_fn(ev.index, ev.outputs)
+        log.info("repeat %d fold %d: %d train / %d val / %d test bags, %d epochs, test %s %.3f",
+                 r, k, len(tr_idx), len(va_idx), len(te_idx), len(history), metric_name, fold_metric)
     pred = _predictions_frame(rows)
-    write_dataframe_atomic(out / "history.csv", pd.DataFrame(history_rows))
     write_dataframe_atomic(out / "predictions.csv", pred)
     write_dataframe_atomic(out / "train_scores.csv", _predictions_frame(train_rows))
+    write_dataframe_atomic(out / "history.csv", _history_frame(hist_rows))
     metrics, per_fold = compute_metrics(pred, specs, n_boot=cfg.n_boot, seed=cfg.seed)
     write_json_atomic(out / "metrics.json", metrics)
     write_dataframe_atomic(out / "metrics_folds.csv", per_fold)
@@ -260,10 +263,12 @@ _PROJECTION_PREFIXES = ("proj.", "fc.")
 
 
 def _scaling_method(cfg: TrainConfig, store: BagStore) -> str:
-    """``standardize`` or ``none``: ``auto`` standardises unless the encoder's spec says its
-    features are already normalised (and a fine-tuned model keeps its package's scaling)."""
+    """``standardize`` or ``none``: ``auto`` standardises unless the encoder's spec (or every
+    feature file's ``features_normalized`` attribute) says its features are already normalised (and a fine-tuned model keeps its package's scaling)."""
     if cfg.input_scaling != "auto":
         return cfg.input_scaling
+    if store.attrs.get("features_normalized", False):  # every feature file declares it
+        return "none"
     if store.encoder_id:
         from pathstrat.encoders.spec import SPECS
 
@@ -293,6 +298,39 @@ def start_from(model: torch.nn.Module, weights: str | os.PathLike, trainable: st
             p.requires_grad_(not name.startswith(_PROJECTION_PREFIXES))
 
 
+#: Elements of a padded CPU batch below which training runs on one thread (measured in
+#: docs/mil.md: 8 bags x 40 tiles x 166 features steps 10x faster on 1 thread than on 2).
+SMALL_BATCH_ELEMENTS = 4_000_000
+
+
+def _set_threads(cfg: TrainConfig, store: BagStore, device: str) -> None:
+    """``cfg.threads``, or on CPU one thread when a typical batch is small."""
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+        return
+    if device != "cpu" or not store.bags:
+        return
+    sizes = sorted(b.features.shape[0] for b in store.bags)
+    tiles = min(sizes[len(sizes) // 2], cfg.max_tiles or sizes[-1])
+    if tiles * store.dim * cfg.batch_size < SMALL_BATCH_ELEMENTS:
+        torch.set_num_threads(1)
+        log.info("small bags on CPU: training on 1 thread (--threads to change)")
+
+
+HISTORY_COLUMNS = ["repeat", "fold", "epoch", "metric", "train_loss", "val_loss", "train_metric",
+                   "val_metric", "best"]
+
+
+def _history_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """``history.csv``: one row per (repeat, fold, epoch); val columns empty without validation."""
+    h = pd.DataFrame(rows)
+    for c in HISTORY_COLUMNS:
+        if c not in h.columns:
+            h[c] = np.nan
+    h["best"] = [v is True for v in h["best"]]
+    return h[HISTORY_COLUMNS]
+
+
 def _maybe_preload(store: BagStore, device: str) -> None:
     """On CUDA, keep the whole cohort's features on the GPU when they use < 40% of free memory."""
     if not device.startswith("cuda") or store.attrs.get("cache"):
@@ -309,16 +347,26 @@ def _train_val_patients(cfg: TrainConfig, folds: pd.DataFrame, table: pd.DataFra
     if "role" in folds.columns:
         train_p = folds.loc[folds["role"] == "train", "patient_id"].astype(str).to_numpy()
         val_p = folds.loc[folds["role"] == "val", "patient_id"].astype(str).to_numpy()
-        if len(val_p) or cfg.val_fraction <= 0:
+        if len(val_p) or _val_fraction(cfg, len(train_p)) <= 0:
             return train_p, val_p
         rest = train_p
     else:
         rest = folds.loc[(folds["repeat"] == r) & ~folds["patient_id"].isin(test_p),
                          "patient_id"].astype(str).to_numpy()
+    frac = _val_fraction(cfg, len(rest))
+    if frac <= 0:
+        return rest, rest[:0]
     pat = table.drop_duplicates("patient_id").set_index(table.drop_duplicates("patient_id")["patient_id"].astype(str))
     col, kind = _strat(spec)
     s = strata(pat.loc[rest].reset_index(drop=True), col, kind)
-    return inner_split(rest, s, cfg.val_fraction, seed)
+    return inner_split(rest, s, frac, seed)
+
+
+def _val_fraction(cfg: TrainConfig, n_train_patients: int) -> float:
+    """``val_fraction``, or auto: 0.2 from ``early_stop_min_patients`` training patients, else 0."""
+    if cfg.val_fraction is not None:
+        return float(cfg.val_fraction)
+    return 0.2 if n_train_patients >= cfg.early_stop_min_patients else 0.0
 
 
 def _predictions_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
@@ -330,16 +378,24 @@ def _predictions_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
 def _save_checkpoint(ckpt_dir: Path, name: str, model: torch.nn.Module, cfg: TrainConfig, r: int,
                      k: int, training_patients: np.ndarray, states: dict[str, Any],
                      history: list[dict[str, Any]]) -> dict[str, Any]:
-    from safetensors.torch import save_file
-
     tensors = {n: t.detach().cpu().contiguous().clone() for n, t in model.state_dict().items()}
     path = ckpt_dir / f"{name}.safetensors"
-    with atomic_path(path) as tmp:
-        # one metadata key: safetensors writes a multi-key map in arbitrary order, and two
-        # identical runs must give byte-identical files (a hash then means the same model)
-        meta = json.dumps({"model": cfg.model, "fold": k, "repeat": r}, sort_keys=True)
-        save_file(tensors, str(tmp), metadata={"pathstrat": meta})
+    save_checkpoint_file(path, tensors, {"model": cfg.model, "fold": str(k), "repeat": str(r)})
     return {"name": name, "file": path.name, "sha256": sha256_file(path), "repeat": r, "fold": k,
             "training_patient_ids": sorted(map(str, training_patients)), "target_state": states,
             "epochs_trained": len(history),
             "best_val_loss": min((h["val_loss"] for h in history if "val_loss" in h), default=None)}
+
+
+def save_checkpoint_file(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Write a safetensors file atomically with byte-stable content for the same tensors.
+
+    safetensors serialises a metadata map in hash order (different bytes per process), so the
+    metadata is stored as one key, ``pathstrat``, holding sorted JSON.
+    """
+    import json
+
+    from safetensors.torch import save_file
+
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"pathstrat": json.dumps(metadata, sort_keys=True)})

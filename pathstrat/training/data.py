@@ -117,6 +117,7 @@ def load_bags(manifest: pd.DataFrame, features_dir: str | os.PathLike, *, level:
     coords: dict[str, np.ndarray] = {}
     prints: dict[str, str] = {}
     dim, enc, warned = expected_dim, expected_encoder, False
+    normalised = True  # every file declares features_normalized (then no z-scoring by default)
     for sid in manifest["slide_id"].astype(str):
         path = fdir / f"{sid}.h5"
         if not path.exists():
@@ -145,6 +146,7 @@ def load_bags(manifest: pd.DataFrame, features_dir: str | os.PathLike, *, level:
         dim = dim or int(feats.shape[1])
         attrs = dict(bag.attrs)
         enc = enc or (str(attrs["encoder_id"]) if attrs.get("encoder_id") else None)
+        normalised = normalised and _truthy(attrs.get("features_normalized"))
         if not warned and attrs.get("weights_random"):
             _warn_random(attrs, path)
             warned = True
@@ -170,7 +172,8 @@ def load_bags(manifest: pd.DataFrame, features_dir: str | os.PathLike, *, level:
     table = pd.DataFrame(rows).reset_index(drop=True)
     log.info("loaded %d bags (%s level, %d slides, dim %d, %s)", len(bags), level, len(df), dim, store)
     return BagStore(bags, table, int(dim), enc, level, {"cache": str(sink.path) if sink.path else None,
-                                                         "fingerprints": prints})
+                                                         "fingerprints": prints,
+                                                         "features_normalized": normalised})
 
 
 F16_MAX = float(np.finfo(np.float16).max)  # 65504
@@ -212,6 +215,12 @@ def _dim_census(fdir: Path, slide_ids: list[str], exc: Exception) -> FeatureDimE
     return FeatureDimError(f"Feature files in '{fdir}' disagree in dimension: {len(major[1])} have "
                            f"dim {major[0]}, {odd}. All slides must come from one encoder: re-embed "
                            "the odd slides with the same encoder, or remove them from the manifest.")
+
+
+def _truthy(v: Any) -> bool:
+    if isinstance(v, (bytes, str)):
+        return str(v.decode() if isinstance(v, bytes) else v).strip().lower() in ("1", "true", "yes")
+    return bool(v) if v is not None else False
 
 
 class _Sink:

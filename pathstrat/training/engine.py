@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import math
 import logging
+import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +38,7 @@ class TrainParams:
     grad_clip: float | None = 1.0
     device: str = "cpu"
     amp: bool = True  # used on CUDA only (bfloat16 autocast)
+    where: str = ""  # "repeat 0 fold 3" in error messages
 
 
 @dataclass
@@ -77,40 +79,65 @@ def _first_labels(loss_fn: MultiTaskLoss, targets: dict[str, torch.Tensor], devi
     return None if lab is None else lab.to(device)
 
 
+_FIX = ("Check the features for NaN/inf values, lower --lr, or keep --grad-clip (default 1.0); "
+        "nothing of this fold was saved.")
+
+
+def _where(where: str) -> str:
+    return f"{where}, " if where else ""
+
+
 def train_one_epoch(model: nn.Module, loader, loss_fn: MultiTaskLoss,
                     optimizer: torch.optim.Optimizer, *, scheduler=None, device: str = "cpu",
-                    amp: bool = False, grad_clip: float | None = None) -> float:
-    """One pass over ``loader``; returns the mean total loss (task losses + model aux loss)."""
+                    amp: bool = False, grad_clip: float | None = None, where: str = "",
+                    collect: dict[str, list] | None = None) -> float:
+    """One pass over ``loader``; returns the mean total loss (task losses + model aux loss).
+
+    A non-finite loss or gradient norm, or non-finite weights after the epoch, raise
+    :class:`~pathstrat.errors.TrainingDivergedError` naming ``where`` and the step. ``collect`` (a dict)
+    receives the training-mode outputs (``index``, ``logits``) for a per-epoch training metric.
+    """
     model.train()
     total, n = 0.0, 0
     non_blocking = str(device).startswith("cuda")
-    for batch in loader:
+    for step, batch in enumerate(loader):
         x = batch["x"].to(device, non_blocking=non_blocking)
         mask = batch["mask"].to(device, non_blocking=non_blocking)
         targets = {k: v.to(device, non_blocking=non_blocking) for k, v in batch["targets"].items()}
         with _autocast(device, amp):
             out = model(x, mask, bag_labels=_first_labels(loss_fn, targets, device))
-        loss, _ = loss_fn({k: v.float() for k, v in out.logits.items()}, targets)
+        logits = {k: v.float() for k, v in out.logits.items()}
+        loss, _ = loss_fn(logits, targets)
         loss = loss + out.aux_loss.float()
         value = float(loss.detach())
         if not math.isfinite(value):
-            raise TrainingDivergedError(
-                f"the training loss is {value} at step {n // max(x.shape[0], 1) + 1}: training "
-                "diverged (a learning rate too high, or non-finite inputs). Lower --lr; nothing "
-                "of this model was saved.")
+            raise TrainingDivergedError(f"{_where(where)}step {step}: the training loss is {value}. {_FIX}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        norm = nn.utils.clip_grad_norm_(model.parameters(), grad_clip or float("inf"))
-        if not torch.isfinite(norm):
-            raise TrainingDivergedError(
-                f"the gradient norm is {float(norm)} at step {n // max(x.shape[0], 1) + 1}: training "
-                "diverged. Lower --lr or set --grad-clip; nothing of this model was saved.")
+        if grad_clip:
+            norm = float(nn.utils.clip_grad_norm_(model.parameters(), grad_clip))
+            if not math.isfinite(norm):
+                raise TrainingDivergedError(f"{_where(where)}step {step}: the gradient norm is {norm}. {_FIX}")
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
+        if collect is not None:
+            collect.setdefault("index", []).append(batch["index"].numpy())
+            for k, v in logits.items():
+                collect.setdefault(k, []).append(v.detach().cpu())
         total += value * x.shape[0]
         n += x.shape[0]
+    check_finite_weights(model, where)
     return total / max(n, 1)
+
+
+def check_finite_weights(model: nn.Module, where: str = "") -> None:
+    """Raise :class:`TrainingDivergedError` when any parameter or buffer of ``model`` is NaN or inf."""
+    bad = [k for k, v in model.state_dict().items()
+           if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise TrainingDivergedError(f"{_where(where)}non-finite weights in {', '.join(bad[:3])}"
+                             f"{f' (+{len(bad) - 3} more)' if len(bad) > 3 else ''}. {_FIX}")
 
 
 @torch.no_grad()
@@ -161,10 +188,15 @@ def make_optimizer(model: nn.Module, params: TrainParams, steps_per_epoch: int):
 
 
 def fit(model: nn.Module, train_loader, val_loader, loss_fn: MultiTaskLoss,
-        params: TrainParams) -> list[dict[str, Any]]:
+        params: TrainParams, *,
+        metric_fn: Callable[[np.ndarray, dict[str, np.ndarray]], float] | None = None,
+        ) -> list[dict[str, Any]]:
     """Train with early stopping on the validation loss; the best epoch's weights are restored.
 
-    Without a validation loader the model trains for ``params.epochs`` epochs.
+    Without a validation loader the model trains for ``params.epochs`` epochs. Each history row
+    holds ``epoch, train_loss`` and, when a validation loader is given, ``val_loss``; with
+    ``metric_fn(index, outputs) -> float`` also ``train_metric`` (training-mode outputs of the
+    epoch) and ``val_metric``.
     """
     device = params.device
     model.to(device)
@@ -172,15 +204,21 @@ def fit(model: nn.Module, train_loader, val_loader, loss_fn: MultiTaskLoss,
     opt, sched = make_optimizer(model, params, len(train_loader))
     best, best_state, bad, history = float("inf"), None, 0, []
     for epoch in range(params.epochs):
-        try:
-            tr = train_one_epoch(model, train_loader, loss_fn, opt, scheduler=sched, device=device,
-                                 amp=params.amp, grad_clip=params.grad_clip)
-        except TrainingDivergedError as exc:
-            raise TrainingDivergedError(f"epoch {epoch + 1}: {exc}") from None
+        where = f"{params.where}, epoch {epoch}" if params.where else f"epoch {epoch}"
+        collect: dict[str, list] | None = {} if metric_fn is not None else None
+        tr = train_one_epoch(model, train_loader, loss_fn, opt, scheduler=sched, device=device,
+                             amp=params.amp, grad_clip=params.grad_clip, where=where,
+                             collect=collect)
         row: dict[str, Any] = {"epoch": epoch, "train_loss": tr}
+        if collect:
+            row["train_metric"] = metric_fn(np.concatenate(collect.pop("index")),
+                                            {k: torch.cat(v).numpy() for k, v in collect.items()})
         if val_loader is not None:
-            val = evaluate(model, val_loader, loss_fn, device=device, amp=params.amp).loss
+            ev = evaluate(model, val_loader, loss_fn, device=device, amp=params.amp)
+            val = ev.loss
             row["val_loss"] = val
+            if metric_fn is not None:
+                row["val_metric"] = metric_fn(ev.index, ev.outputs)
             if val < best - 1e-6 or best_state is None:
                 best, bad = val, 0
                 best_state = copy.deepcopy(model.state_dict())

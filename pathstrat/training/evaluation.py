@@ -173,3 +173,41 @@ def _normalised(a: np.ndarray) -> np.ndarray:
     """``a`` scaled to sum to 1 (a slide of a patient-level bag holds part of the bag's mass)."""
     mass = float(a.sum())
     return (a / mass if mass > 0 else a).astype(np.float32)
+
+
+def epoch_metric(spec: TargetSpec, y: np.ndarray, state: dict[str, Any]):
+    """``(name, fn(index, outputs) -> float)``: the first head's per-epoch learning-curve metric.
+
+    ``y`` is the head's encoded labels over all bags of the store (``TargetSpec.encode``):
+    AUROC (binary; multi-label: mean over labels), accuracy (multiclass), Pearson r
+    (regression), Harrell's C (survival). NaN when undefined (e.g. one class in the subset).
+    """
+    from pathstrat.metrics import auroc, harrell_c
+
+    def scores(index: np.ndarray, outputs: dict[str, np.ndarray]) -> np.ndarray:
+        return np.asarray(decode_outputs([spec], outputs, {spec.name: state})[spec.name], float)
+
+    if spec.kind in SURVIVAL_KINDS:
+        t_col, e_col = (0, 1) if spec.kind == "cox" else (2, 1)
+        return "c_index", lambda i, o: harrell_c(y[i, t_col], y[i, e_col], scores(i, o))
+    if spec.kind == "multiclass":
+        def acc(i, o):
+            yi, ok = y[i], y[i] >= 0
+            return float((scores(i, o).argmax(1)[ok] == yi[ok]).mean()) if ok.any() else float("nan")
+        return "accuracy", acc
+    if spec.kind == "regression":
+        def r(i, o):
+            yi, si = y[i], scores(i, o)
+            ok = ~np.isnan(yi)
+            if ok.sum() < 3 or np.std(si[ok]) == 0:
+                return float("nan")
+            return float(np.corrcoef(yi[ok], si[ok])[0, 1])
+        return "pearson_r", r
+
+    def auc(i, o):
+        yi, si = y[i].reshape(len(i), -1), scores(i, o).reshape(len(i), -1)
+        vals = [auroc(yi[ok, c], si[ok, c]) for c in range(yi.shape[1])
+                for ok in [~np.isnan(yi[:, c])] if ok.any()]
+        vals = [v for v in vals if not np.isnan(v)]
+        return float(np.mean(vals)) if vals else float("nan")
+    return "auroc", auc

@@ -48,7 +48,6 @@ def load_run_spec(run_dir: str | os.PathLike) -> dict[str, Any]:
 def load_fold_model(run_dir: str | os.PathLike, fold: dict[str, Any] | str,
                     spec: dict[str, Any] | None = None, device: str = "cpu") -> nn.Module:
     """Rebuild one fold's model from its safetensors checkpoint (weights only, no pickle)."""
-    from safetensors.torch import load_file
 
     spec = spec or load_run_spec(run_dir)
     if isinstance(fold, str):
@@ -63,10 +62,13 @@ def load_fold_model(run_dir: str | os.PathLike, fold: dict[str, Any] | str,
         hparams["attention"] = "shared"  # runs written before per-target attention existed
     model = build_model(spec["model"], spec["in_dim"], {t.name: t.n_outputs for t in targets},
                         **hparams)
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
     path = checkpoint_path(run_dir, fold)
     try:
         state = load_file(str(path))
-    except Exception as exc:  # safetensors raises its own error types for non-safetensors bytes
+    except (SafetensorError, OSError, ValueError) as exc:  # not safetensors bytes
         raise WeightsError(f"Checkpoint {path} is not a safetensors file ({type(exc).__name__}: "
                            f"{exc}); pathstrat never loads pickles. Restore the run's checkpoint or "
                            "retrain.") from exc
