@@ -19,7 +19,7 @@ from torch import nn
 
 from pathstrat.federated.config import FederationConfig, SiteConfig
 from pathstrat.federated.site import GlobalState, LocalSite, resolved_specs
-from pathstrat.io import atomic_path, ensure_writable_dir, sha256_file, write_json_atomic
+from pathstrat.io import ensure_writable_dir, sha256_file, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -29,16 +29,15 @@ def save_federated_checkpoint(out_dir: str | os.PathLike, model: nn.Module, fed:
                               *, training_patient_ids: list[str] | None = None,
                               extra: dict[str, Any] | None = None) -> Path:
     """Write ``<out>/checkpoints/{fold0.safetensors, model.json}``; returns the run directory."""
-    from safetensors.torch import save_file
+    from pathstrat.training.cv import save_checkpoint_file  # byte-stable: one metadata key
 
     out = ensure_writable_dir(out_dir)
     ckpt = out / "checkpoints"
     ckpt.mkdir(exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     path = ckpt / "fold0.safetensors"
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"model": fed.model, "fold": "0", "repeat": "0",
-                                               "federated": "1"})
+    save_checkpoint_file(path, tensors, {"model": fed.model, "fold": "0", "repeat": "0",
+                                         "federated": "1"})
     specs = resolved_specs(fed, state)
     fed_block = {"strategy": fed.strategy, "rounds": fed.rounds, "local_epochs": fed.local_epochs,
                  "dp": summary.get("dp") if summary else None,
