@@ -467,9 +467,9 @@ def embed_on_devices(argv: list[str], devices: list[str], out_dir: str | os.Path
             env["CUDA_VISIBLE_DEVICES"] = dev
             device = "cuda:0"
         cmd = [sys.executable, "-m", "pathstrat", *argv, "--shard", f"{i}/{n}", "--device", device]
-        log.info("embed shard %d/%d on %s: pid follows", i, n, "cpu" if dev == "cpu" else f"GPU {dev}")
         procs.append(subprocess.Popen(cmd, env=env))
-        log.info("embed shard %d/%d: pid %d", i, n, procs[-1].pid)
+        log.info("embed shard %d/%d on %s: pid %d", i, n, "cpu" if dev == "cpu" else f"GPU {dev}",
+                 procs[-1].pid)
     codes = [p.wait() for p in procs]
     out = Path(out_dir)
     failures = FailureLog(out / "failures.csv", EMBED_STAGE)

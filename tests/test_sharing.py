@@ -362,3 +362,21 @@ def test_predict_from_slides_as_pinned_equals_the_sponsors_run(tmp_path):
     doc = json.loads((pkg / "package.json").read_text())
     assert doc["pipeline"]["tiling"]["tile_px"] == 112 and doc["pipeline"]["tiling"]["target_mpp"] == 1.0
     assert doc["pipeline"]["encoder"]["encoder_id"] == "builtin"
+
+
+def test_one_far_slide_does_not_condemn_a_cohort_when_calibration_saw_no_false_alarm():
+    """Few training slides can give a measured out-of-fold false-alarm rate of 0; the cohort test
+    then uses the nominal 1 - quantile (1 %), so 1 flagged slide of 20 is not "outside" while
+    10 of 20 are (binomial p = 0.18 vs < 1e-14 by hand)."""
+    from scipy.stats import binom
+
+    from pathstrat.sharing import OODModel, check_cohort
+
+    m = OODModel(np.zeros(2), np.eye(2), threshold=3.0, quantile=0.99, false_alarm_oof=0.0, n_train_slides=30)
+    x = np.zeros((20, 2))
+    x[0] = [10, 0]
+    one = check_cohort(m, x, [f"s{i}" for i in range(20)])
+    assert one["n_flagged"] == 1 and not one["cohort_outside"]
+    assert one["cohort_p_value"] == pytest.approx(binom.sf(0, 20, 0.01))
+    x[:10] = [10, 0]
+    assert check_cohort(m, x, [f"s{i}" for i in range(20)])["cohort_outside"]

@@ -97,7 +97,10 @@ def check_cohort(model: OODModel, slide_means: np.ndarray, slide_ids: list[str])
     dist = model.distance(slide_means)
     flagged = dist > model.threshold
     n, k = len(dist), int(flagged.sum())
-    p = binomtest(k, n, max(model.false_alarm_oof, 1e-6), alternative="greater").pvalue if n else 1.0
+    # the null rate is at least the nominal 1 - quantile: with few training slides the measured
+    # out-of-fold rate can be 0, and one flagged partner slide must not then condemn a cohort
+    rate = max(model.false_alarm_oof, 1.0 - model.quantile)
+    p = binomtest(k, n, rate, alternative="greater").pvalue if n else 1.0
     return {
         "schema": OOD_SCHEMA, "threshold": model.threshold,
         "false_alarm_rate_training_oof": model.false_alarm_oof,
