@@ -187,9 +187,7 @@ def _convert_values(col: pd.Series) -> pd.Series:
         if out.notna().all() and present.str.fullmatch(r"[+-]?\d{1,18}").all():
             return out.astype(np.int64)
         return out.astype(float)
-    lowered = present.str.lower()
-    if lowered.isin(["true", "false"]).all() and present.isin(["True", "False", "TRUE", "FALSE",
-                                                                "true", "false"]).all():
+    if present.str.lower().isin(["true", "false"]).all():  # as pandas reads True/FALSE/true
         return vals.map(lambda v: v if not isinstance(v, str) else v.lower() == "true")
     return vals
 
