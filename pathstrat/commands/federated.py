@@ -64,10 +64,16 @@ def _kv(items: list[str] | None, what: str) -> dict[str, str]:
     return out
 
 
-def _load_config(config: Path, overrides: dict):
+def _load_config(config: Path, overrides: dict, package: Path | None = None,
+                 package_opts: dict | None = None):
+    """The federation config with CLI overrides; ``package`` and ``package_opts`` (public key,
+    signature requirement, new package's folder) start it from a model package."""
     from pathstrat.federated import FederationConfig
 
-    fed = FederationConfig.load(config)
+    opts = {k: (Path(v).resolve() if isinstance(v, Path) else v)
+            for k, v in (package_opts or {}).items() if v not in (None, False)}
+    fed = FederationConfig.load(config, package=Path(package).resolve() if package else None,
+                                package_opts=opts)
     upd = {k: v for k, v in overrides.items() if v is not None}
     if upd:
         fed = FederationConfig.model_validate({**fed.model_dump(), **upd})
@@ -90,11 +96,20 @@ def simulate_cmd(
     workers: int = typer.Option(2, "--workers", "-j", help="Simulated sites training at once (one process each)."),
     backend: str = typer.Option("ray", "--backend", help="'ray' (Flower Simulation Runtime) or "
                                 "'inprocess' (sites one after the other, no Ray)."),
+    package: Path = typer.Option(None, "--package", help="Start from this model package (its "
+                                 "weights, heads and pinned pipeline); writes a new version."),
+    public_key: Path = typer.Option(None, "--public-key", help="Verify the package with this key."),
+    require_signature: bool = typer.Option(False, "--require-signature",
+                                           help="Refuse an unsigned starting package."),
+    out_package: Path = typer.Option(None, "--out-package", help="The new package folder "
+                                     "(default: OUT/<name>-<next minor version>.pathstrat)."),
 ) -> None:
     """Simulate K sites from one cohort split by its site column (real Flower messages)."""
     from pathstrat.federated import simulate, split_sites
 
-    fed = _load_config(config, {"rounds": rounds, "strategy": strategy, "local_epochs": local_epochs})
+    fed = _load_config(config, {"rounds": rounds, "strategy": strategy, "local_epochs": local_epochs},
+                       package, {"public_key": public_key, "require_signature": require_signature,
+                                 "out": out_package})
     drops = {k: int(v) for k, v in _kv(drop_site, "--drop-site").items()}
     sites = split_sites(manifest, out, site_col, features_dir=features,
                         site_features=_kv(site_features, "--site-features"), audit_dir=audit_dir,
@@ -118,6 +133,11 @@ def _print_summary(summary: dict, out: Path) -> None:
         typer.echo(f"kept round {sel['kept_round']}: {sel['reason']} (curves: {out / 'round_curves.csv'})")
     typer.echo(summary["dp_statement"])
     typer.echo(f"global model: {out / 'checkpoints'} (use with `pathstrat predict` / `pathstrat report`)")
+    pkg = summary.get("package")
+    if pkg:
+        p = pkg["parent"]
+        typer.echo(f"new package: {pkg['name']} {pkg['version']} ({pkg['folder']}), parent "
+                   f"{p['name']} {p['version']} (manifest sha256 {p['manifest_sha256'][:12]}...)")
 
 
 @fed_app.command("check-site")
@@ -147,13 +167,16 @@ def init_app_cmd(
     insecure: bool = typer.Option(False, "--insecure", help="Plain HTTP to the SuperLink: local "
                                   "tests on one machine only, never across sites."),
     connection: str = typer.Option("pathstrat", "--connection", help="SuperLink connection name."),
+    package: Path = typer.Option(None, "--package", help="Start from this model package on the "
+                                 "coordinator (overrides the config's package path)."),
 ) -> None:
     """Write the Flower app (pyproject.toml + SuperLink connection) used by `flwr run`."""
     from pathstrat.errors import ConfigError
     from pathstrat.federated import FederationConfig
     from pathstrat.io import write_text_atomic
 
-    FederationConfig.load(config)  # fail now, not on the coordinator
+    package = Path(package).expanduser().resolve() if package else None
+    FederationConfig.load(config, package=package)  # fail now (package verified), not on the coordinator
     if (root_cert is None) == (not insecure):
         raise ConfigError("init-app needs exactly one of --root-cert CA.crt (TLS, the CA that signed "
                           "the SuperLink's certificate; see docs/federated.md) or --insecure "
@@ -162,6 +185,8 @@ def init_app_cmd(
                 else f'root-certificates = "{Path(root_cert).expanduser().resolve()}"')
     text = PYPROJECT_TEMPLATE.format(app_dir=app_dir, config_file=Path(config).resolve(),
                                      out_dir=Path(out).resolve(), connection=connection)
+    if package is not None:
+        text += f'package = "{package}"\n'
     path = write_text_atomic(Path(app_dir) / "pyproject.toml", text)
     conn = write_text_atomic(Path(app_dir) / "superlink-connection.toml", CONNECTION_TEMPLATE.format(
         connection=connection, address=address, security=security))

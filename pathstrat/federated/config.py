@@ -71,8 +71,26 @@ class SecAggConfig(_Strict):
                                      "null = the largest joined site's count (best precision).")
 
 
+class PackageStart(_Strict):
+    """Start the federation from a model package (``package:`` in the federation YAML).
+
+    Read on the coordinator only (never sent to a site): the package is verified, its model,
+    heads, encoder and pinned pipeline fill the federation config, its weights become the initial
+    global model, and the kept global model becomes a new package version whose parent it is
+    (:mod:`pathstrat.sharing.federate`, docs/model-sharing.md).
+    """
+
+    path: Path = Field(description="The starting package (folder or .zip) on the coordinator.")
+    public_key: Path | None = Field(None, description="Verify its signature with this Ed25519 key.")
+    require_signature: bool = False
+    out: Path | None = Field(None, description="The new package folder (default: "
+                             "<out>/<name>-<next minor version>.pathstrat).")
+    version: str | None = Field(None, description="Version of the new package (default: next minor).")
+    sign_key: Path | None = Field(None, description="Sign the new package with this private key.")
+
+
 class FederationConfig(_Strict):
-    """Everything the coordinator decides; sent to every site with each round."""
+    """Everything the coordinator decides; sent to every site with each round (but ``package``)."""
 
     model: str = Field("abmil", description="MIL model from pathstrat.mil.MODELS.")
     hparams: dict[str, Any] = Field(default_factory=dict)
@@ -120,6 +138,11 @@ class FederationConfig(_Strict):
     timeout_s: float = Field(3600, gt=0, description="Seconds to wait for the sites each round.")
     join_timeout_s: float = Field(600, gt=0, description="Seconds to wait for min_sites to connect.")
     device: str = "cpu"
+    package: PackageStart | None = Field(None, description="Start from this model package "
+                                         "(coordinator only; see PackageStart).")
+    pinned_pipeline: dict[str, Any] | None = Field(
+        None, description="The starting package's pinned pipeline (encoder, tiling; filled from "
+        "the package): every site refuses to join unless its feature files were made with it.")
 
     @model_validator(mode="after")
     def _check(self) -> FederationConfig:
@@ -133,22 +156,43 @@ class FederationConfig(_Strict):
         return self
 
     def to_json(self) -> str:
-        return self.model_dump_json()
+        """What travels to the sites (and into federation.json): the coordinator-side package
+        paths are left out; its pinned pipeline stays."""
+        return self.model_dump_json(exclude={"package"})
 
     @classmethod
     def from_json(cls, text: str) -> FederationConfig:
         return _validate(cls, json.loads(text), "federation config")
 
     @classmethod
-    def load(cls, path: str | Path) -> FederationConfig:
-        """Read a YAML or JSON file (the ``federation:`` key may wrap it)."""
+    def load(cls, path: str | Path, *, package: str | Path | None = None,
+             package_opts: dict[str, Any] | None = None) -> FederationConfig:
+        """Read a YAML or JSON file (the ``federation:`` key may wrap it). With a ``package:``
+        entry (or ``package``, which overrides its path; ``package_opts`` override its other
+        :class:`PackageStart` fields) the package is verified and fills in model, heads, encoder
+        and pinned pipeline (:func:`pathstrat.sharing.federate.from_package`)."""
         import yaml
 
         p = Path(path)
         if not p.exists():
             raise ConfigError(f"Federation config '{p}' does not exist.")
         data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        data = data.get("federation", data)
+        data = dict(data.get("federation", data))
+        if package is not None or package_opts:
+            start = data.get("package")
+            start = dict(start) if isinstance(start, dict) else {"path": start} if start else {}
+            start.update({k: str(v) if isinstance(v, Path) else v
+                          for k, v in (package_opts or {}).items()})
+            if package is not None:
+                start["path"] = str(package)
+            if "path" not in start:
+                raise ConfigError(f"Federation config '{p}': package options {sorted(package_opts or {})} "
+                                  "need a starting package (--package P or 'package:' in the config).")
+            data["package"] = start
+        if data.get("package"):
+            from pathstrat.sharing.federate import from_package
+
+            data = from_package(data, base=p.parent)
         return _validate(cls, data, str(p))
 
     def specs(self) -> list:

@@ -13,6 +13,10 @@
 5. **Save**: the kept global model as ``checkpoints/fold0.safetensors`` + ``model.json``, a
    ``federation.json`` with per-round, per-site metrics, the selection and the privacy
    guarantee, and ``round_curves.csv`` (per-round curves per site and aggregated).
+
+Started from a model package (``fed.package``), the package's starting fold model is the initial
+global model (its decoding head state and input scaling kept) and step 5 also writes the new
+package version (:mod:`pathstrat.sharing.federate`).
 """
 
 from __future__ import annotations
@@ -282,7 +286,15 @@ def run_federation(grid, fed: FederationConfig, out_dir: str | Path) -> dict[str
             f"Only {len(joined)} site(s) joined but min_sites is {fed.min_sites}. Refused: "
             + "; ".join(f"{k}: {v}" for k, v in refused.items()))
     state = agree(fed, joined)
+    start = None
+    if fed.package is not None:  # federated improvement of a package (pathstrat.sharing.federate)
+        from pathstrat.sharing.federate import load_start
+
+        start = load_start(fed)
+        state = start.merge_state(state)
     model = build_global_model(fed, state)
+    if start is not None:
+        model.load_state_dict(start.weights)
     guarantee = None
     if fed.dp is not None:
         guarantee = dp_guarantee(fed.dp.noise_multiplier, fed.dp.clipping_norm, fed.rounds, fed.dp.delta)
@@ -316,6 +328,8 @@ def run_federation(grid, fed: FederationConfig, out_dir: str | Path) -> dict[str
         kept = next((r for r in rounds if r.get("kept")), rounds[-1])
         final_metrics = kept["evaluate"]
     model.load_state_dict({k: v.to(model.state_dict()[k].dtype) for k, v in final.items()})
+    if start is not None:  # the sponsor's input scaling, exactly (averaging or DP noise aside)
+        model.load_state_dict(start.scaler(), strict=False)
     summary = {
         "schema": "pathstrat.federation/1",
         "config": json.loads(fed.to_json()),
@@ -339,7 +353,15 @@ def run_federation(grid, fed: FederationConfig, out_dir: str | Path) -> dict[str
     from pathstrat.federated.curves import round_curves
     from pathstrat.io import write_dataframe_atomic
 
-    save_federated_checkpoint(out, model, fed, state, summary)
+    save_federated_checkpoint(out, model, fed, state, summary,
+                              extra={"start_package": start.parent} if start else None)
+    if start is not None:
+        from pathstrat.sharing.federate import build_federated_package
+
+        pkg = build_federated_package(out, fed, summary, start)
+        summary["package"] = {"parent": start.parent, "name": start.doc["name"],
+                              "version": json.loads((pkg / "package.json").read_text())["version"],
+                              "folder": pkg.name}
     write_dataframe_atomic(out / "round_curves.csv", round_curves(rounds, site_grid.events),
                            index=False)
     write_json_atomic(out / "federation.json", summary)
@@ -365,7 +387,7 @@ def build_server_app(fed: FederationConfig | None = None, out_dir: str | Path | 
                 raise FederationError("The run config needs 'config-file' (federation YAML on the "
                                       "coordinator); set it in pyproject.toml or with "
                                       "`flwr run --run-config \"config-file='fed.yaml'\"`.")
-            cfg = FederationConfig.load(path)
+            cfg = FederationConfig.load(path, package=context.run_config.get("package") or None)
         out = out_dir or context.run_config.get("out-dir", "federated_run")
         run_federation(grid, cfg, out)
 

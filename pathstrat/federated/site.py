@@ -113,6 +113,10 @@ class LocalSite:
                                    f"Site '{site.name}': its manifest file does not exist.")
         df = load_manifest(site.manifest, check_files=False)
         self._check_columns(df)
+        if fed.pinned_pipeline is not None:  # started from a package: its pinned pipeline only
+            from pathstrat.sharing.federate import refuse_unpinned
+
+            refuse_unpinned(fed, site.name, site.features_dir, df["slide_id"].astype(str).tolist())
         try:
             df = check_spec_targets(df, fed.specs(), source=f"site '{site.name}' manifest")
         except ManifestError as exc:

@@ -112,14 +112,16 @@ def build_package(run_dir: str | os.PathLike, out: str | os.PathLike, *, name: s
                   parent: str | None = None, features_dir: str | os.PathLike | None = None,
                   sign_key: str | os.PathLike | None = None, licence: str = "other",
                   intended_use: str = "", limitations: str = "", overwrite: bool = False,
-                  zip_too: bool = False) -> Path:
+                  zip_too: bool = False, parent_package: dict[str, Any] | None = None) -> Path:
     """Package a training run (see the module docstring); returns the package directory.
+
+    ``parent`` is the version this one derives from; ``parent_package`` (optional) the parent's
+    :func:`parent_record` (name, version, manifest sha256).
 
     ``features_dir`` defaults to the run's ``config.yaml`` features (needed once, for the pinned
     pipeline and the OOD statistics). Written to a temporary folder and renamed at the end.
     """
     from pathstrat import __version__
-    from pathstrat.sharing.card import model_card
     from pathstrat.sharing.ood import fit_ood
     from pathstrat.training.predict import load_run_spec
 
@@ -139,31 +141,50 @@ def build_package(run_dir: str | os.PathLike, out: str | os.PathLike, *, name: s
         raise PackageError(f"Run '{run}' does not record its features folder; pass --features.")
     means, folds, attrs, n_patients = _training_features(run, fdir, spec)
     ood = fit_ood(means, folds)
+    metrics = (json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+               if (run / "metrics.json").is_file() else {})
+    doc = {
+        "schema": PACKAGE_SCHEMA, "name": name, "version": version, "parent": parent,
+        "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "pathstrat_version": __version__,
+        "pipeline": {"encoder": {k: attrs.get(k) for k in ("encoder_id", "encoder_dim",
+                                                            "weights_sha256", "transform")},
+                     "tiling": {k: attrs.get(k) for k in TILING_ATTRS},
+                     "tiles_params_hash": attrs.get("tiles_params_hash")},
+        "model": {"arch": spec["model"], "hparams": spec["hparams"], "in_dim": spec["in_dim"],
+                  "level": spec.get("level", "slide"), "n_fold_models": len(spec["folds"]),
+                  "targets": spec["targets"],
+                  "input_scaling": spec.get("input_scaling") or spec.get("scaler")},
+        "rules": _rules(run), "metrics": metrics,
+        "training_summary": {"n_patients": int(n_patients), "n_slides": int(len(means))},
+    }
+    if parent_package:
+        doc["parent_package"] = parent_package
+    return write_package(dest, doc, copy={f"checkpoints/{f['file']}": run / "checkpoints" / f["file"]
+                                          for f in spec["folds"]},
+                         model_json=_strip_ids(spec), ood=ood, sign_key=sign_key, licence=licence,
+                         intended_use=intended_use, limitations=limitations, zip_too=zip_too)
+
+
+def write_package(dest: Path, doc: dict[str, Any], *, copy: dict[str, Path],
+                  model_json: dict[str, Any], ood: Any = None, sign_key: str | os.PathLike | None = None,
+                  licence: str = "other", intended_use: str = "", limitations: str = "",
+                  zip_too: bool = False) -> Path:
+    """Stage a package (files copied to their relative paths, ``checkpoints/model.json``,
+    the OOD model's files, ``package.json``, the model card, manifest, signature) in a temporary
+    folder next to ``dest`` and rename it into place; the one writer of packages."""
+    from pathstrat.sharing.card import model_card
+
     stage = dest.with_name(f".tmp-{dest.name}-{os.getpid()}")
     shutil.rmtree(stage, ignore_errors=True)
     (stage / "checkpoints").mkdir(parents=True)
     try:
-        for fold in spec["folds"]:
-            shutil.copyfile(run / "checkpoints" / fold["file"], stage / "checkpoints" / fold["file"])
-        write_json_atomic(stage / "checkpoints" / "model.json", _strip_ids(spec))
-        ood.to_files(stage)
-        metrics = (json.loads((run / "metrics.json").read_text(encoding="utf-8"))
-                   if (run / "metrics.json").is_file() else {})
-        doc = {
-            "schema": PACKAGE_SCHEMA, "name": name, "version": version, "parent": parent,
-            "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "pathstrat_version": __version__,
-            "pipeline": {"encoder": {k: attrs.get(k) for k in ("encoder_id", "encoder_dim",
-                                                                "weights_sha256", "transform")},
-                         "tiling": {k: attrs.get(k) for k in TILING_ATTRS},
-                         "tiles_params_hash": attrs.get("tiles_params_hash")},
-            "model": {"arch": spec["model"], "hparams": spec["hparams"], "in_dim": spec["in_dim"],
-                      "level": spec.get("level", "slide"), "n_fold_models": len(spec["folds"]),
-                      "targets": spec["targets"],
-                      "input_scaling": spec.get("input_scaling") or spec.get("scaler")},
-            "rules": _rules(run), "metrics": metrics,
-            "training_summary": {"n_patients": int(n_patients), "n_slides": int(len(means))},
-        }
+        for rel, src in copy.items():
+            (stage / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, stage / rel)
+        write_json_atomic(stage / "checkpoints" / "model.json", model_json)
+        if ood is not None:
+            ood.to_files(stage)
         write_json_atomic(stage / "package.json", doc)
         write_text_atomic(stage / "README.md", model_card(doc, licence=licence,
                                                          intended_use=intended_use,
@@ -180,8 +201,30 @@ def build_package(run_dir: str | os.PathLike, out: str | os.PathLike, *, name: s
     if zip_too:
         archive = shutil.make_archive(str(dest), "zip", root_dir=dest)
         log.info("zipped package: %s", archive)
-    log.info("package %s %s written to %s", name, version, dest)
+    log.info("package %s %s written to %s", doc["name"], doc["version"], dest)
     return dest
+
+
+def next_minor(version: str) -> str:
+    """The default version of a package derived from ``version`` (fine-tuned, federated)."""
+    major, minor, _patch = (int(v) for v in version.split("-")[0].split("."))
+    return f"{major}.{minor + 1}.0"
+
+
+def starting_fold(spec: dict[str, Any]) -> dict[str, Any]:
+    """The fold model a derived model starts from (fine-tuning, federated improvement): the
+    first one. Fold models were trained from different initialisations on different patients,
+    so averaging their weights is not a model; one of them is taken, the same for every use."""
+    if not spec.get("folds"):
+        raise PackageError("The package's checkpoints/model.json lists no fold model.")
+    return spec["folds"][0]
+
+
+def parent_record(doc: dict[str, Any]) -> dict[str, Any]:
+    """Lineage of a package derived from the verified package ``doc``: its name, version and
+    manifest sha256 (which pins every file of it), and how its signature was checked."""
+    return {"name": doc["name"], "version": doc["version"], "manifest_sha256": doc["_manifest_sha256"],
+            "signature": doc["_signature"]}
 
 
 @contextmanager

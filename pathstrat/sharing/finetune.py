@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -42,11 +41,6 @@ def _target_args(targets: list[dict[str, Any]]) -> tuple[list[str], str | None, 
         else:
             names.append(f"{t['columns'][0]}:{t['kind']}")
     return names, time_col, event_col
-
-
-def _bump(version: str) -> str:
-    major, minor, patch = (int(v) for v in version.split("-")[0].split("."))
-    return f"{major}.{minor + 1}.0"
 
 
 def _patient_scores(pred: pd.DataFrame, target: str, repeat: int | None = 0) -> pd.DataFrame:
@@ -81,7 +75,13 @@ def finetune_package(package: str | os.PathLike, features_dir: str | os.PathLike
                      **train_kwargs: Any) -> dict[str, Any]:
     """Compare as-is / fine-tuned / from scratch (see the module docstring); write
     ``comparison.json``/``comparison.csv`` and the new package; return the comparison."""
-    from pathstrat.sharing.build import build_package, open_package
+    from pathstrat.sharing.build import (
+        build_package,
+        next_minor,
+        open_package,
+        parent_record,
+        starting_fold,
+    )
     from pathstrat.sharing.predict import check_provenance
     from pathstrat.training.cv import train_cv
     from pathstrat.training.data import resolve_features_dir
@@ -96,7 +96,7 @@ def finetune_package(package: str | os.PathLike, features_dir: str | os.PathLike
         check_provenance(doc, fdir, df["slide_id"].astype(str).tolist())
         predict(root, fdir, df, out / "as_is", allow_overlap=True, device=device, n_boot=n_boot)
         init = out / "init.safetensors"
-        first = json.loads((root / "checkpoints" / "model.json").read_text())["folds"][0]["file"]
+        first = starting_fold(json.loads((root / "checkpoints" / "model.json").read_text()))["file"]
         init.write_bytes((root / "checkpoints" / first).read_bytes())
     targets, time_col, event_col = _target_args(doc["model"]["targets"])
     common = dict(features=str(fdir), manifest=str(manifest), targets=targets, model=doc["model"]["arch"],
@@ -126,10 +126,10 @@ def finetune_package(package: str | os.PathLike, features_dir: str | os.PathLike
         pf = _patient_scores(pd.read_csv(runs["fine-tuned"] / "predictions.csv", dtype={"patient_id": str}),
                              first_t["name"])
         comp["fine_tuned_minus_as_is"] = _paired_difference(pa, pf, n_boot=n_boot, seed=seed)
-    version = new_version or _bump(doc["version"])
+    version = new_version or next_minor(doc["version"])
     comp["new_package"] = str(build_package(runs["fine-tuned"], out / f"{doc['name']}-{version}.pathstrat",
                                             name=doc["name"], version=version, parent=doc["version"],
-                                            overwrite=True).name)
+                                            parent_package=parent_record(doc), overwrite=True).name)
     for where in (out, runs["fine-tuned"]):  # the fine-tuned run's report shows the comparison
         write_dataframe_atomic(where / "comparison.csv", pd.DataFrame(rows))
         write_json_atomic(where / "comparison.json", comp)

@@ -30,11 +30,15 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
-def check_provenance(doc: dict[str, Any], features_dir: Path, slide_ids: list[str]) -> None:
-    """Every feature file made with the pinned encoder, weights and tiling: else refuse."""
+def pipeline_mismatches(pipeline: dict[str, Any], features_dir: Path,
+                        slide_ids: list[str]) -> list[tuple[str, list[str]]]:
+    """``(file name, ["attr value (package: pinned)", ...])`` for every feature file whose
+    provenance attributes differ from a package's pinned ``pipeline`` (encoder id, dimension,
+    weights sha256, transform, tile px and µm/px, overlap, tissue threshold). Missing files are
+    skipped (the loaders record them)."""
     from pathstrat.features import read_attrs
 
-    enc, til = doc["pipeline"]["encoder"], doc["pipeline"]["tiling"]
+    enc, til = pipeline["encoder"], pipeline["tiling"]
     want = {**{k: v for k, v in enc.items() if v is not None},
             **{k: v for k, v in til.items() if v is not None and k != "mask_mpp"}}
     bad = []
@@ -45,13 +49,26 @@ def check_provenance(doc: dict[str, Any], features_dir: Path, slide_ids: list[st
         a = read_attrs(p)
         diff = [f"{k} {a.get(k)!r} (package: {v!r})" for k, v in want.items() if not _same(a.get(k), v)]
         if diff:
-            bad.append(f"'{p.name}': {', '.join(diff[:3])}")
+            bad.append((p.name, diff))
+    return bad
+
+
+def pinned_fix(pipeline: dict[str, Any]) -> str:
+    """The commands that make features as a package pins them."""
+    enc, til = pipeline["encoder"], pipeline["tiling"]
+    return (f"Tile and embed the slides as pinned in package.json (`pathstrat tile --target-mpp "
+            f"{til.get('target_mpp')} --tile-px {til.get('tile_px')}`, `pathstrat embed --encoder "
+            f"{enc.get('encoder_id')}` with the same weights).")
+
+
+def check_provenance(doc: dict[str, Any], features_dir: Path, slide_ids: list[str]) -> None:
+    """Every feature file made with the pinned encoder, weights and tiling: else refuse."""
+    bad = [f"'{name}': {', '.join(diff[:3])}"
+           for name, diff in pipeline_mismatches(doc["pipeline"], features_dir, slide_ids)]
     if bad:
         raise FeatureDimError(
             f"{len(bad)} feature file(s) were not made with the package's pinned pipeline "
-            f"({'; '.join(bad[:5])}). Tile and embed the slides as pinned in package.json "
-            f"(`pathstrat tile --target-mpp {til.get('target_mpp')} --tile-px {til.get('tile_px')}`, "
-            f"`pathstrat embed --encoder {enc.get('encoder_id')}` with the same weights).")
+            f"({'; '.join(bad[:5])}). {pinned_fix(doc['pipeline'])}")
 
 
 def predict_package(package: str | os.PathLike, features_dir: str | os.PathLike,
