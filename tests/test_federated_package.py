@@ -200,7 +200,7 @@ def test_deployed_federation_from_a_package_equals_simulation(world, tmp_path):
         manifests[s] = tmp_path / f"site{s}.csv"
         df[df["site"] == s].to_csv(manifests[s], index=False)
     cfg = tmp_path / "fed.yaml"
-    cfg.write_text(FED_YAML.format(rounds=2, local_epochs=1, pub=d / "key.pub", key=d / "key")
+    cfg.write_text(FED_YAML.format(rounds=1, local_epochs=1, pub=d / "key.pub", key=d / "key")
                    + "  expected_sites: 3\n")
     feats = {"A": world["pfdir"], "B": world["pfdir"], "C": world["other"]}
     nodes = [{"site-name": s, "manifest": str(manifests[s]), "features-dir": str(feats[s]),
@@ -217,13 +217,12 @@ def test_deployed_federation_from_a_package_equals_simulation(world, tmp_path):
     assert "tile_px 256 (package: 224)" in summary["refused"]["C"]
     new = tmp_path / "run" / "resp-1.1.0.pathstrat"
     with open_package(new, public_key=d / "key.pub", require_signature=True) as (_, doc):
-        assert doc["parent_package"]["version"] == "1.0.0" and doc["federation"]["rounds_run"] == 2
+        assert doc["parent_package"]["version"] == "1.0.0" and doc["federation"]["rounds_run"] == 1
 
     # the same federation in-process gives the same new model (the deployment adds only transport)
     fed = FederationConfig.load(cfg, package=world["pkg"])
     sites = [SiteConfig(name=s, manifest=manifests[s], features_dir=Path(feats[s])) for s in "ABC"]
-    simulate(fed.model_copy(update={"package": fed.package.model_copy(update={"out": None})}), sites,
-             tmp_path / "sim", backend="inprocess")
+    simulate(fed, sites, tmp_path / "sim", backend="inprocess")
     a = load_file(str(new / "checkpoints" / "fold0.safetensors"))
     b = load_file(str(tmp_path / "sim" / "resp-1.1.0.pathstrat" / "checkpoints" / "fold0.safetensors"))
     assert set(a) == set(b) and max(float(np.abs(a[k] - b[k]).max()) for k in a) < 1e-4

@@ -146,12 +146,14 @@ def check_site_cmd(
     manifest: Path = typer.Option(..., "--manifest", help="This site's manifest."),
     features: Path = typer.Option(..., "--features", help="This site's features folder."),
     name: str = typer.Option("site", "--name", help="Site name shown to the federation."),
+    package: Path = typer.Option(None, "--package", help="This site's copy of the starting "
+                                 "package (federations started from a package)."),
 ) -> None:
     """Run the join checks locally and show exactly the statistics this site would share."""
     from pathstrat.federated import FederationConfig, SiteConfig, check_site
 
     res = check_site(SiteConfig(name=name, manifest=manifest, features_dir=features),
-                     FederationConfig.load(config))
+                     FederationConfig.load(config, package=Path(package).resolve() if package else None))
     typer.echo(json.dumps(res, indent=1, default=str))
 
 

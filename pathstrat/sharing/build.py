@@ -22,7 +22,7 @@ import re
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +30,14 @@ import numpy as np
 import pandas as pd
 
 from pathstrat.io import sha256_file, write_json_atomic, write_text_atomic
-from pathstrat.sharing.manifest import (MANIFEST, PackageError, check_files, check_signature, sign,
-                                        write_manifest)
+from pathstrat.sharing.manifest import (
+    MANIFEST,
+    PackageError,
+    check_files,
+    check_signature,
+    sign,
+    write_manifest,
+)
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +151,7 @@ def build_package(run_dir: str | os.PathLike, out: str | os.PathLike, *, name: s
                if (run / "metrics.json").is_file() else {})
     doc = {
         "schema": PACKAGE_SCHEMA, "name": name, "version": version, "parent": parent,
-        "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "pathstrat_version": __version__,
         "pipeline": {"encoder": {k: attrs.get(k) for k in ("encoder_id", "encoder_dim",
                                                             "weights_sha256", "transform")},

@@ -103,7 +103,10 @@ def generate_keypair(private_path: str | os.PathLike, public_path: str | os.Path
 def _load_key(path: str | os.PathLike, private: bool):
     _need_crypto()
     from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
 
     data = Path(path).read_bytes()
     try:

@@ -21,7 +21,7 @@ import tempfile
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +57,7 @@ class _Audit:
         path.parent.mkdir(parents=True, exist_ok=True)
 
     def write(self, **rec: Any) -> None:
-        rec = {"time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), **rec}
+        rec = {"time": datetime.now(UTC).isoformat(timespec="milliseconds"), **rec}
         with self.lock, open(self.path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(rec) + "\n")
 
@@ -111,7 +111,7 @@ def create_app(package: str | os.PathLike, tokens_file: str | os.PathLike, *,
             raise HTTPException(401, "missing or unknown token: send 'Authorization: Bearer <token>'",
                                 headers={"X-Request-ID": rid})
         name, quota = hit
-        day = datetime.now(timezone.utc).strftime("%Y-%m-%d")
+        day = datetime.now(UTC).strftime("%Y-%m-%d")
         with usage_lock:
             n = usage.get((name, day), 0) + 1
             usage[(name, day)] = n
