@@ -187,7 +187,8 @@ def test_config_contradicting_the_package_or_wrong_key_is_refused(world, tmp_pat
 @pytest.mark.timeout(540)
 def test_deployed_federation_from_a_package_equals_simulation(world, tmp_path):
     """SuperLink + 3 SuperNodes as processes with TLS, the app from `init-app --package`, the
-    mismatched site C refused; the new package equals the in-process simulation's."""
+    mismatched site C refused; the new package equals the in-process simulation's. About 3
+    minutes on a loaded 2-core machine (Flower's SuperNodes poll every 3 s)."""
     from safetensors.numpy import load_file
 
     from pathstrat.federated import FederationConfig, SiteConfig, simulate

@@ -75,8 +75,9 @@ def model_card(doc: dict[str, Any], *, licence: str = "other", intended_use: str
     for tgt, ms in (doc.get("metrics") or {}).items():
         for m, v in ms.items():
             if isinstance(v, dict) and "mean" in v:
-                lines.append(f"| {tgt} | {m} | {_fmt(v.get('mean'))} | {_fmt(v.get('ci_low'))}–"
-                             f"{_fmt(v.get('ci_high'))} |")
+                ci = ("–" if v.get("ci_low") is None and v.get("ci_high") is None
+                      else f"{_fmt(v.get('ci_low'))}–{_fmt(v.get('ci_high'))}")
+                lines.append(f"| {tgt} | {m} | {_fmt(v.get('mean'))} | {ci} |")
     rules = doc.get("rules")
     if rules:
         lines += ["", "## Decision rule", "",
@@ -88,8 +89,10 @@ def model_card(doc: dict[str, Any], *, licence: str = "other", intended_use: str
                              f"{_fmt(v.get('wilson_high'))})")
     if doc.get("rules_note"):
         lines += ["", "## Decision rule", "", doc["rules_note"]]
+    where = ("on the federation sites' held-out patients" if fed
+             else "by cross-validation on the sponsor's cohort")
     lines += ["", "## Limitations", "", limitations or
-              "Performance was estimated by cross-validation on the sponsor's cohort; other scanners, "
+              f"Performance was estimated {where}; other scanners, "
               "stains and populations can differ. `predict --package` reports an out-of-distribution "
               "check per slide and per cohort: do not rely on predictions for a cohort it flags.",
               *(["", (doc.get("ood") or {})["statement"]] if (doc.get("ood") or {}).get("statement")
