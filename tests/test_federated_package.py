@@ -98,7 +98,7 @@ def _auroc_on_test(pkg: Path, world, out: Path) -> float:
 def test_federated_improvement_from_a_package(world, tmp_path, capsys):
     from safetensors.numpy import load_file
 
-    from pathstrat.sharing import open_package
+    from pathstrat.sharing import PackageError, build_package, open_package
 
     d = world["d"]
     cfg = tmp_path / "fed.yaml"
@@ -152,6 +152,9 @@ def test_federated_improvement_from_a_package(world, tmp_path, capsys):
     assert heads and not all(np.allclose(base[k], tuned[k]) for k in heads)
     for f in ("ood.json", "ood.safetensors"):
         assert (new / f).read_bytes() == (world["pkg"] / f).read_bytes()
+
+    with pytest.raises(PackageError, match="is a federated run"):  # it packages itself
+        build_package(tmp_path / "run", tmp_path / "again.pathstrat", name="resp", version="1.2.0")
 
     # better than the package as-is on partner patients no site trained on (sklearn AUROC)
     before = _auroc_on_test(world["pkg"], world, tmp_path / "asis")

@@ -140,6 +140,11 @@ def build_package(run_dir: str | os.PathLike, out: str | os.PathLike, *, name: s
     if dest.exists() and not overwrite:
         raise PackageError(f"'{dest}' exists; pass --overwrite or choose another --out.")
     spec = load_run_spec(run)
+    if spec.get("federated"):
+        raise PackageError(f"'{run}' is a federated run: the coordinator holds no training "
+                           "features or predictions to package. A federation started from a "
+                           "package writes its new version itself (`package:` in the federation "
+                           "config or `--package`; docs/model-sharing.md).")
     _verify_run(run, spec)
     cfg = _run_config(run)
     fdir = Path(features_dir or cfg.get("features") or "")
