@@ -3,7 +3,7 @@
 Only model weights and aggregate statistics leave a site. Public API:
 
 * :class:`FederationConfig`, :class:`SiteConfig`, :class:`DPConfig`, :class:`SecAggConfig`,
-  :class:`TargetDef`
+  :class:`TargetDef`, :class:`PackageStart` (start from a model package, pathstrat.sharing.federate)
 * :func:`simulate`, :func:`split_sites`: K simulated sites from one cohort's ``site`` column
 * :func:`build_server_app`, :func:`build_client_app`: the Flower apps (deployment:
   ``pathstrat.federated.serverapp:server_app`` / ``pathstrat.federated.clientapp:client_app``)
@@ -20,6 +20,7 @@ from typing import Any
 from pathstrat.federated.config import (
     DPConfig,
     FederationConfig,
+    PackageStart,
     SecAggConfig,
     SiteConfig,
     TargetDef,
@@ -42,7 +43,7 @@ _LAZY = {
     "check_egress": "pathstrat.federated.audit",
 }
 
-__all__ = ["DPConfig", "FederationConfig", "SecAggConfig", "SiteConfig", "TargetDef", *_LAZY]
+__all__ = ["DPConfig", "FederationConfig", "PackageStart", "SecAggConfig", "SiteConfig", "TargetDef", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:
