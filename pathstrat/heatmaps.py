@@ -345,7 +345,7 @@ def heatmap_run(run_dir: str | Path, manifest: Any | None = None, out_dir: str |
     cfg = _run_config(run)
     if manifest is None:
         if not cfg.get("manifest"):
-            raise SchemaError(f"no --manifest given and '{run}/config.yaml' names none.")
+            raise SchemaError(f"no `manifest` given and '{run}/config.yaml' names none.")
         manifest = cfg["manifest"]
     man = manifest if isinstance(manifest, pd.DataFrame) else load_manifest(manifest, check_files=False)
     man = man.assign(slide_id=man["slide_id"].astype(str)).set_index("slide_id", drop=False)
@@ -354,7 +354,7 @@ def heatmap_run(run_dir: str | Path, manifest: Any | None = None, out_dir: str |
         if preds_path.exists() else None
     if not slides:
         if preds is None:
-            raise SchemaError(f"no --slides given and no predictions.csv in '{run}' to choose "
+            raise SchemaError(f"no `slides` given and no predictions.csv in '{run}' to choose "
                               "the highest- and lowest-scored patients from.")
         slides = extreme_slides(preds, target=target, n=n_extreme)
     failures = FailureLog(out / "failures.csv", stage="heatmap")

@@ -44,13 +44,13 @@ def ensure_writable_dir(path: str | os.PathLike, min_free_mb: float = 50.0) -> P
     except OSError as exc:
         raise OutputDirError(
             f"Output directory '{p}' is not writable ({exc.strerror or exc}). "
-            "Choose another --out or fix its permissions; nothing was processed."
+            "Choose another `out` or fix its permissions; nothing was processed."
         ) from exc
     free_mb = _free_mb(p)
     if free_mb < min_free_mb:
         raise OutputDirError(
             f"Output directory '{p}' has only {free_mb:.0f} MiB free (need at least "
-            f"{min_free_mb:.0f} MiB). Free space or choose another --out; nothing was processed."
+            f"{min_free_mb:.0f} MiB). Free space or choose another `out`; nothing was processed."
         )
     return p
 
