@@ -20,7 +20,10 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 from pathstrat.errors import PathstratError
 
@@ -152,7 +155,7 @@ def _json_safe(obj: Any) -> Any:
     return obj
 
 
-def write_dataframe_atomic(dest: str | os.PathLike, df: Any, **to_csv_kwargs: Any) -> Path:
+def write_dataframe_atomic(dest: str | os.PathLike, df: pd.DataFrame, **to_csv_kwargs: Any) -> Path:
     """Write a pandas DataFrame as CSV atomically (index off unless asked)."""
     to_csv_kwargs.setdefault("index", False)
     with atomic_path(dest) as tmp:

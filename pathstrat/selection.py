@@ -10,6 +10,7 @@ fold: for fold k the threshold comes from the patients of the other folds).
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -227,9 +228,10 @@ def select(development: pd.DataFrame, *, rule: str = "sensitivity", value: float
     return res
 
 
-def run_selection(predictions: Any, out_dir: Any, *, target: str | None = None,
-                  rule: str = "sensitivity", value: float = 0.95, holdout: Any | None = None,
-                  manifest: Any | None = None, label_col: str | None = None,
+def run_selection(predictions: pd.DataFrame | str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
+                  target: str | None = None, rule: str = "sensitivity", value: float = 0.95,
+                  holdout: pd.DataFrame | str | os.PathLike[str] | None = None,
+                  manifest: pd.DataFrame | str | os.PathLike[str] | None = None, label_col: str | None = None,
                   response_col: str | None = None, score_col: str = "score") -> dict[str, Any]:
     """Read tables, run :func:`select`, write ``selection.json`` and ``selection.csv``."""
     from pathlib import Path
