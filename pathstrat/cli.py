@@ -47,32 +47,10 @@ def _root(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings and errors."),
 ) -> None:
     """Configure logging once for every command."""
+    from pathstrat.logs import setup_logging
+
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
     setup_logging(level)
-
-
-class _StderrHandler(logging.StreamHandler):
-    """Writes to whatever ``sys.stderr`` is now (redirected or captured streams included), not
-    to the stream of the first call."""
-
-    @property  # type: ignore[override]
-    def stream(self):  # noqa: D102
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, _value) -> None:
-        pass
-
-
-def setup_logging(level: int = logging.INFO) -> None:
-    """Log to stderr with a compact format (idempotent)."""
-    root = logging.getLogger("pathstrat")
-    root.setLevel(level)
-    if not any(getattr(h, "_pathstrat", False) for h in root.handlers):
-        h = _StderrHandler()
-        h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
-        h._pathstrat = True  # type: ignore[attr-defined]
-        root.addHandler(h)
 
 
 # One module per stage, imported explicitly; order is the order in `pathstrat --help`.
@@ -95,6 +73,30 @@ for _mod in COMMAND_MODULES:
     _mod.register(app)
 
 
+#: Commands driven by a YAML config: setting names in errors become dotted config keys.
+CONFIG_COMMANDS = {"run"}
+
+
+def user_message(exc: BaseException, argv: list[str]) -> str:
+    """An error's message in the invoked command's words: `tile_px` becomes ``--tile-px`` for
+    ``pathstrat tile`` and ``tiling.tile_px`` for ``pathstrat run`` (see :mod:`pathstrat.vocabulary`)."""
+    from pathstrat import vocabulary
+
+    msg = str(exc)
+    if not vocabulary.FIELD_REF.search(msg):
+        return msg
+    try:
+        cmd = vocabulary.leaf_command(typer.main.get_command(app), argv)
+        names = vocabulary.command_flags(cmd)
+        if getattr(cmd, "name", None) in CONFIG_COMMANDS:
+            from pathstrat.config import PipelineConfig
+
+            names = {**vocabulary.config_keys(PipelineConfig), **names}
+    except Exception:  # noqa: BLE001 - a message must never fail to print
+        return msg
+    return vocabulary.translate(msg, names)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app, turning pathstrat errors into one clear line and exit 2."""
     from pathstrat.errors import PathstratError
@@ -102,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rv = app(args=argv, standalone_mode=False)
     except PathstratError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo(f"error: {user_message(exc, sys.argv[1:] if argv is None else argv)}", err=True)
         return EXIT_USAGE
     except SystemExit as exc:  # click usage errors in non-standalone mode
         return int(exc.code or 0) if isinstance(exc.code, int) else EXIT_ERROR

@@ -14,11 +14,17 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pathstrat.errors import SchemaError
+from pathstrat.units import Level0Px, MicronsPerPixel
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from pathstrat.slide import Slide
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +138,7 @@ def normalise(values: np.ndarray, how: str = "rank") -> np.ndarray:
     return (v - lo) / (hi - lo) if hi > lo else np.full_like(v, 0.5)
 
 
-def value_grid(coords: np.ndarray, values: np.ndarray, tile_size_level0: float,
+def value_grid(coords: np.ndarray, values: np.ndarray, tile_size_level0: Level0Px | float,
                shape: tuple[int, int], scale: float) -> np.ndarray:
     """Mean tile value per thumbnail pixel (NaN outside tiles); ``scale`` = level-0 px per pixel."""
     h, w = shape
@@ -181,7 +187,7 @@ def plot_montage(tiles_top: Sequence[np.ndarray], tiles_bottom: Sequence[np.ndar
     return axes
 
 
-def tiles_geojson(coords: np.ndarray, tile_size_level0: float,
+def tiles_geojson(coords: np.ndarray, tile_size_level0: Level0Px | float,
                   measurements: dict[str, np.ndarray], *, slide_id: str = "",
                   with_outline: bool = True) -> dict[str, Any]:
     """QuPath-ready FeatureCollection: one ``tile`` Polygon (level-0 px) per tile with
@@ -228,9 +234,9 @@ def _listify(obj: Any) -> Any:
     return obj
 
 
-def thumb_mpp_for(slide: Any, max_px: int = DEFAULT_THUMB_PX) -> float:
+def thumb_mpp_for(slide: Slide, max_px: int = DEFAULT_THUMB_PX) -> MicronsPerPixel:
     """Thumbnail resolution whose longest side is about ``max_px`` pixels."""
-    return max(slide.mpp, max(slide.dimensions) * slide.mpp / max_px)
+    return MicronsPerPixel(max(slide.mpp, max(slide.dimensions) * slide.mpp / max_px))
 
 
 def _save(fig: Any, dest: Path) -> Path:
@@ -287,7 +293,7 @@ def slide_heatmaps(slide_path: str | Path, tv: TileValues, out_dir: str | Path, 
     return rows
 
 
-def extreme_slides(predictions: Any, *, target: str | None = None, n: int = 2) -> list[str]:
+def extreme_slides(predictions: pd.DataFrame | str | Path, *, target: str | None = None, n: int = 2) -> list[str]:
     """Slides of the ``n`` highest- and ``n`` lowest-scored patients (risk when present)."""
     import pandas as pd
 
@@ -321,9 +327,9 @@ def _geometry_file(sid: str, tiles_dir: str | Path | None, cfg: dict[str, Any]) 
     return None
 
 
-def heatmap_run(run_dir: str | Path, manifest: Any | None = None, out_dir: str | Path | None = None, *,
+def heatmap_run(run_dir: str | Path, manifest: str | Path | pd.DataFrame | None = None, out_dir: str | Path | None = None, *,
                 slides: Sequence[str] | None = None, target: str | None = None, top_k: int = 8,
-                n_extreme: int = 2, tiles_dir: str | Path | None = None) -> tuple[Any, int]:
+                n_extreme: int = 2, tiles_dir: str | Path | None = None) -> tuple[pd.DataFrame, int]:
     """Heatmaps for ``slides`` (default: highest/lowest-scored patients) of a run directory.
 
     The manifest defaults to the run's ``config.yaml`` ``manifest``; tile geometry comes from the
@@ -345,7 +351,7 @@ def heatmap_run(run_dir: str | Path, manifest: Any | None = None, out_dir: str |
     cfg = _run_config(run)
     if manifest is None:
         if not cfg.get("manifest"):
-            raise SchemaError(f"no --manifest given and '{run}/config.yaml' names none.")
+            raise SchemaError(f"no `manifest` given and '{run}/config.yaml' names none.")
         manifest = cfg["manifest"]
     man = manifest if isinstance(manifest, pd.DataFrame) else load_manifest(manifest, check_files=False)
     man = man.assign(slide_id=man["slide_id"].astype(str)).set_index("slide_id", drop=False)
@@ -354,7 +360,7 @@ def heatmap_run(run_dir: str | Path, manifest: Any | None = None, out_dir: str |
         if preds_path.exists() else None
     if not slides:
         if preds is None:
-            raise SchemaError(f"no --slides given and no predictions.csv in '{run}' to choose "
+            raise SchemaError(f"no `slides` given and no predictions.csv in '{run}' to choose "
                               "the highest- and lowest-scored patients from.")
         slides = extreme_slides(preds, target=target, n=n_extreme)
     failures = FailureLog(out / "failures.csv", stage="heatmap")

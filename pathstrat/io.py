@@ -20,7 +20,10 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 from pathstrat.errors import PathstratError
 
@@ -44,13 +47,13 @@ def ensure_writable_dir(path: str | os.PathLike, min_free_mb: float = 50.0) -> P
     except OSError as exc:
         raise OutputDirError(
             f"Output directory '{p}' is not writable ({exc.strerror or exc}). "
-            "Choose another --out or fix its permissions; nothing was processed."
+            "Choose another `out` or fix its permissions; nothing was processed."
         ) from exc
     free_mb = _free_mb(p)
     if free_mb < min_free_mb:
         raise OutputDirError(
             f"Output directory '{p}' has only {free_mb:.0f} MiB free (need at least "
-            f"{min_free_mb:.0f} MiB). Free space or choose another --out; nothing was processed."
+            f"{min_free_mb:.0f} MiB). Free space or choose another `out`; nothing was processed."
         )
     return p
 
@@ -152,7 +155,7 @@ def _json_safe(obj: Any) -> Any:
     return obj
 
 
-def write_dataframe_atomic(dest: str | os.PathLike, df: Any, **to_csv_kwargs: Any) -> Path:
+def write_dataframe_atomic(dest: str | os.PathLike, df: pd.DataFrame, **to_csv_kwargs: Any) -> Path:
     """Write a pandas DataFrame as CSV atomically (index off unless asked)."""
     to_csv_kwargs.setdefault("index", False)
     with atomic_path(dest) as tmp:

@@ -10,6 +10,7 @@ fold: for fold k the threshold comes from the patients of the other folds).
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -73,7 +74,7 @@ def _predictive_value_thresholds(y: np.ndarray, s: np.ndarray, value: float, whi
         if called > 0 and hit / called >= value - 1e-12:
             ok.append(t)
     if not ok:
-        hint = "lower --value or use --rule sensitivity." if which == "npv" else "lower --value."
+        hint = "lower `value` or use the sensitivity `rule`." if which == "npv" else "lower `value`."
         raise SchemaError(f"no threshold reaches {which.upper()} >= {value} on the development "
                           f"data; {hint}")
     return ok
@@ -106,7 +107,7 @@ def choose_threshold(y_true: Sequence[int], score: Sequence[float], rule: str = 
     """Threshold (select when ``score >= threshold``) meeting ``rule >= value`` on these data."""
     y, s = np.asarray(y_true, int), np.asarray(score, float)
     if not 0 < value <= 1:
-        raise SchemaError(f"--value {value} must be a proportion in (0, 1].")
+        raise SchemaError(f"`value` {value} must be a proportion in (0, 1].")
     if (y == 1).sum() == 0 or (y == 0).sum() == 0:
         raise SchemaError("development data need both positive and negative patients to choose "
                           "a threshold.")
@@ -227,9 +228,10 @@ def select(development: pd.DataFrame, *, rule: str = "sensitivity", value: float
     return res
 
 
-def run_selection(predictions: Any, out_dir: Any, *, target: str | None = None,
-                  rule: str = "sensitivity", value: float = 0.95, holdout: Any | None = None,
-                  manifest: Any | None = None, label_col: str | None = None,
+def run_selection(predictions: pd.DataFrame | str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
+                  target: str | None = None, rule: str = "sensitivity", value: float = 0.95,
+                  holdout: pd.DataFrame | str | os.PathLike[str] | None = None,
+                  manifest: pd.DataFrame | str | os.PathLike[str] | None = None, label_col: str | None = None,
                   response_col: str | None = None, score_col: str = "score") -> dict[str, Any]:
     """Read tables, run :func:`select`, write ``selection.json`` and ``selection.csv``."""
     from pathlib import Path
@@ -250,7 +252,7 @@ def run_selection(predictions: Any, out_dir: Any, *, target: str | None = None,
         extra = [c for c in (label_col, response_col) if c]
         if extra:
             if clin is None:
-                raise SchemaError(f"--label-col/--response-col {extra} need --manifest.")
+                raise SchemaError(f"`label_col`/`response_col` {extra} need `manifest`.")
             missing = [c for c in extra if c not in clin.columns]
             if missing:
                 raise SchemaError(f"manifest lacks column(s) {missing}; it has {list(clin.columns)}.")
@@ -262,7 +264,7 @@ def run_selection(predictions: Any, out_dir: Any, *, target: str | None = None,
             pts = pts.rename(columns={k: v for k, v in ((label_col, "y"), (response_col, "response"))
                                       if k})
         if "y" not in pts.columns:
-            raise SchemaError("no label: predictions lack 'y_true'; give --manifest and --label-col.")
+            raise SchemaError("no label: predictions lack 'y_true'; give `manifest` and `label_col`.")
         return pts
 
     dev = load(predictions)

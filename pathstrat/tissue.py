@@ -13,12 +13,16 @@ import logging
 import math
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 
 from pathstrat.errors import EmptyTissueError
+from pathstrat.units import Level0Px, MicronsPerPixel
+
+if TYPE_CHECKING:
+    from pathstrat.slide import Slide
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +117,7 @@ class TissueMask:
         return {"type": "FeatureCollection", "features": feats}
 
 
-def detect_tissue(slide: Any, *, mask_mpp: float = 8.0, slide_id: str | None = None,
+def detect_tissue(slide: Slide, *, mask_mpp: MicronsPerPixel | float = 8.0, slide_id: str | None = None,
                   allow_empty: bool = False, **kwargs: Any) -> TissueMask:
     """Detect tissue on ``slide`` (a :class:`pathstrat.slide.Slide`) at about ``mask_mpp`` µm/px.
 
@@ -144,7 +148,7 @@ def detect_tissue(slide: Any, *, mask_mpp: float = 8.0, slide_id: str | None = N
     return tm
 
 
-def tissue_from_rgb(rgb: np.ndarray, mpp: float, *, min_saturation: float = MIN_SATURATION,
+def tissue_from_rgb(rgb: np.ndarray, mpp: MicronsPerPixel | float, *, min_saturation: float = MIN_SATURATION,
                     blur_um: float = 40.0, close_um: float = 48.0, open_um: float = 24.0,
                     min_object_um2: float = 20_000.0, max_hole_um2: float = 50_000.0,
                     pen_rules: PenRules | None = PenRules(), pen_dilate_um: float = 16.0,
@@ -259,7 +263,7 @@ def mask_to_polygons(mask: np.ndarray, downsample_xy: tuple[float, float]) -> li
     return polys
 
 
-def draw_qc(tm: TissueMask, coords: np.ndarray | None = None, tile_size_level0: float = 0.0,
+def draw_qc(tm: TissueMask, coords: np.ndarray | None = None, tile_size_level0: Level0Px | float = 0.0,
             min_long_side: int = 800, max_upscale: int = 4) -> np.ndarray:
     """RGB QC image: thumbnail, tissue contour (green), pen marks (red tint), tile grid (blue)."""
     if tm.thumbnail is None:

@@ -113,7 +113,7 @@ def test_resolve_mpp_rejects_meaningless(props):
     with pytest.raises(MissingMPPError) as ei:
         resolve_mpp(props, slide_name="S1")
     msg = str(ei.value)
-    assert "S1" in msg and "--mpp" in msg and "`mpp`" in msg and all(k in msg for k in KEYS_TRIED)
+    assert "S1" in msg and "'mpp' column" in msg and "`mpp`" in msg and all(k in msg for k in KEYS_TRIED)
     assert "ignored as writer defaults" in msg  # says why a found value was not used
     for k in props:
         if k in KEYS_TRIED:
@@ -145,7 +145,7 @@ def test_tcga_without_mpp_fails_then_works_with_mpp(real_slide):
     with pytest.raises(MissingMPPError) as ei:
         open_slide(path)
     msg = str(ei.value)
-    assert path.name in msg and "manifest" in msg and "`mpp`" in msg and "--mpp" in msg and "aperio.MPP" in msg
+    assert path.name in msg and "manifest" in msg and "'mpp' column" in msg and "`mpp`" in msg and "aperio.MPP" in msg
     with pytest.raises(MissingMPPError):  # a manifest row with an empty mpp cell is "not given"
         open_slide(path, mpp=float("nan"), mpp_source="manifest")
     with open_slide(path, require_mpp=False) as s:  # `pathstrat info` opens it without MPP

@@ -207,7 +207,7 @@ def test_fixed_split_predict_round_trip_and_guards(tmp_path):
     np.testing.assert_allclose(got.loc[want.index].to_numpy(), want.to_numpy(), rtol=1e-6, atol=1e-7)
     assert (out / "metrics.json").exists() and (out / "attention").is_dir()
     # training patients are refused unless --allow-overlap
-    with pytest.raises(LeakageError, match="allow-overlap"):
+    with pytest.raises(LeakageError, match="`allow_overlap`"):
         predict(run, fdir, manifest, tmp_path / "pred2", device="cpu")
     predict(run, fdir, manifest, tmp_path / "pred3", allow_overlap=True, device="cpu")
     # features of another dimension or encoder are refused

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+
 def register(app: typer.Typer) -> None:
     """Add run, demo and doctor."""
 

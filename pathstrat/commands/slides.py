@@ -24,6 +24,7 @@ def info(
     """
     from pathstrat.errors import MissingMPPError, SlideReadError
     from pathstrat.slide import KEYS_TRIED, open_slide
+    from pathstrat.vocabulary import for_current_command
 
     with open_slide(slide, mpp=mpp, mpp_source="override", require_mpp=False) as s:
         data = s.info()
@@ -36,7 +37,7 @@ def info(
             try:
                 _ = s.mpp
             except MissingMPPError as exc:
-                data["mpp_error"] = str(exc)
+                data["mpp_error"] = for_current_command(str(exc))
     typer.echo(json.dumps(data, indent=2) if as_json else _format_text(data, KEYS_TRIED))
     if not data["readable"]:  # opened but cannot be decoded: scripts checking slides see a failure
         raise SlideReadError(data["read_error"])

@@ -41,14 +41,13 @@ def tile(
     from pathstrat.cohort import load_manifest
     from pathstrat.errors import ConfigError
     from pathstrat.tiling import TilingParams, tile_cohort
+    from pathstrat.vocabulary import format_validation_error
 
     try:
         params = TilingParams(target_mpp=target_mpp, tile_px=tile_px, overlap_px=overlap_px,
                               min_tissue=min_tissue, mask_mpp=mask_mpp)
     except ValidationError as exc:
-        msgs = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'params'}: {e['msg']}"
-                         for e in exc.errors())
-        raise ConfigError(f"invalid tiling options: {msgs}") from exc
+        raise ConfigError(format_validation_error(exc, "invalid tiling options", TilingParams)) from exc
     df, _problems = load_manifest(manifest, on_missing="record")  # missing files: failures.csv
     result = tile_cohort(df, out, params, workers=workers, mpp=mpp, force=force,
                          mpp_override=mpp_override)

@@ -59,9 +59,11 @@ def register(app: typer.Typer) -> None:
             return
         import yaml
         from click.core import ParameterSource
+        from pydantic import ValidationError
 
         from pathstrat.errors import ConfigError
         from pathstrat.train import TrainConfig, train_cv
+        from pathstrat.vocabulary import format_validation_error
 
         base = yaml.safe_load(config.read_text()) if config else {}
         given = {"features": features, "manifest": manifest, "targets": target or None,
@@ -84,8 +86,8 @@ def register(app: typer.Typer) -> None:
             hp[k] = yaml.safe_load(v)
         try:
             cfg = TrainConfig(**{**base, **cli, "hparams": hp})
-        except Exception as exc:  # pydantic ValidationError -> one clear line
-            raise ConfigError(f"Invalid training configuration: {exc}") from exc
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error(exc, "invalid training options", TrainConfig)) from exc
         run = train_cv(cfg, overwrite=overwrite)
         typer.echo(f"run written to {run}")
         metrics = json.loads((run / "metrics.json").read_text())

@@ -236,7 +236,7 @@ def build_conch(spec: EncoderSpec, weights: ResolvedWeights | None):
         create = getattr(factory, "create_model", None)
         if create is None:
             raise WeightsError(f"Encoder '{spec.id}': the installed conch package has no "
-                               "create_model for random init; pass --weights PATH.")
+                               "create_model for random init; pass `weights`=PATH.")
         model = create(spec.arch)
         model = model[0] if isinstance(model, tuple) else model
     else:

@@ -104,12 +104,12 @@ def _missing_message(spec: EncoderSpec, looked: list[str]) -> str:
     files = ", ".join(_weight_candidates(spec))
     access = "gated: accept its licence on the model page first, then " if spec.gated else ""
     how = (f"{access}run `huggingface-cli download {spec.hf_repo} {' '.join(spec.weight_files)}` "
-           f"on a machine with network (the cache is reused offline) or pass --weights PATH "
-           f"(a file or a folder holding it)") if spec.hf_repo else "pass --weights PATH"
+           f"on a machine with network (the cache is reused offline) or pass `weights`=PATH "
+           f"(a file or a folder holding it)") if spec.hf_repo else "pass `weights`=PATH"
     gated = "gated" if spec.gated else "not gated"
     return (f"Weights for encoder '{spec.id}' not found: looked for {files} in "
             f"{'; '.join(looked)}. Hub repo: {spec.hf_repo or '-'} ({gated}). To fix: {how}; "
-            "or use --weights random for tests/benchmarks only. pathstrat never downloads.")
+            "or use `weights`=random for tests/benchmarks only. pathstrat never downloads.")
 
 
 def load_state_dict(path: str | os.PathLike) -> dict:

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pathstrat.errors import ConfigError
+from pathstrat.vocabulary import format_validation_error
 
 
 class _Strict(BaseModel):
@@ -236,5 +237,4 @@ def _validate(cls, data: Any, where: str):
     try:
         return cls.model_validate(data)
     except ValidationError as exc:
-        errs = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        raise ConfigError(f"Invalid {where}: {errs}") from exc
+        raise ConfigError(format_validation_error(exc, f"Invalid {where}", cls)) from exc

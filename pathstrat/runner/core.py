@@ -15,7 +15,6 @@ import contextlib
 import errno
 import logging
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from pathstrat.io import (
     write_dataframe_atomic,
     write_text_atomic,
 )
+from pathstrat.logs import log_to_file
 from pathstrat.runner.context import STATE_DIR, RunContext, RunSummary, StageReport, stage_hash
 from pathstrat.runner.stages import definitions
 
@@ -44,23 +44,9 @@ if tuple(STAGE_DEFS) != STAGES:  # pragma: no cover - programming error
 
 
 
-@contextlib.contextmanager
-def run_log(run_dir: Path) -> Iterator[Path]:
+def run_log(run_dir: Path) -> contextlib.AbstractContextManager[Path]:
     """Append every pathstrat log record of this run to ``run_dir/run.log``."""
-    path = run_dir / RUN_LOG
-    handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger("pathstrat")
-    old_level = root.level
-    if root.level == logging.NOTSET or root.level > logging.INFO:
-        root.setLevel(logging.INFO)
-    root.addHandler(handler)
-    try:
-        yield path
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(old_level)
-        handler.close()
+    return log_to_file(run_dir / RUN_LOG, mode="a")
 
 
 def prepare_run_dir(cfg: PipelineConfig) -> Path:

@@ -20,6 +20,7 @@ import numpy as np
 from pathstrat.errors import MissingMPPError, SlideReadError
 from pathstrat.slide.backends import AUTO_ORDER, BACKENDS, _decode_error
 from pathstrat.slide.mpp import MPPInfo, resolve_mpp
+from pathstrat.units import Level0Px, MicronsPerPixel, TilePx
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +32,12 @@ THUMB_BLOCK_PX = 4096  # largest region (level px per side) read at once by thum
 class ReadPlan:
     """How tiles of ``tile_px`` at ``target_mpp`` are read: level, region size, resize."""
 
-    target_mpp: float
-    tile_px: int
-    tile_size_level0: float  # tile side in level-0 pixels
+    target_mpp: MicronsPerPixel
+    tile_px: TilePx
+    tile_size_level0: Level0Px  # tile side in level-0 pixels
     level: int
     level_downsample: float
-    level_mpp: float
+    level_mpp: MicronsPerPixel
     read_size_px: int  # region side read at `level`, then resized to tile_px
 
     def attrs(self) -> dict[str, Any]:
@@ -53,7 +54,7 @@ class ReadPlan:
         return asdict(self)
 
 
-def resize_tile(region: np.ndarray, tile_px: int) -> np.ndarray:
+def resize_tile(region: np.ndarray, tile_px: TilePx | int) -> np.ndarray:
     """Resize a square-ish region to tile_px (INTER_AREA when shrinking, linear when growing)."""
     h, w = region.shape[:2]
     if h == tile_px and w == tile_px:
@@ -212,18 +213,19 @@ class Slide:
         return self._backend.name
 
     @property
-    def mpp(self) -> float:
+    def mpp(self) -> MicronsPerPixel:
         """Level-0 microns per pixel (raises MissingMPPError when unknown)."""
         if self.mpp_info is None:  # only with require_mpp=False
             resolve_mpp(self.properties, slide_name=str(self.path))
-        return self.mpp_info.mpp
+        return MicronsPerPixel(self.mpp_info.mpp)
 
     @property
     def mpp_source(self) -> str | None:
         return self.mpp_info.source if self.mpp_info else None
 
-    def level_mpp(self, level: int) -> float:
-        return self.mpp * self.level_downsamples[level]
+    def level_mpp(self, level: int) -> MicronsPerPixel:
+        """Microns per pixel of pyramid ``level``."""
+        return MicronsPerPixel(self.mpp * self.level_downsamples[level])
 
     # -- level choice --------------------------------------------------------------------------
     def best_level_for_downsample(self, downsample: float, tolerance: float = 0.05) -> int:
@@ -232,11 +234,12 @@ class Slide:
         ok = [i for i, d in enumerate(self.level_downsamples) if d <= limit]
         return max(ok, key=lambda i: self.level_downsamples[i]) if ok else 0
 
-    def best_level_for_mpp(self, target_mpp: float, tolerance: float = 0.05) -> int:
+    def best_level_for_mpp(self, target_mpp: MicronsPerPixel | float, tolerance: float = 0.05) -> int:
         """Coarsest level at least as fine as ``target_mpp`` (within ``tolerance``); 0 if none."""
         return self.best_level_for_downsample(target_mpp / self.mpp, tolerance)
 
-    def tile_read_plan(self, target_mpp: float, tile_px: int, tolerance: float = 0.05) -> ReadPlan:
+    def tile_read_plan(self, target_mpp: MicronsPerPixel | float, tile_px: TilePx | int,
+                       tolerance: float = 0.05) -> ReadPlan:
         """Level and read size for tiles of ``tile_px`` pixels at ``target_mpp``."""
         size0 = tile_px * target_mpp / self.mpp
         return self._plan(size0, tile_px, None, tolerance, target_mpp)
@@ -250,7 +253,8 @@ class Slide:
         read = max(1, int(round(tile_size_level0 / ds)))
         mpp = self.mpp if self.mpp_info else float("nan")
         tgt = target_mpp if target_mpp is not None else tile_size_level0 * mpp / tile_px
-        return ReadPlan(float(tgt), int(tile_px), float(tile_size_level0), int(level), ds, ds * mpp, read)
+        return ReadPlan(MicronsPerPixel(float(tgt)), TilePx(int(tile_px)), Level0Px(float(tile_size_level0)),
+                        int(level), ds, MicronsPerPixel(ds * mpp), read)
 
     # -- pixels --------------------------------------------------------------------------------
     def read_region(self, x0: int, y0: int, level: int, w: int, h: int) -> np.ndarray:
@@ -261,7 +265,8 @@ class Slide:
         return self._backend.read_region(int(x0), int(y0), int(level), int(w), int(h))
 
     def read_tile(
-        self, x0: int, y0: int, tile_size_level0: float, tile_px: int, level: int | None = None
+        self, x0: int, y0: int, tile_size_level0: Level0Px | float, tile_px: TilePx | int,
+        level: int | None = None,
     ) -> np.ndarray:
         """(tile_px, tile_px, 3) uint8 tile covering ``tile_size_level0`` level-0 px at (x0, y0).
 
@@ -288,8 +293,8 @@ class Slide:
     def read_tiles(
         self,
         coords: Iterable[Sequence[int]] | np.ndarray,
-        tile_size_level0: float,
-        tile_px: int,
+        tile_size_level0: Level0Px | float,
+        tile_px: TilePx | int,
         level: int | None = None,
         chunk: int = READ_CHUNK,
     ) -> Iterator[np.ndarray]:
@@ -307,7 +312,7 @@ class Slide:
                 out[i] = self._tile_from_plan(int(block[i, 0]), int(block[i, 1]), plan, scratch)
             yield from out  # type: ignore[misc]
 
-    def thumbnail_at_mpp(self, mpp: float) -> tuple[np.ndarray, float]:
+    def thumbnail_at_mpp(self, mpp: MicronsPerPixel | float) -> tuple[np.ndarray, MicronsPerPixel]:
         """Whole-slide image at ~``mpp`` µm/px from the best level, read block by block.
 
         Returns (image, actual_mpp); never upsamples beyond level 0.
@@ -334,7 +339,7 @@ class Slide:
                 interp = cv2.INTER_AREA if f >= 1 else cv2.INTER_LINEAR
                 out[oy:oy1, ox:ox1] = cv2.resize(region, (ox1 - ox, oy1 - oy), interpolation=interp)
         actual = self.dimensions[0] * self.mpp / ow
-        return out, actual
+        return out, MicronsPerPixel(actual)
 
     def check_readable(self) -> None:
         """Decode a small region of the coarsest level (and a level-0 tile) or raise SlideReadError.

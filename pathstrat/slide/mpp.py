@@ -93,7 +93,7 @@ def _check_against_metadata(props: Mapping[str, str], value: float, source: str,
         raise MPPMismatchError(
             f"Slide '{slide_name}': the {source} mpp {value:g} µm/px is {ratio:.1f}x the file's own "
             f"{own.mpp:g} µm/px ({own.source}); tiles would be {ratio:.1f}x off in scale. Fix the "
-            "manifest `mpp` value (or remove it to use the file's), or pass --mpp-override if the "
+            "manifest's 'mpp' value (or remove it to use the file's), or pass `mpp_override` if the "
             "file's metadata is known to be wrong.")
     if ratio > MPP_WARN_RATIO:
         log.warning("Slide '%s': the %s mpp %g µm/px differs from the file's own %g µm/px (%s) by "
@@ -122,7 +122,7 @@ def resolve_mpp(
             raise MissingMPPError(
                 f"Slide '{slide_name}': the supplied mpp={mpp!r} ({mpp_source}) is not a plausible "
                 f"pixel size in µm/px (expected {MPP_RANGE[0]}..{MPP_RANGE[1]}, e.g. 0.25 for 40x, "
-                "0.5 for 20x). Fix the manifest `mpp` column or the --mpp option."
+                "0.5 for 20x). Fix the manifest column 'mpp' or the `mpp` option."
             )
         if mpp_source not in MPP_SOURCES:
             raise ValueError(f"mpp_source must be one of {MPP_SOURCES}, got {mpp_source!r}")
@@ -150,7 +150,6 @@ def resolve_mpp(
         f"Slide '{slide_name}' has no usable microns-per-pixel (MPP) metadata. Keys tried: "
         f"{', '.join(KEYS_TRIED)} (found: {found}; values outside {MPP_RANGE[0]}..{MPP_RANGE[1]} "
         "µm/px or without a physical resolution unit are ignored as writer defaults). "
-        "Supply it either in the manifest's `mpp` "
-        "column for this slide, or with `--mpp` on the command line (e.g. --mpp 0.25 for a 40x "
-        "scan, --mpp 0.5 for 20x)."
+        "Supply it either in the manifest's 'mpp' "
+        "column for this slide, or as `mpp` (e.g. 0.25 for a 40x scan, 0.5 for 20x)."
     )

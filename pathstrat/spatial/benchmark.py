@@ -43,7 +43,7 @@ def sample_paths(spec: Sequence[str | os.PathLike]) -> list[Path]:
         elif p.is_file():
             out.append(p)
         else:
-            raise ConfigError(f"--samples '{p}' is neither an .h5ad file nor a folder of them")
+            raise ConfigError(f"`samples` '{p}' is neither an .h5ad file nor a folder of them")
     if not out:
         raise ConfigError(f"no .h5ad samples found in {[str(s) for s in spec]}; build them with "
                           "`pathstrat spatial build`")

@@ -235,7 +235,7 @@ def map_to_slide(sample: SpaceRangerSample, slide: Any, *, tolerance: float = 0.
                 f"{who} does not match slide '{name}': its image is {fw_um:.0f} x {fh_um:.0f} µm "
                 f"({hw / sf:.0f} x {hh / sf:.0f} px at {fmpp:.4g} µm/px) but the slide is "
                 f"{sw_um:.0f} x {sh_um:.0f} µm ({w0} x {h0} px at {smpp:.4g} µm/px); pass the "
-                "slide given to spaceranger --image, or its MPP (--mpp) if the metadata is wrong")
+                "slide given to spaceranger --image, or its MPP (`mpp`) if the metadata is wrong")
     xy = sample.fullres_xy * scale
     half = sample.spot_diameter_um / smpp / 2
     outside = (xy[:, 0] < -half) | (xy[:, 1] < -half) | (xy[:, 0] > w0 + half) | (xy[:, 1] > h0 + half)

@@ -68,13 +68,13 @@ def programme_map(slide_path: str | os.PathLike, model: FittedExpressionModel, *
     enc_id = str(model.meta.get("encoder", {}).get("encoder_id") or "")
     if encoder is None:
         if not enc_id:
-            raise ConfigError("the spatial model does not record its encoder; pass --encoder")
+            raise ConfigError("the spatial model does not record its encoder; pass `encoder`")
         encoder = build_encoder(enc_id, weights=weights, device=device)
     elif isinstance(encoder, str):
         encoder = build_encoder(encoder, weights=weights, device=device)
     if enc_id and encoder.spec.id != enc_id:
         raise ConfigError(f"the spatial model was fitted on '{enc_id}' embeddings, not "
-                          f"'{encoder.spec.id}'; use --encoder {enc_id}")
+                          f"'{encoder.spec.id}'; set `encoder` to {enc_id}")
     t = model.meta.get("tiling", {})
     tile_um, tile_mpp = float(t.get("tile_um", 112.0)), float(t.get("tile_mpp", 0.5))
     sid = slide_id or Path(slide_path).stem

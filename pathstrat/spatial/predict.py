@@ -62,7 +62,7 @@ def select_genes(adata: Any, n_top: int = 50, genes: Sequence[str] | None = None
         missing = [g for g in genes if g not in adata.var_names]
         if missing:
             raise ConfigError(f"genes {missing[:5]} are not in the samples' genes; check "
-                              "--genes (names as in var_names, e.g. features.tsv 'name')")
+                              "`genes` (names as in var_names, e.g. features.tsv 'name')")
         return list(genes)
     from pathstrat.errors import import_optional
 
@@ -248,7 +248,7 @@ def programme_scores(expr: np.ndarray, genes: Sequence[str], programmes: Mapping
         cols_i = [idx[g] for g in gs if g in idx]
         if not cols_i:
             raise ConfigError(f"programme '{name}': none of its genes {list(gs)[:5]} is among the "
-                              "model's genes; fit with --genes including them")
+                              "model's genes; fit with `genes` including them")
         cols[name] = z[:, cols_i].mean(axis=1)
     return pd.DataFrame(cols)
 
@@ -287,7 +287,7 @@ def patient_folds(patients: np.ndarray, n_folds: int, seed: int = 0) -> np.ndarr
     uniq = np.unique(patients)
     if len(uniq) < 2:
         raise ConfigError(f"cross-validation needs at least 2 patients; the samples hold "
-                          f"{len(uniq)}: add samples of other patients or use --folds 0")
+                          f"{len(uniq)}: add samples of other patients or set `folds` to 0")
     k = max(2, min(int(n_folds), len(uniq)))
     order = np.random.default_rng(seed).permutation(uniq)
     fold_of = {p: i % k for i, p in enumerate(order)}

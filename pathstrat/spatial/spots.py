@@ -50,7 +50,7 @@ class SpotTiling:
         px = int(round(tile_um / tile_mpp))
         if px < 8:
             raise ConfigError(f"spot tile {tile_um} µm at {tile_mpp} µm/px is {px} px: use at "
-                              "least 8 px (a larger --tile-um or a smaller --tile-mpp)")
+                              "least 8 px (a larger `tile_um` or a smaller `tile_mpp`)")
         return cls(float(tile_um), float(tile_mpp), px, tile_um / float(slide_mpp))
 
     def top_left(self, centres_level0: np.ndarray) -> np.ndarray:
@@ -183,7 +183,7 @@ def read_samples(paths: list[str | os.PathLike]) -> Any:
     keys = {a.uns["pathstrat"]["embedding_key"] for a in ads}
     if len(keys) > 1:
         raise SchemaError(f"samples were embedded with different encoders {sorted(keys)}; "
-                          "rebuild them with one --encoder")
+                          "rebuild them with one `encoder`")
     genes = ads[0].var_names
     for p, a in zip(paths, ads, strict=True):
         if not a.var_names.equals(genes):

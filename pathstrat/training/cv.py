@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pathstrat.errors import ConfigError, TrainingDivergedError
+from pathstrat.errors import ConfigError
 from pathstrat.io import (
     FailureLog,
     OutputDirError,
@@ -24,9 +24,10 @@ from pathstrat.io import (
     write_json_atomic,
     write_text_atomic,
 )
+from pathstrat.logs import log_to_file
 from pathstrat.mil import build_model
-from pathstrat.mil.scaling import fit_scaler, set_scaler
 from pathstrat.mil.losses import make_loss
+from pathstrat.mil.scaling import fit_scaler, set_scaler
 from pathstrat.mil.targets import CLASSIFICATION_KINDS, SURVIVAL_KINDS, TargetSpec, infer_target
 from pathstrat.training.config import TrainConfig
 from pathstrat.training.data import BagDataset, BagStore, load_bags, make_loader
@@ -50,7 +51,7 @@ def build_specs(df: pd.DataFrame, cfg: TrainConfig) -> list[TargetSpec]:
                           survival_loss=cfg.survival_loss, n_bins=cfg.n_bins) for t in cfg.targets]
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
-        raise ConfigError(f"Targets {names} repeat a name; give each --target once.")
+        raise ConfigError(f"Targets {names} repeat a name; list each target once.")
     return specs
 
 
@@ -113,32 +114,19 @@ def train_cv(config: TrainConfig | dict[str, Any] | None = None, *, overwrite: b
     if old and not overwrite:
         raise OutputDirError(f"Output directory '{cfg.out}' already holds a training run "
                              f"({', '.join(p.name for p in old[:4])}); writing another run into it "
-                             "would mix the two. Choose a new --out, or pass --overwrite to replace "
+                             "would mix the two. Choose a new `out`, or pass `overwrite` to replace "
                              "that run.")
     out = ensure_writable_dir(cfg.out)
     if old:
         clear_previous_run(out)
         log.info("removed the previous run's outputs in %s (--overwrite)", out)
     clean_stale_tmp(out)
-    handler = _attach_log(out / "run.log")
     threads = torch.get_num_threads()
     try:
-        return _run(cfg, out)
+        with log_to_file(out / "run.log", mode="w"):
+            return _run(cfg, out)
     finally:
         torch.set_num_threads(threads)
-        logging.getLogger("pathstrat").removeHandler(handler)
-        handler.close()
-
-
-def _attach_log(path: Path) -> logging.Handler:
-    h = logging.FileHandler(path, mode="w", encoding="utf-8")
-    h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    h.setLevel(logging.INFO)
-    root = logging.getLogger("pathstrat")
-    if root.level == logging.NOTSET or root.level > logging.INFO:
-        root.setLevel(logging.INFO)
-    root.addHandler(h)
-    return h
 
 
 def _run(cfg: TrainConfig, out: Path) -> Path:
@@ -393,7 +381,6 @@ def save_checkpoint_file(path: Path, tensors: dict[str, torch.Tensor], metadata:
     safetensors serialises a metadata map in hash order (different bytes per process), so the
     metadata is stored as one key, ``pathstrat``, holding sorted JSON.
     """
-    import json
 
     from safetensors.torch import save_file
 

@@ -136,7 +136,7 @@ def predict(run_dir: str | os.PathLike, features_dir: str | os.PathLike,
         what = (f"{len(overlap)} patient(s) ({', '.join(overlap[:10])})" if overlap else
                 f"{len(same_slides)} slide(s) ({', '.join(same_slides[:10])})")
         raise LeakageError(f"{what} of this cohort were used to train run '{run_dir}'. "
-                           "Predictions on them are not a validation; pass --allow-overlap to "
+                           "Predictions on them are not a validation; pass `allow_overlap` to "
                            "predict anyway.")
     if overlap or same_slides:
         log.warning("%d patient(s) / %d slide(s) overlap with the training data (--allow-overlap)",
@@ -200,7 +200,7 @@ def _check_fingerprints(spec: dict[str, Any], store: Any, run_dir: Any, allow: b
         raise LeakageError(f"{len(same)} slide(s) of this cohort ({', '.join(same[:10])}) have the "
                            f"same feature content as slides used to train run '{run_dir}' (renamed "
                            "copies?). Predictions on them are not a validation; pass "
-                           "--allow-overlap to predict anyway.")
+                           "`allow_overlap` to predict anyway.")
     log.warning("%d slide(s) have the feature content of training slides (--allow-overlap)", len(same))
 
 

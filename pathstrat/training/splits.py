@@ -51,10 +51,10 @@ def make_splits(df: pd.DataFrame, *, folds: int = 5, repeats: int = 1, seed: int
     pat = df.drop_duplicates("patient_id").reset_index(drop=True)
     n_pat = len(pat)
     if folds < 2:
-        raise ConfigError(f"--folds must be at least 2 (got {folds}); use a split column for a "
+        raise ConfigError(f"`folds` must be at least 2 (got {folds}); use a split column for a "
                           "fixed train/test split.")
     if n_pat < folds:
-        raise ConfigError(f"Only {n_pat} patients for {folds} folds; lower --folds.")
+        raise ConfigError(f"Only {n_pat} patients for {folds} folds; lower `folds`.")
     y = strata(pat, strat_col, strat_kind)
     rows = []
     for r in range(repeats):

@@ -77,7 +77,7 @@ def run_trial_design(out_dir: str | Path, *, inputs: TrialInputs | None = None,
         try:
             sel = json.loads(Path(selection).read_text())
         except (OSError, ValueError) as exc:
-            raise SchemaError(f"--selection {Path(selection).name}: cannot read JSON ({exc}); "
+            raise SchemaError(f"`selection` {Path(selection).name}: cannot read JSON ({exc}); "
                               "give the selection.json written by `pathstrat select`.") from exc
         c = counts_from_selection(sel)
         n = sum(c.values())
