@@ -89,6 +89,6 @@ class Binary(TargetKind):
         from pathstrat.mil.targets import TargetSpec
 
         rng, df = example_frame(n, seed)
-        df["responder"] = with_missing(rng.permutation(np.arange(n) % 2), rng)
-        return TargetSpec("responder", "binary", classes=[0, 1]), df.astype({"responder": float})
+        df["response"] = with_missing(rng.permutation(np.array(["no", "yes"])[np.arange(n) % 2]), rng)
+        return TargetSpec("response", "binary", classes=["no", "yes"]), df
 
