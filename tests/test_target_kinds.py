@@ -22,7 +22,7 @@ from lifelines.utils import concordance_index
 from scipy.stats import pearsonr
 from sklearn import metrics as skm
 
-from pathstrat.errors import ConfigError
+from pathstrat.errors import ConfigError, ManifestError
 from pathstrat.federated import stats as S
 from pathstrat.metrics import METRIC_SETS
 from pathstrat.mil import kinds as kinds_pkg
@@ -282,6 +282,12 @@ def test_unknown_kind_names_the_known_ones():
     df = pd.DataFrame({"t": [1.0, 2.0], "e": [1, 0]})
     with pytest.raises(ConfigError, match="'cox' or 'discrete'"):
         infer_target(df, "survival:weibull", time_col="t", event_col="e")
+    with pytest.raises(ManifestError, match="Binary target 'g' needs exactly two values"):
+        infer_target(pd.DataFrame({"g": ["a", "b", "c"]}), "g:binary")
+    from pathstrat.federated.config import TargetDef
+
+    with pytest.raises(ValueError, match="unknown target kind 'ordinal'"):
+        TargetDef(name="y", kind="ordinal")
 
 
 # --- hand references of the built-in decodings and losses ----------------------------------------

@@ -16,7 +16,7 @@ import pandas as pd
 
 from pathstrat.errors import ConfigError, ManifestError
 from pathstrat.mil.kinds import KINDS, TargetKind
-from pathstrat.mil.kinds.base import _key, _missing, _py, _sort_key  # noqa: F401  (re-exported)
+from pathstrat.mil.kinds.base import _py, _sort_key
 from pathstrat.mil.kinds.discrete import discrete_survival  # noqa: F401  (re-exported)
 
 
