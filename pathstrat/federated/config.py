@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pathstrat.errors import ConfigError
 from pathstrat.vocabulary import format_validation_error
@@ -29,20 +29,31 @@ class TargetDef(_Strict):
     """
 
     name: str
-    kind: Literal["binary", "multiclass", "multilabel", "regression", "cox", "discrete"]
+    kind: str = Field(description="A registered target kind (pathstrat.mil.kinds.KINDS).")
     columns: list[str] = Field(default_factory=list)
     time_col: str | None = None
     event_col: str | None = None
     classes: list[Any] | None = None
     n_bins: int = Field(4, ge=2, description="Discrete-time survival bins (kind=discrete).")
 
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, v: str) -> str:
+        from pathstrat.mil.kinds import KINDS
+
+        if v not in KINDS:
+            raise ValueError(f"unknown target kind '{v}'; use one of {', '.join(KINDS.names())}")
+        return v
+
     def spec(self):
         """The TargetSpec of pathstrat.mil for this head."""
+        from pathstrat.mil.kinds import KINDS
         from pathstrat.mil.targets import TargetSpec
 
         classes = None if self.classes is None else list(self.classes)
-        if self.kind == "binary" and not classes:
-            classes = [0, 1]
+        default = KINDS.get(self.kind).default_classes
+        if default is not None and not classes:
+            classes = list(default)
         return TargetSpec(self.name, self.kind, list(self.columns), self.time_col, self.event_col,
                           classes, self.n_bins)
 
@@ -149,7 +160,9 @@ class FederationConfig(_Strict):
     def _check(self) -> FederationConfig:
         if not self.targets:
             raise ValueError("targets needs at least one head")
-        if any(t.kind == "discrete" for t in self.targets) and self.time_max is None:
+        from pathstrat.mil.kinds import KINDS
+
+        if any(KINDS.get(t.kind).needs_time_grid for t in self.targets) and self.time_max is None:
             raise ValueError("discrete survival needs time_max (upper edge of the shared time grid; "
                              "sites histogram their times on it, raw times never leave a site)")
         if self.dp is not None and self.secagg is not None:

@@ -29,8 +29,11 @@ def lr_for_round(fed: FederationConfig, server_round: int) -> float:
 
 
 def first_binary_head(fed: FederationConfig) -> str | None:
-    """Name of the first binary head (its pooled AUROC can select the round), else None."""
-    return next((t.name for t in fed.targets if t.kind == "binary"), None)
+    """Name of the first head whose kind pools an AUROC from score histograms (binary), which
+    can select the round, else None."""
+    from pathstrat.mil.kinds import KINDS
+
+    return next((t.name for t in fed.targets if KINDS.get(t.kind).pooled_auroc), None)
 
 
 def _finite(v: Any) -> float | None:

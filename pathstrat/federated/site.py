@@ -20,7 +20,7 @@ from torch import nn
 
 from pathstrat.errors import ConfigError, FeatureDimError, ManifestError, PathstratError, SchemaError
 from pathstrat.federated.config import FederationConfig, SiteConfig
-from pathstrat.federated.stats import score_histograms, site_label_stats, time_grid
+from pathstrat.federated.stats import site_label_stats, time_grid
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def resolved_specs(fed: FederationConfig, state: GlobalState | None) -> list:
     """TargetSpecs with agreed classes filled in (multiclass heads without declared classes)."""
     specs = fed.specs()
     for s in specs:
-        if s.kind == "multiclass" and not s.classes:
+        if s.impl.categorical and not s.classes:
             s.classes = list((state.classes if state else {}).get(s.name, []))
             if not s.classes:
                 raise ConfigError(f"Multiclass head '{s.name}' has no classes: declare them in the "
@@ -336,48 +336,11 @@ def finite_rows(features: torch.Tensor) -> np.ndarray:
 
 
 def head_metrics(spec, rows, score, y, score_bins: int) -> dict[str, Any]:
-    """Fixed keys per head (``<head>.<metric>`` plus ``<head>.n``); NaN where undefined."""
-    from pathstrat import metrics as M
-
-    name, nan = spec.name, float("nan")
+    """Fixed keys per head (``<head>.<metric>`` plus ``<head>.n``, as the head's kind defines
+    them in :mod:`pathstrat.mil.kinds`); NaN where undefined."""
     if score is None:
         score = np.zeros((0,))
-    out: dict[str, Any] = {}
-    if spec.kind == "binary":
-        ok = ~np.isnan(y)
-        m = M.binary_metrics(y[ok], score[ok]) if ok.any() else {}
-        for k in ("auroc", "auprc", "balanced_accuracy", "brier"):
-            out[f"{name}.{k}"] = float(m.get(k, nan))
-        pos, neg = score_histograms(y[ok], score[ok], score_bins)
-        out[f"{name}.hist_pos"], out[f"{name}.hist_neg"] = pos.tolist(), neg.tolist()
-        out[f"{name}.n"] = int(ok.sum())
-    elif spec.kind == "multiclass":
-        ok = y >= 0
-        m = M.multiclass_metrics(y[ok].astype(int), score[ok]) if ok.sum() > 1 else {}
-        for k in ("accuracy", "balanced_accuracy", "auroc"):
-            out[f"{name}.{k}"] = float(m.get(k, nan))
-        out[f"{name}.n"] = int(ok.sum())
-    elif spec.kind == "multilabel":
-        aucs = [M.auroc(y[:, j][~np.isnan(y[:, j])], score[:, j][~np.isnan(y[:, j])])
-                for j in range(y.shape[1])] if len(y) else []
-        finite = [a for a in aucs if np.isfinite(a)]
-        out[f"{name}.macro_auroc"] = float(np.mean(finite)) if finite else nan
-        out[f"{name}.n"] = int((~np.isnan(y)).any(1).sum()) if len(y) else 0
-    elif spec.kind == "regression":
-        import pandas as pd
-
-        yt = pd.to_numeric(rows[spec.columns[0]], errors="coerce").to_numpy(float)
-        ok = np.isfinite(yt)
-        m = M.regression_metrics(yt[ok], score[ok]) if ok.sum() > 1 else {}
-        for k in ("mae", "rmse", "pearson_r"):
-            out[f"{name}.{k}"] = float(m.get(k, nan))
-        out[f"{name}.n"] = int(ok.sum())
-    else:  # survival: risk higher = earlier event
-        t = rows[spec.time_col].to_numpy(float)
-        e = rows[spec.event_col].to_numpy(float)
-        out[f"{name}.c_index"] = M.harrell_c(t, e, score) if len(t) > 1 else nan
-        out[f"{name}.n"] = int(np.isfinite(t).sum())
-    return out
+    return spec.impl.federated_metrics(spec, rows, score, y, score_bins)
 
 
 def check_site(site: SiteConfig, fed: FederationConfig) -> dict[str, Any]:

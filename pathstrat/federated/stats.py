@@ -14,8 +14,6 @@ from typing import Any
 
 import numpy as np
 
-from pathstrat.mil.targets import _key, _py, _sort_key  # one definition of class keys
-
 # --- shared grids ------------------------------------------------------------------------
 
 
@@ -81,30 +79,7 @@ def site_label_stats(spec: Any, df, *, edges: np.ndarray | None) -> tuple[dict[s
     regression: n, sum, sum of squares; survival: histograms of event times and all times on the
     shared grid (discrete) or nothing (Cox needs no global state).
     """
-    name = spec.name
-    metrics: dict[str, Any] = {}
-    config: dict[str, str] = {}
-    if spec.kind in ("binary", "multilabel"):
-        y = np.asarray(spec.encode(df), float).reshape(len(df), -1)
-        metrics[f"{name}.pos"] = [int((y[:, j] == 1).sum()) for j in range(y.shape[1])]
-        metrics[f"{name}.neg"] = [int((y[:, j] == 0).sum()) for j in range(y.shape[1])]
-    elif spec.kind == "multiclass":
-        col = df[spec.columns[0]].dropna()
-        vals, counts = np.unique(col.to_numpy(), return_counts=True)
-        config[f"{name}.classes"] = json.dumps([_py(v) for v in vals])
-        metrics[f"{name}.class_counts"] = [int(c) for c in counts]
-    elif spec.kind == "regression":
-        import pandas as pd
-
-        y = pd.to_numeric(df[spec.columns[0]], errors="coerce").to_numpy(float)
-        y = y[np.isfinite(y)]
-        metrics[f"{name}.moments"] = [float(y.size), float(y.sum()), float((y**2).sum())]
-    elif spec.kind == "discrete":
-        t = df[spec.time_col].to_numpy(float)
-        e = df[spec.event_col].to_numpy(float)
-        metrics[f"{name}.event_hist"] = histogram(t[e == 1], edges).tolist()
-        metrics[f"{name}.time_hist"] = histogram(t, edges).tolist()
-    return metrics, config
+    return spec.impl.site_stats(spec, df, edges=edges)
 
 
 def merge_site_stats(sites: Iterable[tuple[Mapping[str, Any], Mapping[str, str]]]) -> dict[str, Any]:
@@ -135,28 +110,4 @@ def global_target_state(spec: Any, merged: Mapping[str, Any], *, edges: np.ndarr
     Returns (state, classes) where ``classes`` is the agreed class list of a multiclass head
     whose config left it empty (None otherwise).
     """
-    name = spec.name
-    if spec.kind in ("binary", "multilabel"):
-        pos, neg = np.asarray(merged[f"{name}.pos"], float), np.asarray(merged[f"{name}.neg"], float)
-        pw = [float(n / p) if balanced and p > 0 and n > 0 else 1.0 for p, n in zip(pos, neg, strict=True)]
-        return {"pos_weight": pw}, None
-    if spec.kind == "multiclass":
-        counts_by_class: dict[Any, int] = merged.get(f"{name}.class_counts", {})
-        classes = list(spec.classes) if spec.classes else sorted(counts_by_class, key=_sort_key)
-        lookup = {_key(c): n for c, n in counts_by_class.items()}
-        counts = np.array([lookup.get(_key(c), 0) for c in classes], float)
-        w = np.where(counts > 0, counts.sum() / (len(counts) * np.maximum(counts, 1)), 0.0)
-        state = {"class_weight": (w if balanced else np.ones_like(w)).tolist()}
-        return state, (classes if not spec.classes else None)
-    if spec.kind == "regression":
-        n, s, ss = (float(x) for x in merged[f"{name}.moments"])
-        mean = s / n if n else 0.0
-        var = ss / n - mean**2 if n else 0.0
-        sd = float(np.sqrt(max(var, 0.0)))
-        return {"mean": mean, "std": sd if sd > 0 else 1.0}, None
-    if spec.kind == "discrete":
-        ev = np.asarray(merged[f"{name}.event_hist"], float)
-        counts = ev if ev.sum() > 0 else np.asarray(merged[f"{name}.time_hist"], float)
-        qs = np.linspace(0, 1, spec.n_bins + 1)[1:-1]
-        return {"cuts": histogram_quantiles(counts, edges, qs)}, None
-    return {}, None
+    return spec.impl.global_state(spec, merged, edges=edges, balanced=balanced)

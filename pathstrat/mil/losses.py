@@ -14,11 +14,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from pathstrat.errors import ConfigError
+from pathstrat.mil.kinds.base import empty_loss
 from pathstrat.mil.targets import TargetSpec
 
-
-def _empty(logits: torch.Tensor) -> torch.Tensor:
-    return logits.sum() * 0.0
+_empty = empty_loss
 
 
 def cox_ph_loss(risk: torch.Tensor, time: torch.Tensor, event: torch.Tensor,
@@ -77,7 +76,7 @@ class TargetLoss(nn.Module):
     def __init__(self, spec: TargetSpec, state: dict[str, Any] | None = None,
                  weighting: str | None = "balanced", ties: str = "efron") -> None:
         super().__init__()
-        self.spec, self.ties = spec, ties
+        self.spec, self.ties, self.impl = spec, ties, spec.impl  # the kind's loss (pathstrat.mil.kinds)
         state = state or {}
         balanced = weighting == "balanced"
         pw = state.get("pos_weight") if balanced else None
@@ -86,34 +85,8 @@ class TargetLoss(nn.Module):
         self.register_buffer("class_weight", torch.tensor(cw, dtype=torch.float32) if cw else None)
 
     def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        kind = self.spec.kind
-        logits = logits.float()
-        if kind == "binary":
-            ok = ~torch.isnan(y)
-            if not ok.any():
-                return _empty(logits)
-            return F.binary_cross_entropy_with_logits(logits[:, 0][ok], y[ok], pos_weight=self.pos_weight)
-        if kind == "multilabel":
-            ok = ~torch.isnan(y)
-            if not ok.any():
-                return _empty(logits)
-            pw = None if self.pos_weight is None else self.pos_weight.expand_as(logits)
-            per = F.binary_cross_entropy_with_logits(logits, torch.nan_to_num(y), pos_weight=pw,
-                                                     reduction="none")
-            return per[ok].mean()
-        if kind == "multiclass":
-            yi = y.long()
-            if not (yi >= 0).any():
-                return _empty(logits)
-            return F.cross_entropy(logits, yi, weight=self.class_weight, ignore_index=-1)
-        if kind == "regression":
-            ok = ~torch.isnan(y)
-            if not ok.any():
-                return _empty(logits)
-            return F.mse_loss(logits[:, 0][ok], y[ok])
-        if kind == "cox":
-            return cox_ph_loss(logits[:, 0], y[:, 0], y[:, 1], self.ties)
-        return discrete_nll(logits, y[:, 0], y[:, 1])
+        return self.impl.loss(self.spec, logits.float(), y, pos_weight=self.pos_weight,
+                              class_weight=self.class_weight, ties=self.ties)
 
 
 class MultiTaskLoss(nn.Module):
@@ -146,6 +119,4 @@ def make_loss(specs: Sequence[TargetSpec], states: dict[str, dict[str, Any]] | N
 
 def bag_labels(spec: TargetSpec, y: torch.Tensor) -> torch.Tensor | None:
     """Class index per bag (-1 = missing) of a classification head, for CLAM clustering."""
-    if spec.kind not in ("binary", "multiclass"):
-        return None
-    return torch.nan_to_num(y.float(), nan=-1.0).long()
+    return spec.impl.bag_labels(spec, y)

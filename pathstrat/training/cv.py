@@ -28,7 +28,7 @@ from pathstrat.logs import log_to_file
 from pathstrat.mil import build_model
 from pathstrat.mil.losses import make_loss
 from pathstrat.mil.scaling import fit_scaler, set_scaler
-from pathstrat.mil.targets import CLASSIFICATION_KINDS, SURVIVAL_KINDS, TargetSpec, infer_target
+from pathstrat.mil.targets import TargetSpec, infer_target
 from pathstrat.training.config import TrainConfig
 from pathstrat.training.data import BagDataset, BagStore, load_bags, make_loader
 from pathstrat.training.engine import TrainParams, evaluate, fit, resolve_device, set_seed
@@ -56,9 +56,7 @@ def build_specs(df: pd.DataFrame, cfg: TrainConfig) -> list[TargetSpec]:
 
 
 def _strat(spec: TargetSpec) -> tuple[str | None, str | None]:
-    if spec.kind in SURVIVAL_KINDS:
-        return spec.event_col, None
-    return spec.columns[0], ("regression" if spec.kind == "regression" else None)
+    return spec.impl.strata(spec)
 
 
 def _load(cfg: TrainConfig, failures: FailureLog) -> tuple[BagStore, list[TargetSpec]]:
@@ -180,7 +178,7 @@ def _run(cfg: TrainConfig, out: Path) -> Path:
             BagDataset(store, tr_idx, y, max_tiles=cfg.max_tiles, train=True, seed=seed),
             cfg.batch_size, shuffle=True, seed=seed, pin_memory=device.startswith("cuda") and not store.on_device,
             balance_on=(y[specs[0].name][tr_idx] if cfg.balanced_sampling
-                        and specs[0].kind in CLASSIFICATION_KINDS else None))
+                        and specs[0].impl.categorical else None))
         val_loader = (make_loader(BagDataset(store, va_idx, y), 1) if len(va_idx) else None)
         params = TrainParams(epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay,
                              schedule=cfg.schedule, patience=cfg.patience, grad_clip=cfg.grad_clip,

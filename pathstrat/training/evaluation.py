@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 
 from pathstrat.io import atomic_path
-from pathstrat.metrics import METRIC_SETS, bootstrap_ci
-from pathstrat.mil.targets import SURVIVAL_KINDS, TargetSpec
+from pathstrat.metrics import bootstrap_ci
+from pathstrat.mil.targets import TargetSpec
 from pathstrat.training.data import BagStore
 
 BASE_COLUMNS = ["slide_id", "patient_id", "fold", "repeat", "target", "y_true", "score"]
@@ -49,33 +49,12 @@ def _label(rec: pd.Series, col: str | None, with_labels: bool):
 
 
 def _target_rows(spec: TargetSpec, score, rec: pd.Series, with_labels: bool) -> list[dict[str, Any]]:
-    if spec.kind == "multilabel":
-        return [{"target": c, "y_true": _label(rec, c, with_labels), "score": float(score[i])}
-                for i, c in enumerate(spec.columns)]
-    if spec.kind == "multiclass":
-        classes = spec.classes or []
-        row = {"target": spec.name, "y_true": _label(rec, spec.columns[0], with_labels),
-               "score": float(np.max(score)), "pred": classes[int(np.argmax(score))]}
-        row.update({f"prob_{c}": float(p) for c, p in zip(classes, score, strict=True)})
-        return [row]
-    if spec.kind in SURVIVAL_KINDS:
-        ev = _label(rec, spec.event_col, with_labels)
-        return [{"target": spec.name, "y_true": ev, "score": float(score), "risk": float(score),
-                 "time": _label(rec, spec.time_col, with_labels), "event": ev}]
-    y = _label(rec, spec.columns[0], with_labels)
-    if spec.kind == "binary" and not _isnan(y):
-        y = int((spec.classes or [0, 1]).index(y)) if y in (spec.classes or []) else y
-    return [{"target": spec.name, "y_true": y, "score": float(score)}]
-
-
-def _isnan(v) -> bool:
-    return v is None or (isinstance(v, float) and np.isnan(v))
+    return spec.impl.prediction_rows(spec, score, lambda col: _label(rec, col, with_labels))
 
 
 def metric_set(spec: TargetSpec) -> str:
-    if spec.kind in SURVIVAL_KINDS:
-        return "survival"
-    return "binary" if spec.kind in ("binary", "multilabel") else spec.kind
+    """Name of the :data:`pathstrat.metrics.METRIC_SETS` entry scoring ``spec``."""
+    return spec.impl.metric_set
 
 
 def patient_level(d: pd.DataFrame) -> pd.DataFrame:
@@ -87,19 +66,7 @@ def patient_level(d: pd.DataFrame) -> pd.DataFrame:
 
 
 def _metric_fn(spec: TargetSpec, pat: pd.DataFrame):
-    kind = metric_set(spec)
-    fn = METRIC_SETS.get(kind)
-    if kind == "multiclass":
-        lookup = {str(c): i for i, c in enumerate(spec.classes or [])}
-        y = np.array([lookup.get(str(v), -1) if not _isnan(v) else -1 for v in pat["y_true"]], float)
-        probs = pat[[f"prob_{c}" for c in spec.classes or []]].to_numpy(float)
-        return lambda idx: fn(y[idx], probs[idx])
-    y = pd.to_numeric(pat["y_true"], errors="coerce").to_numpy(float)
-    s = pat["score"].to_numpy(float)
-    if kind == "survival":
-        t = pat["time"].to_numpy(float)
-        return lambda idx: fn(y[idx], s[idx], time=t[idx])
-    return lambda idx: fn(y[idx], s[idx])
+    return spec.impl.metric_fn(spec, pat)
 
 
 def compute_metrics(pred: pd.DataFrame, specs: Sequence[TargetSpec], *, n_boot: int = 1000,
@@ -180,34 +147,11 @@ def epoch_metric(spec: TargetSpec, y: np.ndarray, state: dict[str, Any]):
 
     ``y`` is the head's encoded labels over all bags of the store (``TargetSpec.encode``):
     AUROC (binary; multi-label: mean over labels), accuracy (multiclass), Pearson r
-    (regression), Harrell's C (survival). NaN when undefined (e.g. one class in the subset).
+    (regression), Harrell's C (survival), as the kind defines it. NaN when undefined (e.g. one
+    class in the subset).
     """
-    from pathstrat.metrics import auroc, harrell_c
 
     def scores(index: np.ndarray, outputs: dict[str, np.ndarray]) -> np.ndarray:
         return np.asarray(decode_outputs([spec], outputs, {spec.name: state})[spec.name], float)
 
-    if spec.kind in SURVIVAL_KINDS:
-        t_col, e_col = (0, 1) if spec.kind == "cox" else (2, 1)
-        return "c_index", lambda i, o: harrell_c(y[i, t_col], y[i, e_col], scores(i, o))
-    if spec.kind == "multiclass":
-        def acc(i, o):
-            yi, ok = y[i], y[i] >= 0
-            return float((scores(i, o).argmax(1)[ok] == yi[ok]).mean()) if ok.any() else float("nan")
-        return "accuracy", acc
-    if spec.kind == "regression":
-        def r(i, o):
-            yi, si = y[i], scores(i, o)
-            ok = ~np.isnan(yi)
-            if ok.sum() < 3 or np.std(si[ok]) == 0:
-                return float("nan")
-            return float(np.corrcoef(yi[ok], si[ok])[0, 1])
-        return "pearson_r", r
-
-    def auc(i, o):
-        yi, si = y[i].reshape(len(i), -1), scores(i, o).reshape(len(i), -1)
-        vals = [auroc(yi[ok, c], si[ok, c]) for c in range(yi.shape[1])
-                for ok in [~np.isnan(yi[:, c])] if ok.any()]
-        vals = [v for v in vals if not np.isnan(v)]
-        return float(np.mean(vals)) if vals else float("nan")
-    return "auroc", auc
+    return spec.impl.epoch_metric(spec, y, scores)
