@@ -167,6 +167,7 @@ def check_metrics_match_reference(name: str) -> None:
     assert set(pred["target"]) == set(spec.label_names)
     metrics, folds = compute_metrics(pred, [spec], n_boot=20, seed=0)
     assert set(metrics) == set(spec.label_names)
+    assert all(spec.impl.primary_metric in metrics[label] for label in spec.label_names)
     ref_fn = REFERENCE[spec.impl.metric_set]
     for label in spec.label_names:
         rows = pred[pred["target"] == label].reset_index(drop=True)

@@ -23,11 +23,10 @@ import numpy as np
 import pandas as pd
 
 from pathstrat.io import ensure_writable_dir, write_dataframe_atomic, write_json_atomic
+from pathstrat.mil.kinds import KINDS
 
 log = logging.getLogger(__name__)
 
-PRIMARY = {"binary": "auroc", "multiclass": "accuracy", "multilabel": "auroc", "regression": "pearson_r",
-           "cox": "c_index", "discrete": "c_index"}
 
 
 def _target_args(targets: list[dict[str, Any]]) -> tuple[list[str], str | None, str | None]:
@@ -114,13 +113,14 @@ def finetune_package(package: str | os.PathLike, features_dir: str | os.PathLike
             for m, ms in metrics.items() for t, tm in ms.items() for k, v in tm.items()
             if isinstance(v, dict) and "mean" in v]
     first_t = doc["model"]["targets"][0]
-    primary = PRIMARY.get(first_t["kind"], "auroc")
+    kind = KINDS.get(first_t["kind"])
+    primary = kind.primary_metric
     comp: dict[str, Any] = {"schema": "pathstrat.finetune/1", "package": doc["name"],
                             "package_version": doc["version"], "trainable": trainable,
                             "primary_metric": primary, "target": first_t["name"],
                             "n_patients": int(df["patient_id"].nunique()),
                             "models": {m: ms.get(first_t["name"], {}).get(primary) for m, ms in metrics.items()}}
-    if first_t["kind"] == "binary":
+    if kind.categorical and kind.n_classes == 2:  # one binary score: a paired AUROC difference
         pa = _patient_scores(pd.read_csv(out / "as_is" / "predictions.csv", dtype={"patient_id": str}),
                              first_t["name"], None)
         pf = _patient_scores(pd.read_csv(runs["fine-tuned"] / "predictions.csv", dtype={"patient_id": str}),

@@ -46,7 +46,9 @@ class TargetKind:
     - ``needs_time_grid``: federated sites histogram times on the shared grid (``time_max``);
     - ``pooled_auroc``: the federated evaluation carries score histograms, so the server
       can pool an AUROC (and select a round by it);
-    - ``metric_set``: the :data:`pathstrat.metrics.METRIC_SETS` entry of metrics.json.
+    - ``metric_set``: the :data:`pathstrat.metrics.METRIC_SETS` entry of metrics.json;
+    - ``primary_metric``: the metrics.json key that sums a head up (model comparisons such as
+      ``finetune``'s as-is / fine-tuned / from-scratch table).
     """
 
     name: ClassVar[str] = ""
@@ -57,13 +59,14 @@ class TargetKind:
     needs_time_grid: ClassVar[bool] = False
     pooled_auroc: ClassVar[bool] = False
     metric_set: ClassVar[str] = ""
+    primary_metric: ClassVar[str] = "auroc"
 
     # --- declaration -------------------------------------------------------------------------
     def check(self, spec: TargetSpec) -> None:
         """Validate (and complete) a freshly built spec; raises ConfigError."""
         if self.survival and not (spec.time_col and spec.event_col):
-            raise ConfigError(f"Survival target '{spec.name}' needs time_col and event_col "
-                              "(--time-col T --event-col E).")
+            raise ConfigError(f"Survival target '{spec.name}' needs `time_col` and `event_col` "
+                              "(the manifest's time and event columns).")
         if not self.survival and not spec.columns:
             spec.columns = [spec.name]
 
@@ -176,6 +179,7 @@ class SurvivalKind(TargetKind):
 
     survival = True
     metric_set = "survival"
+    primary_metric = "c_index"
     time_index: ClassVar[int] = 0
 
     def prediction_rows(self, spec, score, label):

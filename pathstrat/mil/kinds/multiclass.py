@@ -35,6 +35,7 @@ class Multiclass(TargetKind):
     name = "multiclass"
     categorical = True
     metric_set = "multiclass"
+    primary_metric = "accuracy"
 
     def n_outputs(self, spec):
         return len(spec.classes or [])

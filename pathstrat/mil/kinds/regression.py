@@ -23,6 +23,7 @@ class Regression(TargetKind):
 
     name = "regression"
     metric_set = "regression"
+    primary_metric = "pearson_r"
 
     def encode(self, spec, df, state):
         y = pd.to_numeric(df[spec.columns[0]], errors="coerce").to_numpy(float)
