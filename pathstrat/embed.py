@@ -271,10 +271,6 @@ def make_loader(ds: ChunkDataset, workers: int, prefetch: int = 4, pin_memory: b
 # cohort
 
 
-def _error(type_name: str, reason: str) -> Exception:
-    return type(type_name, (Exception,), {})(reason)
-
-
 def _prepare_jobs(df, tiles_dir: Path, feat_dir: Path, encoder, views: int, seed: int,
                   failures: FailureLog, overwrite: bool) -> tuple[list[SlideJob], list[str]]:
     from pathstrat.features import read_attrs
@@ -285,8 +281,8 @@ def _prepare_jobs(df, tiles_dir: Path, feat_dir: Path, encoder, views: int, seed
         sid, spath = str(row.slide_id), str(row.path)
         tpath = tiles_dir / f"{sid}.h5"
         if not tpath.is_file():
-            failures.add(sid, spath, _error("FileNotFoundError", f"no tiles file {tpath}; run "
-                                            "`pathstrat tile` for this slide first"))
+            failures.record(sid, spath, "FileNotFoundError", f"no tiles file {tpath}; run "
+                            "`pathstrat tile` for this slide first")
             continue
         try:
             ts = read_tiles(tpath)
@@ -476,7 +472,7 @@ def embed_on_devices(argv: list[str], devices: list[str], out_dir: str | os.Path
     for i in range(n):
         part = out / shard_failures_name((i, n))
         for row in read_failures(part):
-            failures.add(row["slide_id"], row["path"], _error(row["error_type"], row["reason"]))
+            failures.record(row["slide_id"], row["path"], row["error_type"], row["reason"])
         part.unlink(missing_ok=True)
     failures.write()
     hard = [c for c in codes if c not in (0, 3)]

@@ -523,7 +523,7 @@ def tile_cohort(manifest_df: Any, out_dir: str | os.PathLike, params: TilingPara
                 rows[sid] = res["row"]
                 bar.update(1, units=res["row"]["n_tiles"])
             else:
-                failures.add(sid, job["path"], _Failure(res["error_type"], res["reason"]))
+                failures.record(sid, job["path"], res["error_type"], res["reason"])
                 rows[sid] = {"slide_id": sid, "status": "failed"}
                 bar.update(1)
     failures.write()
@@ -535,11 +535,6 @@ def tile_cohort(manifest_df: Any, out_dir: str | os.PathLike, params: TilingPara
                                 n_skipped=int((qc["status"] == "skipped").sum()))
     log.info("tiling: %s", result.summary())
     return result
-
-
-def _Failure(error_type: str, reason: str) -> Exception:
-    """An exception named like the worker's error, so FailureLog records the real error type."""
-    return type(error_type, (Exception,), {})(reason)
 
 
 def _jobs(df: Any, out: Path, params: TilingParams, mpp: float | None,

@@ -170,14 +170,9 @@ def _record_outcomes(ctx: RunContext, stage: str, outcomes) -> int:
     flog = FailureLog(ctx.failures_path, stage)
     for o in outcomes:
         if not o.ok:
-            flog.add(o.slide_id, o.path, _named_error(o.error_type, o.reason))
+            flog.record(o.slide_id, o.path, o.error_type, o.reason)
     flog.write()
     return len(flog)
-
-
-def _named_error(error_type: str, reason: str) -> Exception:
-    """An exception named like the remote error, so FailureLog records the real error type."""
-    return type(error_type or "Error", (Exception,), {})(reason)
 
 
 def _failed_in(ctx: RunContext, stage: str) -> set[str]:
