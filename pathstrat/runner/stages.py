@@ -31,7 +31,7 @@ def _copy_failures(ctx: RunContext, src: Path, stage: str, slide_ids: set[str]) 
         return len(rows)
     flog = FailureLog(ctx.failures_path, stage)
     for r in rows:
-        flog.record(r["slide_id"], r.get("path", ""), r.get("error_type", ""), r.get("reason", ""))
+        flog.rows.append({k: r.get(k, "") for k in ("stage", "slide_id", "path", "error_type", "reason")})
     flog.write()
     return len(rows)
 
