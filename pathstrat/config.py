@@ -75,7 +75,7 @@ class TilingConfig(_Section):
 
 
 class EmbedConfig(_Section):
-    """Parameters of pathstrat.embed.embed_cohort."""
+    """Parameters of pathstrat.encoders.embed.embed_cohort."""
 
     encoder_id: str = Field("builtin", description="Encoder id from `pathstrat encoders list`.")
     weights: str | None = Field(None, description="Local weights file/dir, 'random' (tests only) or null = HF cache.")

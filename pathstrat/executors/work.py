@@ -87,7 +87,7 @@ class EmbedWork(SlideWork):
 
     def items(self, rows: Sequence[dict[str, Any]], n_workers: int) -> list[dict[str, Any]]:
         """The stage's shards: at most ``n_workers`` x ``shards_per_worker`` (Ray) or one per task."""
-        from pathstrat.embed import shard_slides
+        from pathstrat.encoders.embed import shard_slides
 
         if not rows:
             return []
@@ -99,7 +99,7 @@ class EmbedWork(SlideWork):
                  "slides": [(s, path[s]) for s in shard_slides(ids, (i, n))]} for i in range(n)]
 
     def run_item(self, item: dict[str, Any]) -> list[SlideOutcome]:
-        from pathstrat import embed
+        from pathstrat.encoders import embed
         from pathstrat.io import read_failures
 
         if not self._ready:

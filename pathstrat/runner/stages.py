@@ -69,7 +69,7 @@ def tiled_slides(ctx: RunContext):
 # -- embed -----------------------------------------------------------------------------------------
 
 def run_embed(ctx: RunContext) -> StageReport:
-    from pathstrat import embed
+    from pathstrat.encoders import embed
 
     e = ctx.cfg.embed
     df = tiled_slides(ctx)

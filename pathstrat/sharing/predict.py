@@ -114,7 +114,7 @@ def predict_package_from_slides(package: str | os.PathLike, manifest: str | os.P
     ``OUT/work``), then :func:`predict_package`. The encoder's weights must hash to the pinned
     sha256 (else refused before any slide is read)."""
     from pathstrat.cohort import load_manifest
-    from pathstrat.embed import embed_cohort
+    from pathstrat.encoders.embed import embed_cohort
     from pathstrat.encoders import build_encoder
     from pathstrat.errors import WeightsError
     from pathstrat.sharing.build import open_package
