@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pathstrat.errors import ConfigError, SchemaError
 from pathstrat.io import FailureLog, clean_stale_tmp, ensure_writable_dir, params_hash
@@ -31,6 +32,59 @@ log = logging.getLogger(__name__)
 
 EMBED_STAGE = "embed"
 AUGMENTATION = "hflip+vflip+rot90+HEStain(p=0.5)+ColorJitter(0.1,0.1,0.1,0.02,p=0.8)"
+
+
+class EmbedParams(BaseModel):
+    """Parameters of :func:`embed_cohort` (the pipeline's ``embed:`` section is built from it)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    encoder_id: str = Field("builtin", description="Encoder id from `pathstrat encoders list`.")
+    weights: str | None = Field(None, description="Local weights file/dir, 'random' (tests only) or null = HF cache.")
+    batch_size: int = Field(64, ge=1, description="Tiles per forward pass.")
+    workers: int = Field(2, ge=0, description="DataLoader workers reading tiles.")
+    device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
+    views: int = Field(0, ge=0, description="Augmented feature views stored per slide (0 = none).")
+    dtype: str | None = Field(None, description="Compute dtype (null = the encoder spec's).")
+    seed: int = Field(0, description="Seed of random init / augmented views.")
+
+    @field_validator("encoder_id")
+    @classmethod
+    def _registered(cls, v: str) -> str:
+        from pathstrat.encoders.spec import get_spec
+        from pathstrat.errors import UnknownNameError
+
+        try:
+            get_spec(v)
+        except UnknownNameError as exc:
+            raise ValueError(str(exc)) from None
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        kind, _, index = v.partition(":")
+        if kind not in ("auto", "cpu", "cuda", "mps") or (index and (kind != "cuda" or not index.isdigit())):
+            raise ValueError(f"device '{v}' is not 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
+        return v
+
+    @field_validator("dtype")
+    @classmethod
+    def _dtype(cls, v: str | None) -> str | None:
+        from pathstrat.encoders.spec import DTYPES
+
+        if v not in (None, "auto") and v not in DTYPES:
+            raise ValueError(f"dtype '{v}' is not one of {sorted(DTYPES)} (or 'auto')")
+        return v
+
+
+def check_params(**kw: Any) -> EmbedParams:
+    """:class:`EmbedParams` from keyword arguments; one :class:`ConfigError` naming each bad one."""
+    try:
+        return EmbedParams(**kw)
+    except ValidationError as exc:
+        raise ConfigError("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}"
+                                    for e in exc.errors())) from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -313,9 +367,8 @@ def embed_cohort(manifest_df, tiles_dir: str | os.PathLike, out_dir: str | os.Pa
     """
     from pathstrat.encoders import build_encoder
 
-    if batch_size < 1 or workers < 0 or views < 0:
-        raise ConfigError(f"batch_size ({batch_size}) must be >= 1, workers ({workers}) and "
-                          f"views ({views}) >= 0")
+    check_params(batch_size=batch_size, workers=workers, views=views, device=device, dtype=dtype,
+                 seed=seed)
     shard_t = parse_shard(shard)
     tiles_root = resolve_tiles_dir(tiles_dir)  # fail before building the encoder
     out = ensure_writable_dir(out_dir)
@@ -363,9 +416,14 @@ def _run(jobs: list[SlideJob], enc, batch_size: int, workers: int, views: int, s
             job = jobs[j]
             if j in dead:
                 continue
+            if item["error"] is not None:  # a loader worker failed to read the slide
+                dead.add(j)
+                parts.pop(j, None)
+                vparts.pop(j, None)
+                failures.record(job.slide_id, job.slide_path, *item["error"])
+                bar.update(1)
+                continue
             try:
-                if item["error"] is not None:
-                    raise _error(*item["error"])
                 parts.setdefault(j, []).append(_features(enc, item["tiles"]))
                 if views:
                     vparts.setdefault(j, []).append(

@@ -121,7 +121,7 @@ def build_package(run_dir: str | os.PathLike, out: str | os.PathLike, *, name: s
     from pathstrat import __version__
     from pathstrat.sharing.card import model_card
     from pathstrat.sharing.ood import fit_ood
-    from pathstrat.training.predict import load_run_spec
+    from pathstrat.training.inference import load_run_spec
 
     run, dest = Path(run_dir), Path(out)
     if not NAME.match(name):

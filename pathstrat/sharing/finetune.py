@@ -85,7 +85,7 @@ def finetune_package(package: str | os.PathLike, features_dir: str | os.PathLike
     from pathstrat.sharing.predict import check_provenance
     from pathstrat.training.cv import train_cv
     from pathstrat.training.data import resolve_features_dir
-    from pathstrat.training.predict import predict
+    from pathstrat.training.inference import predict
 
     out = ensure_writable_dir(out_dir)
     from pathstrat.cohort import load_manifest
