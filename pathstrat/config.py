@@ -197,42 +197,37 @@ class ReportConfig(_Section):
     seed: int = 0
 
 
-class SlurmConfig(_Section):
-    """Resources of the Slurm job arrays (submitit)."""
+def _executor_section() -> type[BaseModel]:
+    """The `executor:` section: ``kind`` plus each registered executor's own section.
 
-    partition: str | None = None
-    account: str | None = None
-    qos: str | None = None
-    time_min: int = Field(240, ge=1, description="Wall time of one array task, minutes.")
-    cpus_per_task: int = Field(4, ge=1)
-    gpus_per_task: int = Field(0, ge=0, description="GPUs per embedding task (tiling uses none).")
-    mem_gb: float = Field(16, gt=0)
-    train_gpus: int = Field(0, ge=0, description="GPUs of the dependent training job.")
-    max_array_tasks: int = Field(1000, ge=1, le=1000, description="Slides are grouped into at most this many tasks.")
-    array_parallelism: int = Field(256, ge=1, description="Tasks running at once (%N).")
-    retries: int = Field(1, ge=0, le=3, description="Resubmissions of failed array tasks.")
-    poll_s: float = Field(5.0, gt=0, description="Seconds between queue polls.")
-    log_dir: Path | None = Field(None, description="submitit folder (default <run>/slurm).")
-    setup: list[str] = Field(default_factory=list, description="Shell lines run before each task (module load ...).")
-    additional: dict[str, Any] = Field(default_factory=dict, description="Extra sbatch parameters.")
+    Built from the executor registry (:func:`pathstrat.executors.executor_classes`), so an
+    executor added as one module under ``pathstrat/executors/`` gets its ``executor.<name>:``
+    keys here without editing this file.
+    """
+    from pydantic import create_model
+
+    from pathstrat.executors import executor_classes
+
+    classes = executor_classes()
+    names = list(classes)
+
+    def _known(cls: type[BaseModel], v: str) -> str:
+        if v not in names:
+            close = difflib.get_close_matches(v, names, n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise ValueError(f"unknown executor '{v}'.{hint} Executors: {', '.join(names)}")
+        return v
+
+    sections = {name: (c.Config, Field(default_factory=c.Config)) for name, c in classes.items()
+                if c.Config is not None}
+    return create_model(
+        "ExecutorConfig", __base__=_Section,
+        __doc__="Where per-slide work (tile, embed) runs, and each executor's settings.",
+        __validators__={"_known": field_validator("kind")(_known)},
+        kind=(str, Field("local", description=f"Executor: {', '.join(names)}.")), **sections)
 
 
-class RayConfig(_Section):
-    """Resources of the Ray tasks/actors."""
-
-    address: str | None = Field(None, description="Cluster address ('auto', 'ray://host:10001') or null = local.")
-    num_cpus: float = Field(1, gt=0, description="CPUs per tiling task / embedding actor.")
-    num_gpus: float = Field(0, ge=0, description="GPUs per embedding actor.")
-    actors: int = Field(1, ge=1, description="Embedding actors (model loaded once per actor).")
-    local_num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray started by pathstrat.")
-
-
-class ExecutorConfig(_Section):
-    """Where per-slide work (tile, embed) runs."""
-
-    kind: Literal["local", "slurm", "ray"] = "local"
-    slurm: SlurmConfig = Field(default_factory=SlurmConfig)
-    ray: RayConfig = Field(default_factory=RayConfig)
+ExecutorConfig = _executor_section()
 
 
 class PipelineConfig(_Section):
@@ -352,7 +347,11 @@ def _resolve_paths(cfg: PipelineConfig, base: Path) -> None:
     cfg.cohort.manifest = res(cfg.cohort.manifest)
     if cfg.embed.weights not in (None, "random"):
         cfg.embed.weights = str(res(Path(cfg.embed.weights)))
-    cfg.executor.slurm.log_dir = res(cfg.executor.slurm.log_dir)
+    for name in type(cfg.executor).model_fields:  # executor folders (e.g. slurm.log_dir)
+        sec = getattr(cfg.executor, name)
+        for key, f in (type(sec).model_fields.items() if isinstance(sec, BaseModel) else ()):
+            if f.annotation in (Path, Path | None):
+                setattr(sec, key, res(getattr(sec, key)))
 
 
 def parse_value(text: str) -> Any:

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from pathstrat.errors import ConfigError, SchemaError
 from pathstrat.io import FailureLog, clean_stale_tmp, ensure_writable_dir, params_hash
+from pathstrat.layout import FeaturesLayout, resolve_tiles_dir
 
 log = logging.getLogger(__name__)
 
@@ -165,20 +166,6 @@ class EmbedResult:
     @property
     def tiles_per_s(self) -> float:
         return self.n_tiles / max(self.seconds, 1e-9)
-
-
-def resolve_tiles_dir(tiles_dir: str | os.PathLike) -> Path:
-    """Accept the tiling output folder (holding ``tiles/``) or the ``tiles/`` folder itself."""
-    d = Path(tiles_dir)
-    if not d.is_dir():
-        raise ConfigError(f"Tiles folder '{d}' does not exist. Pass the --out folder of "
-                          "`pathstrat tile` (holding tiles/<slide_id>.h5), or run `pathstrat tile` first.")
-    return d / "tiles" if (d / "tiles").is_dir() else d
-
-
-def shard_failures_name(shard: tuple[int, int] | None) -> str:
-    """``failures.csv``, or a per-shard file so concurrent array tasks never clobber it."""
-    return "failures.csv" if shard is None else f"failures.shard-{shard[0]}-of-{shard[1]}.csv"
 
 
 def _embed_hash(encoder, tile_attrs: dict[str, Any], n_tiles: int, views: int, seed: int) -> str:
@@ -374,11 +361,12 @@ def embed_cohort(manifest_df, tiles_dir: str | os.PathLike, out_dir: str | os.Pa
     out = ensure_writable_dir(out_dir)
     enc = encoder or build_encoder(encoder_id, weights=weights, device=device, dtype=dtype,
                                    seed=seed)
-    feat_dir = out / "features" / enc.spec.id
+    layout = FeaturesLayout(out, enc.spec.id)
+    feat_dir = layout.features_dir
     feat_dir.mkdir(parents=True, exist_ok=True)
     if shard_t is None:
         clean_stale_tmp(feat_dir)  # never while other shards may be writing
-    failures = FailureLog(out / shard_failures_name(shard_t), EMBED_STAGE)
+    failures = FailureLog(layout.failures(shard_t), EMBED_STAGE)
     ids = shard_slides([str(s) for s in manifest_df["slide_id"]], shard_t)
     df = manifest_df[manifest_df["slide_id"].astype(str).isin(set(ids))]
     jobs, skipped = _prepare_jobs(df, tiles_root, feat_dir, enc, views, seed,
@@ -525,10 +513,10 @@ def embed_on_devices(argv: list[str], devices: list[str], out_dir: str | os.Path
         log.info("embed shard %d/%d on %s: pid %d", i, n, "cpu" if dev == "cpu" else f"GPU {dev}",
                  procs[-1].pid)
     codes = [p.wait() for p in procs]
-    out = Path(out_dir)
-    failures = FailureLog(out / "failures.csv", EMBED_STAGE)
+    layout = FeaturesLayout(Path(out_dir), "")  # failures files only (any encoder)
+    failures = FailureLog(layout.failures(), EMBED_STAGE)
     for i in range(n):
-        part = out / shard_failures_name((i, n))
+        part = layout.failures((i, n))
         for row in read_failures(part):
             failures.record(row["slide_id"], row["path"], row["error_type"], row["reason"])
         part.unlink(missing_ok=True)

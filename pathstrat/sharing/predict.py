@@ -63,13 +63,13 @@ def predict_package(package: str | os.PathLike, features_dir: str | os.PathLike,
     usual ``metrics.json`` when the manifest has labels)."""
     from pathstrat.cohort import load_manifest
     from pathstrat.features import read_bag
+    from pathstrat.layout import resolve_features_dir
     from pathstrat.sharing.build import open_package
     from pathstrat.sharing.ood import OODModel, check_cohort
-    from pathstrat.training.data import resolve_features_dir
     from pathstrat.training.inference import predict
 
     df = manifest if isinstance(manifest, pd.DataFrame) else load_manifest(manifest, check_files=False)
-    fdir = resolve_features_dir(features_dir, df["slide_id"].astype(str).tolist())
+    fdir = resolve_features_dir(features_dir)
     out = Path(out_dir)
     with open_package(package, public_key=public_key, require_signature=require_signature) as (root, doc):
         check_provenance(doc, fdir, df["slide_id"].astype(str).tolist())
