@@ -191,3 +191,9 @@ def resolve_features_dir(features_dir: str | os.PathLike, encoder_id: str | None
                           f"({', '.join(p.name for p in subs)}); pass --features "
                           f"{base}/<encoder_id>.")
     return d
+
+
+def features_layout_of(features_dir: str | os.PathLike) -> FeaturesLayout:
+    """The layout a ``<root>/features/<encoder_id>`` folder belongs to."""
+    p = Path(features_dir)
+    return FeaturesLayout(p.parent.parent, p.name)
