@@ -79,8 +79,9 @@ def run_pipeline(cfg: PipelineConfig, *, executor: str | None = None, address: s
     ``failures.csv``). Library errors (bad config, unwritable output) raise before any work.
     """
     kind = executor or cfg.executor.kind
-    if address:
-        cfg.executor.ray.address = address
+    section = getattr(cfg.executor, kind, None)
+    if address and section is not None and "address" in type(section).model_fields:
+        section.address = address  # recorded in pipeline.yaml (e.g. the Ray cluster)
     run_dir = prepare_run_dir(cfg)
     unknown = [s for s in stages or [] if s not in STAGES]
     if unknown:
