@@ -45,7 +45,8 @@ class LocalExecutor(Executor):
     def map_slides(self, work: SlideWork, rows: Sequence[dict[str, Any]]) -> MapResult:
         items = work.items(rows, 1)
         outcomes: list[SlideOutcome] = []
-        with Progress(len(items), work.stage, unit="slide", sub_unit=work.sub_unit,
+        desc = work.verb if work.verb != "processing" else work.stage  # "tiling", as before
+        with Progress(len(items), desc, unit="slide", sub_unit=work.sub_unit,
                       enable_bar=None if self.progress else False) as bar:
             for got in self._run(work, items):
                 outcomes.extend(got)
