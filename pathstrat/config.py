@@ -51,82 +51,79 @@ class CohortConfig(_Section):
     check_files: bool = Field(True, description="Fail early when a slide file is missing (else recorded in failures.csv).")
 
 
-class TilingConfig(_Section):
-    """Parameters of pathstrat.tiling.TilingParams plus the worker count of tile_cohort."""
+def stage_section(name: str, params: type[BaseModel], doc: str, *, exclude: tuple[str, ...] = (),
+                  **extra: Any) -> type[BaseModel]:
+    """A config section built from a stage's own parameter class, so the two never drift.
 
-    target_mpp: float = Field(0.5, gt=0, description="Microns per pixel of the tiles.")
-    tile_px: int = Field(224, gt=0, description="Tile edge in pixels at target_mpp.")
-    overlap_px: int = Field(0, ge=0, description="Overlap between neighbouring tiles, pixels at target_mpp.")
-    min_tissue: float = Field(0.25, ge=0, le=1, description="Minimum tissue fraction a tile must cover.")
-    mask_mpp: float = Field(8.0, gt=0, description="Resolution of the tissue mask (µm/px).")
-    workers: int = Field(1, ge=1, description="Parallel slide workers on one machine.")
-
-    @model_validator(mode="after")
-    def _valid_tiling_params(self) -> TilingConfig:
-        """The tiling stage's own rules (e.g. overlap < tile) checked when the config loads, not
-        on every slide at stage time."""
-        from pathstrat.tiling import TilingParams
-
-        try:
-            TilingParams(**self.model_dump(exclude={"workers"}))
-        except ValidationError as exc:
-            raise ValueError("; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())) from None
-        return self
-
-
-class EmbedConfig(_Section):
-    """Parameters of pathstrat.embed.embed_cohort."""
-
-    encoder_id: str = Field("builtin", description="Encoder id from `pathstrat encoders list`.")
-    weights: str | None = Field(None, description="Local weights file/dir, 'random' (tests only) or null = HF cache.")
-    batch_size: int = Field(64, ge=1, description="Tiles per forward pass.")
-    workers: int = Field(2, ge=0, description="DataLoader workers reading tiles.")
-    device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
-    views: int = Field(0, ge=0, description="Augmented feature views stored per slide (0 = none).")
-    dtype: str | None = Field(None, description="Compute dtype (null = the encoder spec's).")
-    seed: int = Field(0, description="Seed of random init / augmented views.")
-
-    @field_validator("encoder_id")
-    @classmethod
-    def _registered(cls, v: str) -> str:
-        from pathstrat.encoders import get_spec
-        from pathstrat.errors import UnknownNameError
-
-        try:
-            get_spec(v)
-        except UnknownNameError as exc:
-            raise ValueError(str(exc)) from None
-        return v
-
-
-RUN_SPECIFIC_TRAIN_KEYS = ("features", "manifest", "out", "encoder_id")
-
-
-def _train_section() -> type[BaseModel]:
-    """The `train:` section: pathstrat.training's own TrainConfig minus the keys the runner sets.
-
-    Built from the training stage's schema so the two never drift: every `pathstrat train`
-    option is a `train:` key with the same name, type and default.
+    Every field of ``params`` (minus ``exclude``: keys the runner sets) is a key with the same
+    name, type, default and constraints; ``extra`` adds run-only keys (``name=(type, Field)``).
+    The class's cross-field rules (e.g. overlap < tile) run as well, when the config loads, so
+    an invalid value fails there with the section and field named, never on every slide at
+    stage time.
     """
     from pydantic import create_model
 
+    own = {k: (f.annotation, f) for k, f in params.model_fields.items() if k not in exclude}
+    keys = tuple(own)
+
+    def _stage_rules(self: BaseModel) -> BaseModel:
+        try:
+            params.model_validate({k: getattr(self, k) for k in keys}
+                                  | {k: "-" for k in exclude if params.model_fields[k].is_required()})
+        except ValidationError as exc:
+            raise ValueError("; ".join(
+                (f"{'.'.join(map(str, e['loc']))}: " if e["loc"] else "")
+                + e["msg"].removeprefix("Value error, ") for e in exc.errors())) from None
+        return self
+
+    validators: dict[str, Any] = {"_stage_rules": model_validator(mode="after")(_stage_rules)}
+    for vname, dec in params.__pydantic_decorators__.field_validators.items():
+        fields = [f for f in dec.info.fields if f in keys]
+        if fields:  # per-field rules report the field itself (e.g. embed.device)
+            validators[vname] = field_validator(*fields, mode=dec.info.mode)(staticmethod(getattr(params, vname)))
+    return create_model(name, __base__=_Section, __doc__=doc, __validators__=validators,
+                        **own, **extra)
+
+
+def _tiling_params() -> type[BaseModel]:
+    from pathstrat.tiling import TilingParams
+
+    return TilingParams
+
+
+def _embed_params() -> type[BaseModel]:
+    from pathstrat.encoders.embed import EmbedParams
+
+    return EmbedParams
+
+
+def _train_params() -> type[BaseModel]:
     from pathstrat.training.config import TrainConfig as StageTrainConfig
 
-    fields = {name: (f.annotation, f) for name, f in StageTrainConfig.model_fields.items()
-              if name not in RUN_SPECIFIC_TRAIN_KEYS}
-    return create_model("TrainConfig", __base__=_Section,
-                        __doc__="Parameters of pathstrat.train.train_cv (features, manifest, "
-                                "out and encoder_id are set by the runner).", **fields)
+    return StageTrainConfig
 
 
-TrainConfig = _train_section()
+TilingConfig = stage_section(
+    "TilingConfig", _tiling_params(),
+    "Parameters of pathstrat.tiling.TilingParams plus the worker count of tile_cohort.",
+    workers=(int, Field(1, ge=1, description="Parallel slide workers on one machine (the local "
+                        "pool executor).")))
+
+EmbedConfig = stage_section(
+    "EmbedConfig", _embed_params(),
+    "Parameters of pathstrat.encoders.embed.embed_cohort (pathstrat.encoders.embed.EmbedParams).")
+
+RUN_SPECIFIC_TRAIN_KEYS = ("features", "manifest", "out", "encoder_id")
+
+TrainConfig = stage_section(
+    "TrainConfig", _train_params(),
+    "Parameters of pathstrat.train.train_cv (features, manifest, out and encoder_id are set by "
+    "the runner).", exclude=RUN_SPECIFIC_TRAIN_KEYS)
 
 
 def stage_train_config(section: BaseModel, **run_keys: Any) -> Any:
     """The training stage's TrainConfig from the `train:` section plus run paths (validated)."""
-    from pathstrat.training.config import TrainConfig as StageTrainConfig
-
-    return StageTrainConfig(**section.model_dump(), **run_keys)
+    return _train_params()(**section.model_dump(), **run_keys)
 
 
 class StratifyConfig(_Section):
@@ -200,42 +197,37 @@ class ReportConfig(_Section):
     seed: int = 0
 
 
-class SlurmConfig(_Section):
-    """Resources of the Slurm job arrays (submitit)."""
+def _executor_section() -> type[BaseModel]:
+    """The `executor:` section: ``kind`` plus each registered executor's own section.
 
-    partition: str | None = None
-    account: str | None = None
-    qos: str | None = None
-    time_min: int = Field(240, ge=1, description="Wall time of one array task, minutes.")
-    cpus_per_task: int = Field(4, ge=1)
-    gpus_per_task: int = Field(0, ge=0, description="GPUs per embedding task (tiling uses none).")
-    mem_gb: float = Field(16, gt=0)
-    train_gpus: int = Field(0, ge=0, description="GPUs of the dependent training job.")
-    max_array_tasks: int = Field(1000, ge=1, le=1000, description="Slides are grouped into at most this many tasks.")
-    array_parallelism: int = Field(256, ge=1, description="Tasks running at once (%N).")
-    retries: int = Field(1, ge=0, le=3, description="Resubmissions of failed array tasks.")
-    poll_s: float = Field(5.0, gt=0, description="Seconds between queue polls.")
-    log_dir: Path | None = Field(None, description="submitit folder (default <run>/slurm).")
-    setup: list[str] = Field(default_factory=list, description="Shell lines run before each task (module load ...).")
-    additional: dict[str, Any] = Field(default_factory=dict, description="Extra sbatch parameters.")
+    Built from the executor registry (:func:`pathstrat.executors.executor_classes`), so an
+    executor added as one module under ``pathstrat/executors/`` gets its ``executor.<name>:``
+    keys here without editing this file.
+    """
+    from pydantic import create_model
+
+    from pathstrat.executors import executor_classes
+
+    classes = executor_classes()
+    names = list(classes)
+
+    def _known(cls: type[BaseModel], v: str) -> str:
+        if v not in names:
+            close = difflib.get_close_matches(v, names, n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise ValueError(f"unknown executor '{v}'.{hint} Executors: {', '.join(names)}")
+        return v
+
+    sections = {name: (c.Config, Field(default_factory=c.Config)) for name, c in classes.items()
+                if c.Config is not None}
+    return create_model(
+        "ExecutorConfig", __base__=_Section,
+        __doc__="Where per-slide work (tile, embed) runs, and each executor's settings.",
+        __validators__={"_known": field_validator("kind")(_known)},
+        kind=(str, Field("local", description=f"Executor: {', '.join(names)}.")), **sections)
 
 
-class RayConfig(_Section):
-    """Resources of the Ray tasks/actors."""
-
-    address: str | None = Field(None, description="Cluster address ('auto', 'ray://host:10001') or null = local.")
-    num_cpus: float = Field(1, gt=0, description="CPUs per tiling task / embedding actor.")
-    num_gpus: float = Field(0, ge=0, description="GPUs per embedding actor.")
-    actors: int = Field(1, ge=1, description="Embedding actors (model loaded once per actor).")
-    local_num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray started by pathstrat.")
-
-
-class ExecutorConfig(_Section):
-    """Where per-slide work (tile, embed) runs."""
-
-    kind: Literal["local", "slurm", "ray"] = "local"
-    slurm: SlurmConfig = Field(default_factory=SlurmConfig)
-    ray: RayConfig = Field(default_factory=RayConfig)
+ExecutorConfig = _executor_section()
 
 
 class PipelineConfig(_Section):
@@ -289,11 +281,6 @@ class PipelineConfig(_Section):
                     f"{name}.target '{sec.target}' is not among train.targets {self.train.targets}")
         if self.select is not None and self.select.enabled and self.select.target not in self.train.targets:
             raise ValueError(f"select.target '{self.select.target}' is not among train.targets {self.train.targets}")
-        try:  # the training stage's own validators (e.g. targets, folds), before any slide work
-            stage_train_config(self.train, features="-", manifest="-", out="-")
-        except ValidationError as exc:
-            raise ValueError("train: " + "; ".join(
-                f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None
         return self
 
     @property
@@ -360,7 +347,11 @@ def _resolve_paths(cfg: PipelineConfig, base: Path) -> None:
     cfg.cohort.manifest = res(cfg.cohort.manifest)
     if cfg.embed.weights not in (None, "random"):
         cfg.embed.weights = str(res(Path(cfg.embed.weights)))
-    cfg.executor.slurm.log_dir = res(cfg.executor.slurm.log_dir)
+    for name in type(cfg.executor).model_fields:  # executor folders (e.g. slurm.log_dir)
+        sec = getattr(cfg.executor, name)
+        for key, f in (type(sec).model_fields.items() if isinstance(sec, BaseModel) else ()):
+            if f.annotation in (Path, Path | None):
+                setattr(sec, key, res(getattr(sec, key)))
 
 
 def parse_value(text: str) -> Any:
@@ -438,7 +429,7 @@ def _format_errors(exc: ValidationError, source: str) -> str:
             lines.append(_unknown_key_msg(str(loc[-1]), known, ".".join(map(str, loc[:-1])), source))
         else:
             where = ".".join(map(str, loc)) or "(top level)"
-            lines.append(f"{source}: {where}: {err['msg']}")
+            lines.append(f"{source}: {where}: {err['msg'].removeprefix('Value error, ')}")
     return " ".join(lines)
 
 

@@ -256,16 +256,22 @@ class FailureLog:
         self._lock = threading.Lock()
 
     def add(self, slide_id: str, path: str | os.PathLike | None, exc: BaseException | str) -> None:
-        """Record one failed item with its error type and message."""
+        """Record one failed item from the exception it raised (or a plain reason string)."""
         if isinstance(exc, BaseException):
-            etype, reason = type(exc).__name__, str(exc) or repr(exc)
+            self.record(slide_id, path, type(exc).__name__, str(exc) or repr(exc))
         else:
-            etype, reason = "Error", str(exc)
+            self.record(slide_id, path, "Error", str(exc))
+
+    def record(self, slide_id: str, path: str | os.PathLike | None, error_type: str,
+               reason: str) -> None:
+        """Record one failed item by error type and reason (e.g. reported by a worker process or
+        a remote task, where only the exception's name and message survive)."""
         row = {"stage": self.stage, "slide_id": str(slide_id), "path": str(path or ""),
-               "error_type": etype, "reason": " ".join(reason.split())}
+               "error_type": error_type or "Error", "reason": " ".join(str(reason).split())}
         with self._lock:
             self.rows.append(row)
-        log.warning("%s failed for slide '%s': %s: %s", self.stage, slide_id, etype, row["reason"])
+        log.warning("%s failed for slide '%s': %s: %s", self.stage, slide_id, row["error_type"],
+                    row["reason"])
 
     def __len__(self) -> int:
         return len(self.rows)

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pathstrat.layout import FeaturesLayout
+
 TASKS = ("binary", "multiclass", "multilabel", "regression", "survival")
 ENCODER_ID = "synthetic"
 
@@ -60,7 +62,7 @@ def make_feature_cohort(out_dir: str | os.PathLike, n_patients: int = 60, dim: i
         raise ValueError(f"unknown tasks {sorted(unknown)}; choose from {TASKS}")
     rng = np.random.default_rng(seed)
     out = Path(out_dir)
-    fdir = out / "features" / encoder_id
+    fdir = FeaturesLayout(out, encoder_id).features_dir
     fdir.mkdir(parents=True, exist_ok=True)
     basis = np.linalg.qr(rng.standard_normal((dim, dim)))[0].T.astype(np.float32)
     dirs = {name: basis[i % dim] for i, name in enumerate(

@@ -14,11 +14,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +26,6 @@ from pathstrat.errors import (
     EmptyTissueError,
     PathstratError,
     SchemaError,
-    SlideReadError,
 )
 from pathstrat.io import (
     FailureLog,
@@ -42,6 +37,7 @@ from pathstrat.io import (
     write_dataframe_atomic,
     write_json_atomic,
 )
+from pathstrat.layout import TilesLayout
 
 log = logging.getLogger(__name__)
 
@@ -263,7 +259,7 @@ def tiles_file_reusable(path: str | os.PathLike, params: TilingParams, *, slide_
     if int(a.get("n_tiles", -1)) != len(ts):
         return "tile count does not match the file's attributes"
     sid = a.get("slide_id", p.stem)
-    qc = p.parent.parent / "qc"
+    qc = TilesLayout.of_tiles_file(p).qc_dir
     if not (qc / f"{sid}.png").is_file() or not (qc / f"{sid}.geojson").is_file():
         return "QC files missing"
     return None
@@ -273,7 +269,7 @@ def _stored_slide_path(tiles_file: Path, stored: str) -> Path:
     """A tiles file's ``slide_path`` attribute (relative to its run directory) as an absolute
     path; older files stored absolute paths."""
     p = Path(stored)
-    return p if p.is_absolute() else (tiles_file.resolve().parent.parent / p).resolve()
+    return p if p.is_absolute() else (TilesLayout.of_tiles_file(tiles_file.resolve()).root / p).resolve()
 
 
 FINGERPRINT_BLOCK = 1 << 16  # bytes hashed at each sampled offset
@@ -354,8 +350,8 @@ def tile_slide(slide_path: str | os.PathLike, out_dir: str | os.PathLike, params
     from pathstrat.slide import open_slide
 
     t0 = time.perf_counter()
-    out = Path(out_dir)
-    dest = out / "tiles" / f"{slide_id}.h5"
+    layout = TilesLayout(Path(out_dir))
+    dest = layout.tiles_file(slide_id)
     slide_path = str(Path(slide_path).resolve())
     override = None if mpp is None or (isinstance(mpp, float) and math.isnan(mpp)) else float(mpp)
     if not force and tiles_file_reusable(dest, params, slide_path=slide_path,
@@ -367,7 +363,7 @@ def tile_slide(slide_path: str | os.PathLike, out_dir: str | os.PathLike, params
         grid = compute_grid(slide, params, slide_id=slide_id)
         plan = slide.tile_read_plan(params.target_mpp, params.tile_px)
         tm = grid.tissue
-        _write_qc(out / "qc", slide_id, tm, grid)
+        _write_qc(layout.qc_dir, slide_id, tm, grid)
         seconds = time.perf_counter() - t0
         attrs = {
             **plan.attrs(),
@@ -381,7 +377,7 @@ def tile_slide(slide_path: str | os.PathLike, out_dir: str | os.PathLike, params
             "level0_width": int(slide.dimensions[0]),
             "level0_height": int(slide.dimensions[1]),
             "slide_id": slide_id,
-            "slide_path": os.path.relpath(slide_path, out.resolve()),  # no absolute paths in files
+            "slide_path": os.path.relpath(slide_path, layout.root.resolve()),  # no absolute paths in files
             "slide_fingerprint": slide_fingerprint(slide_path),
             "params_hash": params.hash(),
             "code_version": CODE_VERSION,
@@ -456,162 +452,78 @@ class CohortTilingResult:
 
     @property
     def qc_path(self) -> Path:
-        return self.out_dir / "qc.csv"
+        return TilesLayout(self.out_dir).qc_table
 
     @property
     def failures_path(self) -> Path:
-        return self.out_dir / "failures.csv"
+        return TilesLayout(self.out_dir).failures
 
     def summary(self) -> str:
         return (f"{self.n_slides} slides: {self.n_tiled} tiled, {self.n_skipped} skipped "
                 f"(already done), {self.n_failed} failed; {self.n_tiles} tiles")
 
 
-# Errors that mean "this slide cannot be tiled": recorded, the batch goes on.
-def _slide_errors() -> tuple[type[BaseException], ...]:
+def slide_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean "this slide cannot be tiled": recorded, the batch goes on."""
     import cv2
     import openslide
 
     return (PathstratError, OSError, openslide.OpenSlideError, cv2.error, MemoryError)
 
 
-def _tile_job(job: dict[str, Any]) -> dict[str, Any]:
-    """Worker body: tile one slide, turning slide errors into a failure record."""
-    try:
-        row = tile_slide(job["path"], job["out_dir"], TilingParams(**job["params"]),
-                         slide_id=job["slide_id"], mpp=job["mpp"], mpp_source=job["mpp_source"],
-                         force=job["force"], mpp_check=job.get("mpp_check", True))
-        return {"ok": True, "row": row}
-    except _slide_errors() as exc:
-        log.debug("slide %s failed", job["slide_id"], exc_info=True)
-        return {"ok": False, "error_type": type(exc).__name__, "reason": str(exc) or repr(exc)}
-
-
 def tile_cohort(manifest_df: Any, out_dir: str | os.PathLike, params: TilingParams | None = None,
                 workers: int = 1, *, mpp: float | None = None, force: bool = False,
-                progress: bool = True, mpp_override: bool = False) -> CohortTilingResult:
+                progress: bool = True, mpp_override: bool = False,
+                executor: Any = None) -> CohortTilingResult:
     """Tile every slide of a manifest; failures go to ``failures.csv`` and the batch goes on.
 
     ``manifest_df`` has ``slide_id``, ``path`` and optionally ``mpp`` (per-slide override);
     ``mpp`` here is the fallback for rows without one; a given MPP more than 2x from the file's
-    own fails that slide unless ``mpp_override``. ``workers > 1`` uses a process pool
-    (each worker opens its own slides). Writes ``qc.csv`` (one row per slide) atomically.
+    own fails that slide unless ``mpp_override``. The slides run on ``executor`` (default: the
+    local executor, a process pool of ``workers`` when > 1; each worker opens its own slides).
+    Writes ``qc.csv`` (one row per slide) atomically.
     """
     import pandas as pd
 
-    from pathstrat.progress import Progress
+    from pathstrat.executors.local import LocalExecutor
+    from pathstrat.executors.work import TileWork
 
     params = params or TilingParams()
+    for col in ("slide_id", "path"):
+        if col not in manifest_df.columns:
+            raise SchemaError(f"manifest has no '{col}' column; load it with "
+                              "pathstrat.cohort.load_manifest")
     out = ensure_writable_dir(out_dir)
-    for sub in ("tiles", "qc"):
-        (out / sub).mkdir(exist_ok=True)
-        n = clean_stale_tmp(out / sub)
+    layout = TilesLayout(out)
+    for sub in (layout.tiles_dir, layout.qc_dir):
+        sub.mkdir(exist_ok=True)
+        n = clean_stale_tmp(sub)
         if n:
-            log.info("removed %d stale temporary file(s) from %s", n, out / sub)
+            log.info("removed %d stale temporary file(s) from %s", n, sub)
     clean_stale_tmp(out)
-    failures = FailureLog(out / "failures.csv", STAGE)
-    jobs = _jobs(manifest_df, out, params, mpp, force)
-    for job in jobs:
-        job["mpp_check"] = not mpp_override
-    rows: dict[str, dict[str, Any]] = {}
-    bar = Progress(len(jobs), "tiling", unit="slide", sub_unit="tile",
-                   enable_bar=None if progress else False)
-    with bar:
-        for job, res in _run_jobs(jobs, workers):
-            sid = job["slide_id"]
-            if res["ok"]:
-                rows[sid] = res["row"]
-                bar.update(1, units=res["row"]["n_tiles"])
-            else:
-                failures.add(sid, job["path"], _Failure(res["error_type"], res["reason"]))
-                rows[sid] = {"slide_id": sid, "status": "failed"}
-                bar.update(1)
+    failures = FailureLog(layout.failures, STAGE)
+    work = TileWork(out, params.model_dump(), force=force, mpp=mpp, mpp_check=not mpp_override,
+                    processes=workers)
+    rows = [{"slide_id": str(r["slide_id"]), "path": str(r["path"]),
+             "mpp": r.get("mpp")} for r in manifest_df.to_dict("records")]
+    ex = executor if executor is not None else LocalExecutor(progress=progress)
+    qc_rows: dict[str, dict[str, Any]] = {}
+    for o in ex.map_slides(work, rows).outcomes:
+        if o.ok and o.result is not None:
+            qc_rows[o.slide_id] = o.result
+        else:
+            failures.record(o.slide_id, o.path, o.error_type, o.reason)
+            qc_rows[o.slide_id] = {"slide_id": o.slide_id, "status": "failed"}
     failures.write()
-    qc = pd.DataFrame([rows[j["slide_id"]] for j in jobs], columns=list(QC_COLUMNS))
+    qc = pd.DataFrame([qc_rows[r["slide_id"]] for r in rows if r["slide_id"] in qc_rows],
+                      columns=list(QC_COLUMNS))
     qc = qc.astype({"n_tiles": "Int64", "read_level": "Int64"})
-    write_dataframe_atomic(out / "qc.csv", qc)
+    write_dataframe_atomic(layout.qc_table, qc)
     result = CohortTilingResult(out, qc, list(failures.rows),
                                 n_tiled=int((qc["status"] == "tiled").sum()),
                                 n_skipped=int((qc["status"] == "skipped").sum()))
     log.info("tiling: %s", result.summary())
     return result
-
-
-def _Failure(error_type: str, reason: str) -> Exception:
-    """An exception named like the worker's error, so FailureLog records the real error type."""
-    return type(error_type, (Exception,), {})(reason)
-
-
-def _jobs(df: Any, out: Path, params: TilingParams, mpp: float | None,
-          force: bool) -> list[dict[str, Any]]:
-    for col in ("slide_id", "path"):
-        if col not in df.columns:
-            raise SchemaError(f"manifest has no '{col}' column; load it with "
-                              "pathstrat.cohort.load_manifest")
-    has_mpp = "mpp" in df.columns
-    jobs = []
-    for i, row in enumerate(df.itertuples(index=False)):
-        row_mpp = float(row.mpp) if has_mpp else float("nan")
-        use_manifest = not math.isnan(row_mpp)
-        jobs.append({
-            "index": i, "slide_id": str(row.slide_id), "path": str(row.path),
-            "out_dir": str(out), "params": params.model_dump(), "force": force,
-            "mpp": row_mpp if use_manifest else mpp,
-            "mpp_source": "manifest" if use_manifest else "override",
-        })
-    return jobs
-
-
-def _run_jobs(jobs: list[dict[str, Any]], workers: int, fn: Callable | None = None):
-    """Yield (job, result) as slides finish, in a process pool when ``workers > 1``."""
-    fn = fn or _tile_job
-    missing = [j for j in jobs if not Path(j["path"]).is_file()]
-    for j in missing:
-        yield j, {"ok": False, "error_type": SlideReadError.__name__,
-                  "reason": f"Slide file '{j['path']}' does not exist (or is not a file). Fix the "
-                            "manifest `path` column (relative paths resolve against the "
-                            "manifest's folder) or remove the row."}
-    todo = [j for j in jobs if Path(j["path"]).is_file()]
-    if workers <= 1 or len(todo) <= 1:
-        for j in todo:
-            yield j, fn(j)
-        return
-    yield from _run_pool(todo, workers, fn)
-
-
-def _run_pool(todo: list[dict[str, Any]], workers: int, fn: Callable):
-    """Process pool that survives a worker crash (e.g. a decoder segfault on a corrupt slide).
-
-    Slides in flight when a worker dies are retried once in a new pool; slides that break the
-    pool again run one per process, so only the slide that really crashes is recorded.
-    """
-    pending = todo
-    for round_ in range(3):
-        isolate = round_ == 2
-        broken: list[dict[str, Any]] = []
-        groups = [[j] for j in pending] if isolate else [pending]
-        for group in groups:
-            n = 1 if isolate else min(workers, len(group))
-            with ProcessPoolExecutor(max_workers=n, mp_context=get_context("spawn")) as pool:
-                futures = {pool.submit(fn, j): j for j in group}
-                for fut in as_completed(futures):
-                    try:
-                        res = fut.result()
-                    except BrokenProcessPool:
-                        broken.append(futures[fut])
-                        continue
-                    yield futures[fut], res
-        if broken:
-            log.warning("a tiling worker process died; %d slide(s) to retry%s", len(broken),
-                        " one per process" if round_ == 1 else "")
-        pending = broken
-        if not pending:
-            return
-    for j in pending:
-        yield j, {"ok": False, "error_type": "WorkerCrashed",
-                  "reason": f"the worker process died while tiling slide '{j['slide_id']}' "
-                            "(a crash in the slide decoder, or out of memory). Check the file with "
-                            "`pathstrat info` or re-export it; lower --workers if memory is short."}
 
 
 def _same_float(a: Any, b: float | None) -> bool:

@@ -79,7 +79,7 @@ def _naive(enc, df, tiles_dir: Path, limit: int) -> float:
 
 
 def _end_to_end(enc, df, tiling: Path, out: Path, batch: int, workers: int) -> tuple[float, int]:
-    from pathstrat.embed import embed_cohort
+    from pathstrat.encoders.embed import embed_cohort
 
     res = embed_cohort(df, tiling, out, enc.spec.id, batch_size=batch, workers=workers,
                        encoder=enc, overwrite=True)

@@ -89,7 +89,7 @@ def main() -> None:
     import torch
 
     from pathstrat.features import read_bag
-    from pathstrat.training.predict import load_fold_model, load_run_spec
+    from pathstrat.training.inference import load_fold_model, load_run_spec
 
     spec = load_run_spec(pkg)
     models = [load_fold_model(pkg, f, spec) for f in spec["folds"]]

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pathstrat.executors.base import SlideWork
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # Keep each test process light on a 2-core machine and never touch the network hub.
@@ -114,8 +116,15 @@ def synthetic_pen_slide(tmp_path_factory):
     return make_slide(path, width=2400, height=1800, mpp=0.5, seed=3, pen=2)
 
 
-def crash_on_slide_c(job: dict) -> dict:
-    """Tiling-worker stand-in (test_tiling): dies like a segfaulting decoder on slide 'c'."""
-    if job["slide_id"] == "c":
-        os._exit(139)
-    return {"ok": True, "row": {"slide_id": job["slide_id"], "n_tiles": 1}}
+class CrashOnSlideC(SlideWork):
+    """Per-slide work (test_tiling) that dies like a segfaulting decoder on slide 'c'; defined
+    in this light module so spawned pool workers import it quickly."""
+
+    stage = "tile"
+    verb = "tiling"
+    processes = 2
+
+    def process(self, row: dict) -> dict:
+        if row["slide_id"] == "c":
+            os._exit(139)
+        return {"slide_id": row["slide_id"], "n_tiles": 1}

@@ -480,7 +480,7 @@ def test_report_has_no_absolute_paths(cohort, tmp_path):
 
 
 def test_feature_and_tile_files_hold_no_absolute_paths(tmp_path, aperio_tiff):
-    from pathstrat.embed import embed_cohort
+    from pathstrat.encoders.embed import embed_cohort
     from pathstrat.features import read_attrs
     from pathstrat.tiling import TilingParams, read_tiles, tile_cohort
 

@@ -140,3 +140,59 @@ def test_unknown_encoder_and_train_values_fail_before_any_work(tmp_path: Path):
         load_config(_write(tmp_path, MINIMAL), ["train.folds=0"])
     with pytest.raises(ConfigError, match="Did you mean 'train.patience'"):
         load_config(_write(tmp_path, MINIMAL), ["train.patiance=3"])
+
+
+def test_config_schema_and_yaml_load_without_torch(tmp_path: Path):
+    """`import pathstrat.config` and loading a YAML config never import torch (fast, GPU-free
+    validation on a login node); the training schema comes from the torch-free
+    pathstrat.training.config."""
+    import subprocess
+    import sys
+
+    cfg = _write(tmp_path, {**MINIMAL, "train": {"targets": ["responder", "survival"], "folds": 3}})
+    code = ("import sys\nimport pathstrat.config as c\nassert 'torch' not in sys.modules, 'on import'\n"
+            f"cfg = c.load_config({str(cfg)!r})\nassert cfg.train.folds == 3\n"
+            "print('torch' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("override,field,needle", [
+    ("tiling.overlap_px=224", "tiling", "overlap_px (224) must be smaller than tile_px (224)"),
+    ("tiling.tile_px=4", "tiling.tile_px", "greater than or equal to 8"),  # TilingParams' own bound
+    ("embed.device=gpu", "embed.device", "device 'gpu'"),
+    ("embed.dtype=fp8", "embed.dtype", "dtype 'fp8'"),
+    ("embed.batch_size=0", "embed.batch_size", "greater than or equal to 1"),
+    ("train.folds=0", "train.folds", "must be >= 1"),
+    ("train.targets=[]", "train.targets", "at least one --target"),
+])
+def test_invalid_stage_value_is_one_error_line_at_load(tmp_path: Path, capsys, override, field, needle):
+    """A value the stage would reject fails `pathstrat run` when the config loads: exit 2, one
+    `error:` line naming the field, and nothing run (no run directory)."""
+    from pathstrat.cli import main
+
+    data = {**MINIMAL, "out_dir": str(tmp_path / "run")}
+    rc = main(["run", str(_write(tmp_path, data)), "--set", override])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert len(err) == 1 and err[0].startswith("error: ") and "Traceback" not in err[0]
+    assert f": {field}: " in err[0] and needle in err[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_stage_sections_are_built_from_the_stage_parameter_classes():
+    """Every key, default and bound of the stage's parameter class is in its config section."""
+    from pathstrat.config import RUN_SPECIFIC_TRAIN_KEYS, EmbedConfig, TilingConfig, TrainConfig
+    from pathstrat.encoders.embed import EmbedParams
+    from pathstrat.tiling import TilingParams
+    from pathstrat.training.config import TrainConfig as StageTrainConfig
+
+    for section, params, run_keys in ((TilingConfig, TilingParams, ()), (EmbedConfig, EmbedParams, ()),
+                                      (TrainConfig, StageTrainConfig, RUN_SPECIFIC_TRAIN_KEYS)):
+        want = {k: (f.annotation, f.default, tuple(map(repr, f.metadata)))
+                for k, f in params.model_fields.items() if k not in run_keys}
+        got = {k: (f.annotation, f.default, tuple(map(repr, f.metadata)))
+               for k, f in section.model_fields.items() if k in want}
+        assert got == want
+    assert set(TilingConfig.model_fields) - set(TilingParams.model_fields) == {"workers"}

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from pathstrat import encoders as E
-from pathstrat.embed import embed_cohort, parse_shard, shard_slides
+from pathstrat.encoders.embed import embed_cohort, parse_shard, shard_slides
 from pathstrat.errors import ConfigError
 from pathstrat.features import FEATURES_SCHEMA, read_bag
 from pathstrat.io import read_failures, sha256_file
@@ -222,7 +222,7 @@ def test_gpus_runs_one_process_per_device_and_matches_a_single_process(cohort, t
     """--gpus with CPU processes standing in for devices: every slide embedded once, features
     identical to one process, one merged failures.csv (the missing slide), no per-shard files."""
     from pathstrat.cli import main
-    from pathstrat.embed import parse_devices
+    from pathstrat.encoders.embed import parse_devices
 
     root, df = cohort
     man = tmp_path / "m.csv"

@@ -119,10 +119,74 @@ def test_chunk_rows_bounds_and_balance():
     assert chunk_rows([], 10) == []
 
 
-def test_local_executor_matches_tile_cohort(cohort, local_tiles, tmp_path):
-    res = LocalExecutor().map_slides(TileWork(tmp_path, PARAMS), cohort)
+def test_local_pool_matches_serial_and_isolates_failing_slides(cohort, local_tiles, tmp_path):
+    """The local executor's process pool (tiling.workers > 1) writes the same tiles files and
+    outcomes as the serial run; the corrupt and the missing slide fail alone."""
+    serial = LocalExecutor(progress=False).map_slides(TileWork(tmp_path / "a", PARAMS), cohort)
+    pooled = LocalExecutor(progress=False).map_slides(TileWork(tmp_path / "b", PARAMS, processes=2), cohort)
+    for res in (serial, pooled):
+        _check_outcomes(res, cohort)
+    _assert_same_tiles(local_tiles, tmp_path / "a", ["s0", "s1", "s2"])
+    _assert_same_tiles(tmp_path / "a", tmp_path / "b", ["s0", "s1", "s2"])
+    key = lambda res: sorted((o.slide_id, o.ok, o.error_type, o.reason) for o in res.outcomes)  # noqa: E731
+    assert key(serial) == key(pooled)
+    qc = lambda res: {o.slide_id: {k: v for k, v in o.result.items() if k != "seconds"}  # noqa: E731
+                      for o in res.outcomes if o.ok}
+    assert qc(serial) == qc(pooled)
+
+
+# ------------------------------------------------------------------ the executor matrix (registry)
+
+def _executor_params() -> list:
+    """Every registered executor; engines that need a cluster carry their marker."""
+    from pathstrat.executors import executor_classes
+
+    return [pytest.param(k, marks=getattr(pytest.mark, k)) if k in ("slurm", "ray") else k
+            for k in executor_classes()]
+
+
+def _build_executor(kind: str, request, tmp_path: Path):
+    """An executor of ``kind`` for the tests: engines get their cluster fixture, any other
+    executor is built from its config section's defaults (so a new one is tested unchanged)."""
+    from pathstrat.executors import make_executor
+
+    if kind == "slurm":
+        request.getfixturevalue("slurm")
+        return _slurm_executor(tmp_path, max_array_tasks=2)
+    if kind == "ray":
+        return request.getfixturevalue("ray_executor")
+    return make_executor(kind)
+
+
+@pytest.mark.parametrize("kind", _executor_params())
+def test_every_executor_tiles_like_tile_cohort(kind, request, cohort, local_tiles, tmp_path):
+    """Each executor of the registry runs the tiling stage's own function: same files and
+    the same per-slide outcomes (bad slides failed, named) as the local ``tile_cohort``."""
+    ex = _build_executor(kind, request, tmp_path)
+    res = ex.map_slides(TileWork(tmp_path / "out", PARAMS), cohort)
     _check_outcomes(res, cohort)
-    _assert_same_tiles(local_tiles, tmp_path, ["s0", "s1", "s2"])
+    _assert_same_tiles(local_tiles, tmp_path / "out", ["s0", "s1", "s2"])
+
+
+@pytest.mark.parametrize("kind", _executor_params())
+def test_every_executor_builds_from_its_config_section(kind, tmp_path):
+    """``executor.<kind>:`` is the executor's own section (defaults load; unknown keys fail)."""
+    from pathstrat.config import ExecutorConfig, validate_config
+    from pathstrat.errors import ConfigError
+    from pathstrat.executors import EXECUTORS
+
+    cls = EXECUTORS.get(kind)
+    raw = {"out_dir": str(tmp_path), "cohort": {"manifest": "m.csv"},
+           "train": {"targets": ["y"]}, "executor": {"kind": kind}}
+    cfg = validate_config(raw)
+    assert cfg.executor.kind == kind
+    if cls.Config is not None:
+        assert isinstance(getattr(cfg.executor, kind), cls.Config)
+        assert set(ExecutorConfig.model_fields[kind].annotation.model_fields) == set(cls.Config.model_fields)
+        with pytest.raises(ConfigError, match=f"unknown key 'executor.{kind}.no_such_key'"):
+            validate_config({**raw, "executor": {"kind": kind, kind: {"no_such_key": 1}}})
+    else:
+        assert kind not in ExecutorConfig.model_fields
 
 
 # ---------------------------------------------------------------------------------------- Slurm
@@ -203,13 +267,6 @@ def ray_executor():
     _by_value()
     with RayExecutor(local_num_cpus=2, num_cpus=1, actors=2) as ex:
         yield ex
-
-
-@pytest.mark.ray
-def test_ray_tiles_identical_to_local(ray_executor, cohort, local_tiles, tmp_path):
-    res = ray_executor.map_slides(TileWork(tmp_path, PARAMS), cohort)
-    _check_outcomes(res, cohort)
-    _assert_same_tiles(local_tiles, tmp_path, ["s0", "s1", "s2"])
 
 
 @pytest.mark.ray

@@ -274,7 +274,7 @@ def test_global_checkpoint_works_with_predict_and_report(federation, cohort, tmp
     from sklearn.metrics import roc_auc_score
 
     from pathstrat.report import build_report
-    from pathstrat.training.predict import predict
+    from pathstrat.training.inference import predict
 
     summary, out, sites = federation
     fdir, man, _ = cohort

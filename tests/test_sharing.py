@@ -329,7 +329,7 @@ def test_finetune_beats_the_package_on_a_shifted_partner_cohort(world, tmp_path,
 def test_predict_from_slides_as_pinned_equals_the_sponsors_run(tmp_path):
     """train -> package -> predict from the slides of a second generated cohort (tiled and embedded
     by the package's pins) equals tiling, embedding and predicting with the original run."""
-    from pathstrat.embed import embed_cohort
+    from pathstrat.encoders.embed import embed_cohort
     from pathstrat.synthetic import make_slide
     from pathstrat.tiling import TilingParams, tile_cohort
 

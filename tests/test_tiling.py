@@ -487,15 +487,16 @@ def test_empty_tissue_error_when_no_tile_reaches_min_tissue(gen_dir):
 
 @pytest.mark.slow
 def test_worker_crash_fails_only_that_slide(gen_dir):
-    from conftest import crash_on_slide_c  # a light module: spawned workers import it quickly
+    from conftest import CrashOnSlideC  # a light module: spawned workers import it quickly
 
-    from pathstrat.tiling import _run_jobs
+    from pathstrat.executors.local import LocalExecutor
 
-    jobs = [{"slide_id": s, "path": str(gen_dir / "ellipse.svs")} for s in "abcde"]
-    out = {j["slide_id"]: r for j, r in _run_jobs(jobs, 2, crash_on_slide_c)}
+    rows = [{"slide_id": s, "path": str(gen_dir / "ellipse.svs")} for s in "abcde"]
+    out = {o.slide_id: o for o in LocalExecutor(progress=False).map_slides(CrashOnSlideC(), rows).outcomes}
     assert sorted(out) == list("abcde")
-    assert out["c"]["ok"] is False and out["c"]["error_type"] == "WorkerCrashed"
-    assert all(out[s]["ok"] for s in "abde")
+    assert out["c"].ok is False and out["c"].error_type == "WorkerCrashed"
+    assert "while tiling slide 'c'" in out["c"].reason
+    assert all(out[s].ok and out[s].result["n_tiles"] == 1 for s in "abde")
 
 
 def test_slide_replaced_at_the_same_path_is_retiled(gen_dir, tmp_path):

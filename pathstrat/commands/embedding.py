@@ -32,7 +32,7 @@ def embed(
 ) -> None:
     """Embed the tiles of every slide with a registered encoder (resumable, shardable)."""
     from pathstrat.cohort import load_manifest
-    from pathstrat.embed import embed_cohort, embed_on_devices, parse_devices
+    from pathstrat.encoders.embed import embed_cohort, embed_on_devices, parse_devices
     from pathstrat.errors import ConfigError
 
     if gpus is not None:

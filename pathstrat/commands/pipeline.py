@@ -14,7 +14,7 @@ def register(app: typer.Typer) -> None:
     def run_cmd(
         config: Path = typer.Argument(..., help="Pipeline YAML (see configs/example_cohort.yaml)."),
         set_: list[str] = typer.Option([], "--set", help="Override a key: --set train.folds=3 (repeatable)."),
-        executor: str = typer.Option(None, "--executor", help="local | slurm | ray (default: config)."),
+        executor: str = typer.Option(None, "--executor", help="local | slurm | ray, or another registered executor (default: config)."),
         address: str = typer.Option(None, "--address", help="Ray cluster address (with --executor ray)."),
         stage: list[str] = typer.Option([], "--stage", help="Run only these stages (repeatable)."),
         force: bool = typer.Option(False, "--overwrite", "--force", help="Rerun stages even when outputs match (--force: the old name)."),
@@ -24,8 +24,12 @@ def register(app: typer.Typer) -> None:
         from pathstrat.errors import ConfigError
         from pathstrat.runner import run_pipeline
 
-        if executor is not None and executor not in ("local", "slurm", "ray"):
-            raise ConfigError(f"--executor must be local, slurm or ray, not '{executor}'")
+        if executor is not None:
+            from pathstrat.executors import load_executors
+
+            names = load_executors()
+            if executor not in names:
+                raise ConfigError(f"--executor must be one of {', '.join(names)}, not '{executor}'")
         cfg = load_config(config, set_)
         summary = run_pipeline(cfg, executor=executor, address=address, stages=stage or None, force=force)
         _print_summary(summary)

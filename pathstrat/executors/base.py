@@ -2,8 +2,13 @@
 
 A :class:`SlideWork` wraps the stage's own per-slide function (tile one slide, embed one
 slide), so every executor produces the same files; the executor only decides where the
-calls run (this process, Slurm array tasks, Ray tasks/actors) and collects one
-:class:`SlideOutcome` per slide. Executors are thin layers over existing engines.
+calls run (this process or a local process pool, Slurm array tasks, Ray tasks/actors) and
+collects one :class:`SlideOutcome` per slide. Executors are thin layers over existing engines.
+
+An executor registers itself in :data:`EXECUTORS` under its ``name``, declares its config
+section (``Config``: the ``executor.<name>:`` keys, or None) and builds itself from it
+(:meth:`Executor.from_config`); :meth:`Executor.run_stages` lets a scheduler with job
+dependencies (Slurm) run the stages after the per-slide ones as a dependent job.
 """
 
 from __future__ import annotations
@@ -13,9 +18,14 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
 
 from pathstrat.registry import Registry
+
+if TYPE_CHECKING:
+    from pathstrat.layout import RunLayout
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +56,24 @@ class SlideWork(abc.ABC):
     """A picklable per-slide job: ``setup`` once per process/actor, then ``process`` per slide.
 
     ``__call__(rows)`` runs a chunk of manifest rows and never raises for a slide's own
-    failure: the exception becomes a failed :class:`SlideOutcome` and the chunk goes on.
+    failure (an exception of :meth:`slide_errors`): it becomes a failed :class:`SlideOutcome`
+    and the chunk goes on. ``processes`` is how many slides may run at once in separate
+    processes of one machine (the local executor's pool size; 1 = in this process).
     """
 
     stage: str = "stage"
     resources: Resources = Resources()
+    processes: int = 1
+    sub_unit: str | None = None  # what progress counts inside a slide (e.g. "tile")
+    verb: str = "processing"  # for messages: "the worker process died while <verb> slide ..."
+
+    def slide_errors(self) -> tuple[type[BaseException], ...]:
+        """Exceptions that mean "this slide failed" (recorded); others are bugs and propagate."""
+        return (Exception,)
+
+    def progress_units(self, outcome: SlideOutcome) -> int:
+        """Sub-units (e.g. tiles) an outcome adds to the progress line."""
+        return 0
 
     def __init__(self) -> None:
         self._ready = False
@@ -71,8 +94,9 @@ class SlideWork(abc.ABC):
         sid, path = str(row["slide_id"]), str(row.get("path", ""))
         try:
             res = self.process(row)
-        except Exception as exc:  # noqa: BLE001 - per-slide isolation: record and go on
-            log.warning("%s failed for slide '%s': %s: %s", self.stage, sid, type(exc).__name__, exc)
+        except self.slide_errors() as exc:  # per-slide isolation: record and go on
+            # logged as a warning where the outcome is recorded (FailureLog), with the traceback here
+            log.debug("%s failed for slide '%s'", self.stage, sid, exc_info=True)
             return SlideOutcome(sid, path, False, None, type(exc).__name__, " ".join(str(exc).split()),
                                 time.perf_counter() - t0)
         return SlideOutcome(sid, path, True, res, seconds=time.perf_counter() - t0)
@@ -130,10 +154,34 @@ class MapResult:
     retried_tasks: int = 0
 
 
+class ExecutorSection(BaseModel):
+    """Base of an executor's config section (``executor.<name>:``): unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
 class Executor(abc.ABC):
     """Runs per-slide work over manifest rows and, optionally, a follow-up job after it."""
 
     name: str = "executor"
+    #: the executor's config section (``executor.<name>:``), or None when it takes no settings
+    Config: ClassVar[type[ExecutorSection] | None] = None
+
+    @classmethod
+    def from_config(cls, section: ExecutorSection | None, layout: RunLayout | None = None) -> Executor:
+        """Build from the executor's own config section (``layout``: the run's folders)."""
+        return cls(**(section.model_dump() if section is not None else {}))
+
+    def run_stages(self, names: Sequence[str], run_stage: Callable[[str], Any],
+                   follow_up: Callable[[list[str]], Callable[[], list[Any]]]) -> list[Any]:
+        """Run the pipeline stages ``names`` in order; return their reports.
+
+        ``run_stage(name)`` runs one stage here; ``follow_up(names)`` is a picklable callable
+        running those stages on whatever node calls it (returning their reports). The default
+        runs everything here; a scheduler with job dependencies submits the stages after the
+        per-slide ones as a dependent job instead.
+        """
+        return [run_stage(n) for n in names]
 
     @abc.abstractmethod
     def map_slides(self, work: SlideWork, rows: Sequence[dict[str, Any]]) -> MapResult:
@@ -159,7 +207,7 @@ class Executor(abc.ABC):
         self.close()
 
 
-EXECUTORS: Registry[Callable[..., Executor]] = Registry("executor")
+EXECUTORS: Registry[type[Executor]] = Registry("executor")
 
 
 def failed_outcomes(work: SlideWork, items: Sequence[dict[str, Any]], error_type: str,

@@ -13,10 +13,13 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from pydantic import Field
+
 from pathstrat.errors import import_optional
 from pathstrat.executors.base import (
     EXECUTORS,
     Executor,
+    ExecutorSection,
     MapResult,
     SlideOutcome,
     SlideWork,
@@ -41,16 +44,32 @@ class _SlideActor:
         return self.work.run_item(item)
 
 
+class RayConfig(ExecutorSection):
+    """Resources of the Ray tasks/actors."""
+
+    address: str | None = Field(None, description="Cluster address ('auto', 'ray://host:10001') or null = local.")
+    num_cpus: float = Field(1, gt=0, description="CPUs per tiling task / embedding actor.")
+    num_gpus: float = Field(0, ge=0, description="GPUs per embedding actor.")
+    actors: int = Field(1, ge=1, description="Embedding actors (model loaded once per actor).")
+    local_num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray started by pathstrat.")
+
+
 class RayExecutor(Executor):
-    """Connects to (or starts) Ray and maps slides over a pool of actors."""
+    """Connects to (or starts) Ray on first use and maps slides over a pool of actors."""
 
     name = "ray"
+    Config = RayConfig
 
     def __init__(self, *, address: str | None = None, num_cpus: float = 1, num_gpus: float = 0,
                  actors: int = 1, local_num_cpus: int | None = None, **_: Any) -> None:
         self.ray = import_optional("ray", "ray", "the Ray executor")
         self.num_cpus, self.num_gpus, self.actors = num_cpus, num_gpus, actors
+        self.address, self.local_num_cpus = address, local_num_cpus
         self._started = False
+
+    def _connect(self) -> None:
+        """Join the cluster (or start a local Ray) unless this process already did."""
+        address, local_num_cpus = self.address, self.local_num_cpus
         if not self.ray.is_initialized():
             kw: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False,
                                       configure_logging=False)
@@ -74,6 +93,7 @@ class RayExecutor(Executor):
     def map_slides(self, work: SlideWork, rows: Sequence[dict[str, Any]]) -> MapResult:
         if not rows:
             return MapResult([], n_tasks=0)
+        self._connect()
         ray = self.ray
         gpus = self.num_gpus if work.stage == "embed" else 0
         actor_cls = ray.remote(num_cpus=self.num_cpus, num_gpus=gpus, max_restarts=1,

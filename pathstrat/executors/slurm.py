@@ -4,8 +4,9 @@ Slides are grouped into at most ``max_array_tasks`` (<= 1000, below Slurm's defa
 MaxArraySize of 1001) contiguous chunks; each array task runs the stage's own per-slide
 function on its chunk. Tasks that end without a result (node failure, out of memory, time
 limit) are resubmitted once as a new array; slides still without a result are listed as
-failed. The follow-up job (training and the decision stages) is submitted with
-``--dependency=afterok:<array>`` so it starts as soon as every task succeeded.
+failed. In a pipeline run (:meth:`SlurmExecutor.run_stages`) the stages after embedding
+(training and the decisions) are submitted as one job with ``--dependency=afterok:<embed
+array>`` so they start as soon as every task succeeded; that logic lives only here.
 
 Job state is read from the result files submitit writes and from ``squeue`` (not ``sacct``,
 so clusters without accounting work too).
@@ -18,18 +19,24 @@ import subprocess
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from pydantic import Field
 
 from pathstrat.errors import PathstratError, import_optional
 from pathstrat.executors.base import (
     EXECUTORS,
     Executor,
+    ExecutorSection,
     MapResult,
     SlideOutcome,
     SlideWork,
     chunk_rows,
     failed_outcomes,
 )
+
+if TYPE_CHECKING:
+    from pathstrat.layout import RunLayout
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +56,41 @@ def _call(fn: Callable[[], Any]) -> Any:
     return fn()
 
 
+class SlurmConfig(ExecutorSection):
+    """Resources of the Slurm job arrays (submitit)."""
+
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    time_min: int = Field(240, ge=1, description="Wall time of one array task, minutes.")
+    cpus_per_task: int = Field(4, ge=1)
+    gpus_per_task: int = Field(0, ge=0, description="GPUs per embedding task (tiling uses none).")
+    mem_gb: float = Field(16, gt=0)
+    train_gpus: int = Field(0, ge=0, description="GPUs of the dependent training job.")
+    max_array_tasks: int = Field(1000, ge=1, le=1000, description="Slides are grouped into at most this many tasks.")
+    array_parallelism: int = Field(256, ge=1, description="Tasks running at once (%N).")
+    retries: int = Field(1, ge=0, le=3, description="Resubmissions of failed array tasks.")
+    poll_s: float = Field(5.0, gt=0, description="Seconds between queue polls.")
+    log_dir: Path | None = Field(None, description="submitit folder (default <run>/slurm).")
+    setup: list[str] = Field(default_factory=list, description="Shell lines run before each task (module load ...).")
+    additional: dict[str, Any] = Field(default_factory=dict, description="Extra sbatch parameters.")
+
+
+#: the per-slide stage whose array the follow-up job depends on
+DEPEND_ON = "embed"
+
+
 class SlurmExecutor(Executor):
     """Submits job arrays with submitit and waits for them by polling ``squeue``."""
 
     name = "slurm"
+    Config = SlurmConfig
+
+    @classmethod
+    def from_config(cls, section: SlurmConfig | None, layout: RunLayout | None = None) -> SlurmExecutor:
+        s = (section or SlurmConfig()).model_dump()
+        folder = s.pop("log_dir") or (layout.slurm_dir if layout is not None else Path("slurm-jobs"))
+        return cls(folder, **s)
 
     def __init__(self, folder: str | Path, *, partition: str | None = None, account: str | None = None,
                  qos: str | None = None, time_min: int = 240, cpus_per_task: int = 4,
@@ -72,6 +110,9 @@ class SlurmExecutor(Executor):
         self.additional = dict(additional or {})
         self.timeout_s = timeout_s
         self.submitted: list[str] = []  # job ids, for tests and the run log
+        self._then: Callable[[], Any] | None = None  # follow-up waiting for the DEPEND_ON array
+        self._then_value: Any = None
+        self._then_ran = False
 
     # -- submission -----------------------------------------------------------------------------
     def _executor(self, name: str, *, gpus: int, dependency: str | None = None):
@@ -214,7 +255,33 @@ class SlurmExecutor(Executor):
         return value
 
     def map_slides(self, work: SlideWork, rows: Sequence[dict[str, Any]]) -> MapResult:
+        if self._then is not None and work.stage == DEPEND_ON:  # submit the follow-up after it
+            then, self._then = self._then, None
+            res, self._then_value = self.map_then(work, rows, then)
+            self._then_ran = True
+            return res
         return self._run_array(work, rows, None)[0]
+
+    def run_stages(self, names: Sequence[str], run_stage: Callable[[str], Any],
+                   follow_up: Callable[[list[str]], Callable[[], list[Any]]]) -> list[Any]:
+        """Tile and embed arrays from here, then the later stages (training first) as one job
+        depending on the embedding array; it runs as a plain job when embedding was skipped."""
+        names = list(names)
+        if not {DEPEND_ON, "train"} <= set(names):
+            return super().run_stages(names, run_stage, follow_up)
+        cut = names.index(DEPEND_ON) + 1
+        head, tail = names[:cut], names[cut:]
+        self._then, self._then_value, self._then_ran = follow_up(tail), None, False
+        try:
+            reports = [run_stage(n) for n in head]
+            if not self._then_ran:  # the embed stage was skipped: nothing to depend on
+                ex = self._executor(f"{DEPEND_ON}-then-final", gpus=self.train_gpus)
+                job = ex.submit(_call, self._then)
+                self.submitted.append(job.job_id)
+                self._then_value = self._finish(job)
+            return reports + list(self._then_value or [])
+        finally:
+            self._then = None
 
     def map_then(self, work: SlideWork, rows: Sequence[dict[str, Any]],
                  then: Callable[[], Any] | None = None) -> tuple[MapResult, Any]:
@@ -233,8 +300,4 @@ class SlurmExecutor(Executor):
         subprocess.run(["scancel", job_id], capture_output=True, check=False)
 
 
-def _make(folder: str | Path, **kw: Any) -> SlurmExecutor:
-    return SlurmExecutor(folder, **kw)
-
-
-EXECUTORS.add("slurm", _make)
+EXECUTORS.add("slurm", SlurmExecutor)

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pathstrat.errors import PathstratError
 from pathstrat.executors.base import Resources, SlideOutcome, SlideWork
 
 
@@ -26,23 +27,47 @@ def _mpp(row: dict[str, Any]) -> float | None:
 
 
 class TileWork(SlideWork):
-    """Tile one slide with ``tiling.tile_slide`` (returns its QC row)."""
+    """Tile one slide with ``tiling.tile_slide`` (returns its QC row).
+
+    ``mpp`` is the fallback for rows without an ``mpp`` value; ``processes`` is the local
+    pool size (``tiling.workers``). Only slide errors (unreadable file, no tissue, no MPP) are
+    recorded per slide; anything else is a bug and propagates.
+    """
 
     stage = "tile"
+    sub_unit = "tile"
+    verb = "tiling"
 
-    def __init__(self, out_dir: str | Path, params: dict[str, Any]) -> None:
+    def __init__(self, out_dir: str | Path, params: dict[str, Any], *, force: bool = False,
+                 mpp: float | None = None, mpp_check: bool = True, processes: int = 1) -> None:
         super().__init__()
         self.out_dir = str(out_dir)
         self.params = dict(params)
+        self.force, self.mpp, self.mpp_check = force, mpp, mpp_check
+        self.processes = max(1, int(processes))
         self.resources = Resources(cpus=1)
+
+    def slide_errors(self) -> tuple[type[BaseException], ...]:
+        from pathstrat.tiling import slide_errors
+
+        return slide_errors()
+
+    def progress_units(self, outcome: SlideOutcome) -> int:
+        return int(outcome.result.get("n_tiles") or 0) if outcome.ok and outcome.result else 0
 
     def process(self, row: dict[str, Any]) -> dict[str, Any] | None:
         from pathstrat import tiling
+        from pathstrat.errors import SlideReadError
 
-        mpp = _mpp(row)  # same arguments as tiling.tile_cohort gives each slide
+        if not Path(row["path"]).is_file():
+            raise SlideReadError(
+                f"Slide file '{row['path']}' does not exist (or is not a file). Fix the manifest "
+                "`path` column (relative paths resolve against the manifest's folder) or remove the row.")
+        mpp = _mpp(row)
         qc = tiling.tile_slide(row["path"], self.out_dir, tiling.TilingParams(**self.params),
-                               slide_id=str(row["slide_id"]), mpp=mpp,
-                               mpp_source="manifest" if mpp is not None else "override")
+                               slide_id=str(row["slide_id"]), mpp=mpp if mpp is not None else self.mpp,
+                               mpp_source="manifest" if mpp is not None else "override",
+                               force=self.force, mpp_check=self.mpp_check)
         return dict(qc) if qc is not None else None
 
 
@@ -86,11 +111,15 @@ class EmbedWork(SlideWork):
         return self._df
 
     def items(self, rows: Sequence[dict[str, Any]], n_workers: int) -> list[dict[str, Any]]:
-        """The stage's shards: at most ``n_workers`` x ``shards_per_worker`` (Ray) or one per task."""
-        from pathstrat.embed import shard_slides
+        """The stage's shards: at most ``n_workers`` x ``shards_per_worker`` (Ray) or one per task;
+        a single worker embeds everything in one unsharded call."""
+        from pathstrat.encoders.embed import shard_slides
 
         if not rows:
             return []
+        if n_workers <= 1:  # one worker: the whole cohort in one unsharded call (one failures.csv)
+            return [{"name": "all slides", "shard": None,
+                     "slides": [(str(r["slide_id"]), str(r.get("path", ""))) for r in rows]}]
         per = 1 if n_workers >= len(rows) else self.shards_per_worker
         n = max(1, min(len(rows), n_workers * per))
         ids = [str(r["slide_id"]) for r in rows]
@@ -99,7 +128,7 @@ class EmbedWork(SlideWork):
                  "slides": [(s, path[s]) for s in shard_slides(ids, (i, n))]} for i in range(n)]
 
     def run_item(self, item: dict[str, Any]) -> list[SlideOutcome]:
-        from pathstrat import embed
+        from pathstrat.encoders import embed
         from pathstrat.io import read_failures
 
         if not self._ready:
@@ -110,7 +139,9 @@ class EmbedWork(SlideWork):
             res = embed.embed_cohort(self._manifest(), self.tiles_dir, self.out_dir, self.encoder_id,
                                      encoder=self._encoder, batch_size=self.batch_size,
                                      workers=self.workers, views=self.views, seed=self.seed,
-                                     shard=tuple(item["shard"]))
+                                     shard=tuple(item["shard"]) if item["shard"] else None)
+        except PathstratError:  # bad input for the whole cohort (e.g. no tiles folder): one clear error
+            raise
         except Exception as exc:  # noqa: BLE001 - the whole shard failed: report its slides
             why = " ".join(str(exc).split())
             return [SlideOutcome(s, p, False, None, type(exc).__name__, why)

@@ -58,7 +58,7 @@ def save_federated_checkpoint(out_dir: str | os.PathLike, model: nn.Module, fed:
 
 def load_federated_run(run_dir: str | os.PathLike) -> tuple[FederationConfig, GlobalState, nn.Module]:
     """(federation config, agreed state, model) of a federated run directory."""
-    from pathstrat.training.predict import load_fold_model, load_run_spec
+    from pathstrat.training.inference import load_fold_model, load_run_spec
 
     run = Path(run_dir)
     spec = load_run_spec(run)

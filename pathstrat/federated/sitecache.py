@@ -46,10 +46,10 @@ def default_cache_dir() -> Path:
 
 def cache_key(manifest_path: Path, manifest, features_dir: Path, level: str) -> str:
     """Fingerprint of the inputs of one site's store (see the module docstring)."""
-    from pathstrat.training.data import resolve_features_dir
+    from pathstrat.layout import resolve_features_dir
 
     sids = manifest["slide_id"].astype(str).tolist()
-    fdir = resolve_features_dir(features_dir, sids)
+    fdir = resolve_features_dir(features_dir)
     h = hashlib.sha256()
     h.update(FORMAT.encode())
     h.update(Path(manifest_path).read_bytes())

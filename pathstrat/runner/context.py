@@ -12,10 +12,9 @@ from typing import Any
 
 from pathstrat.config import PipelineConfig
 from pathstrat.io import FailureLog, params_hash, read_failures, sha256_file, write_json_atomic
+from pathstrat.layout import RunLayout
 
 log = logging.getLogger(__name__)
-
-STATE_DIR = ".pathstrat"
 
 
 @dataclass
@@ -43,35 +42,35 @@ class RunSummary:
 
 
 class RunContext:
-    """Everything a stage needs: config, paths, the manifest and the executor."""
+    """Everything a stage needs: config, paths (its :class:`RunLayout`), the manifest and the
+    executor."""
 
     def __init__(self, cfg: PipelineConfig, executor_kind: str, address: str | None = None) -> None:
         self.cfg = cfg
-        self.run_dir = Path(cfg.out_dir)
+        self.layout = RunLayout.from_config(cfg)
+        self.run_dir = self.layout.run_dir
         self.executor_kind = executor_kind
         self.address = address
-        self.state_dir = self.run_dir / STATE_DIR
-        self.failures_path = self.run_dir / "failures.csv"
+        self.state_dir = self.layout.state_dir
+        self.failures_path = self.layout.failures
         self._manifest = None
         self._manifest_hash: str | None = None
         self.hashes: dict[str, str] = {}
         self._executor = None
-        self.slurm_then: Any = None  # the dependent Slurm job (train + decisions), if any
-        self.slurm_then_result: Any = None
 
     # -- paths ---------------------------------------------------------------------------------
     @property
     def tiles_dir(self) -> Path:
-        return Path(self.cfg.tiles_root) / "tiles"
+        return self.layout.tiles.tiles_dir
 
     @property
     def features_dir(self) -> Path:
-        return Path(self.cfg.features_root) / "features" / self.cfg.embed.encoder_id
+        return self.layout.features.features_dir
 
     @property
     def cohort_manifest(self) -> Path:
         """The manifest restricted to slides that have features (what training reads)."""
-        return self.state_dir / "manifest_features.csv"
+        return self.layout.features_manifest
 
     # -- manifest ------------------------------------------------------------------------------
     def manifest(self):
@@ -106,7 +105,7 @@ class RunContext:
 
     # -- stamps --------------------------------------------------------------------------------
     def stamp_path(self, stage: str) -> Path:
-        return self.state_dir / "stages" / f"{stage}.json"
+        return self.layout.stamp(stage)
 
     def read_stamp(self, stage: str) -> dict[str, Any] | None:
         p = self.stamp_path(stage)
@@ -170,14 +169,9 @@ def _record_outcomes(ctx: RunContext, stage: str, outcomes) -> int:
     flog = FailureLog(ctx.failures_path, stage)
     for o in outcomes:
         if not o.ok:
-            flog.add(o.slide_id, o.path, _named_error(o.error_type, o.reason))
+            flog.record(o.slide_id, o.path, o.error_type, o.reason)
     flog.write()
     return len(flog)
-
-
-def _named_error(error_type: str, reason: str) -> Exception:
-    """An exception named like the remote error, so FailureLog records the real error type."""
-    return type(error_type or "Error", (Exception,), {})(reason)
 
 
 def _failed_in(ctx: RunContext, stage: str) -> set[str]:

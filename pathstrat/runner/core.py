@@ -16,11 +16,9 @@ import errno
 import logging
 import time
 from pathlib import Path
-from typing import Any
 
 from pathstrat.config import STAGES, PipelineConfig, dump_config, validate_config
 from pathstrat.errors import ConfigError
-from pathstrat.executors.base import SlideWork
 from pathstrat.io import (
     OutputDirError,
     clean_stale_tmp,
@@ -29,14 +27,13 @@ from pathstrat.io import (
     write_dataframe_atomic,
     write_text_atomic,
 )
+from pathstrat.layout import RUN_LOG, RunLayout
 from pathstrat.logs import log_to_file
-from pathstrat.runner.context import STATE_DIR, RunContext, RunSummary, StageReport, stage_hash
+from pathstrat.runner.context import RunContext, RunSummary, StageReport, stage_hash
 from pathstrat.runner.stages import definitions
 
 log = logging.getLogger(__name__)
 
-RESOLVED_CONFIG = "pipeline.yaml"
-RUN_LOG = "pipeline.log"
 STAGE_DEFS = {sd.name: sd for sd in definitions()}
 if tuple(STAGE_DEFS) != STAGES:  # pragma: no cover - programming error
     raise RuntimeError(f"stage definitions {tuple(STAGE_DEFS)} differ from config STAGES {STAGES}")
@@ -46,16 +43,17 @@ if tuple(STAGE_DEFS) != STAGES:  # pragma: no cover - programming error
 
 def run_log(run_dir: Path) -> contextlib.AbstractContextManager[Path]:
     """Append every pathstrat log record of this run to ``run_dir/run.log``."""
-    return log_to_file(run_dir / RUN_LOG, mode="a")
+    return log_to_file(Path(run_dir) / RUN_LOG, mode="a")
 
 
 def prepare_run_dir(cfg: PipelineConfig) -> Path:
     """Check the run directory is writable with room to spare, then write the resolved config."""
-    run_dir = ensure_writable_dir(cfg.out_dir, min_free_mb=200.0)
-    for d in (cfg.tiles_root, cfg.features_root):
+    layout = RunLayout.from_config(cfg)
+    run_dir = ensure_writable_dir(layout.run_dir, min_free_mb=200.0)
+    for d in (layout.tiles.root, layout.features.root):
         ensure_writable_dir(d, min_free_mb=200.0)
-    (run_dir / STATE_DIR).mkdir(exist_ok=True)
-    write_text_atomic(run_dir / RESOLVED_CONFIG, dump_config(cfg))
+    layout.state_dir.mkdir(exist_ok=True)
+    write_text_atomic(layout.resolved_config, dump_config(cfg))
     return run_dir
 
 
@@ -67,8 +65,9 @@ def run_pipeline(cfg: PipelineConfig, *, executor: str | None = None, address: s
     ``failures.csv``). Library errors (bad config, unwritable output) raise before any work.
     """
     kind = executor or cfg.executor.kind
-    if address:
-        cfg.executor.ray.address = address
+    section = getattr(cfg.executor, kind, None)
+    if address and section is not None and "address" in type(section).model_fields:
+        section.address = address  # recorded in pipeline.yaml (e.g. the Ray cluster)
     run_dir = prepare_run_dir(cfg)
     unknown = [s for s in stages or [] if s not in STAGES]
     if unknown:
@@ -83,12 +82,10 @@ def run_pipeline(cfg: PipelineConfig, *, executor: str | None = None, address: s
         ctx.manifest()
         for name in STAGES:  # the hash chain is known up front (also inside a Slurm job)
             ctx.hashes[name] = stage_hash(ctx, STAGE_DEFS[name])
-        try:
-            if kind == "slurm" and {"embed", "train"} <= set(todo):
-                _run_slurm(ctx, todo, summary, force)
-            else:
-                for name in todo:
-                    summary.stages.append(_run_stage(ctx, name, force))
+        try:  # the executor decides where stages run (Slurm: training as a dependent job)
+            summary.stages.extend(ctx.executor().run_stages(
+                todo, lambda name: _run_stage(ctx, name, force),
+                lambda names: _Downstream(ctx.cfg, names)))
         finally:
             ctx.close()
         summary.n_failed = len({(r["slide_id"]) for r in read_failures(ctx.failures_path)})
@@ -102,7 +99,7 @@ def run_pipeline(cfg: PipelineConfig, *, executor: str | None = None, address: s
 def _clean_partial_files(ctx: RunContext) -> None:
     """Remove temporary files a killed run left (every folder of the run; tiles/features too)."""
     n = 0
-    dirs = {p.parent for p in ctx.run_dir.rglob(".tmp-*")} | {ctx.run_dir, ctx.tiles_dir, ctx.features_dir}
+    dirs = {p.parent for p in ctx.run_dir.rglob(".tmp-*")} | set(ctx.layout.data_dirs())
     for d in sorted(dirs):
         n += clean_stale_tmp(d)
     if n:
@@ -135,40 +132,17 @@ def _run_stage(ctx: RunContext, name: str, force: bool = False) -> StageReport:
 
 
 class _Downstream:
-    """The dependent Slurm job: train and the decision stages, run locally on the node."""
+    """Later stages run on whatever node calls this (a dependent Slurm job), with the local
+    executor; returns their reports."""
 
     def __init__(self, cfg: PipelineConfig, stages: list[str]) -> None:
         self.cfg_json = cfg.model_dump(mode="json")
         self.stages = stages
 
-    def __call__(self) -> list[dict[str, Any]]:
+    def __call__(self) -> list[StageReport]:
         cfg = validate_config(self.cfg_json)
         summary = run_pipeline(cfg, executor="local", stages=self.stages)
-        return [s.__dict__ for s in summary.stages]
-
-
-def _run_slurm(ctx: RunContext, todo: list[str], summary: RunSummary, force: bool) -> None:
-    """Tile array, embed array, then training + decisions as a job depending on the embed array."""
-    for name in [s for s in todo if s in ("tile",)]:
-        summary.stages.append(_run_stage(ctx, name, force))
-    downstream = [s for s in todo if s not in ("tile", "embed")]
-    ctx.slurm_then = _Downstream(ctx.cfg, downstream)
-    rep = _run_stage(ctx, "embed", force)
-    summary.stages.append(rep)
-    remote = ctx.slurm_then_result
-    if remote is None:  # embed was skipped: the downstream still runs as a Slurm job
-        _, remote = ctx.executor().map_then(_NoWork(), [], ctx.slurm_then)
-    for d in remote or []:
-        summary.stages.append(StageReport(**d))
-
-
-class _NoWork(SlideWork):
-    """Placeholder work for a follow-up job submitted without an array (nothing to map)."""
-
-    stage = "embed"
-
-    def process(self, row: dict[str, Any]) -> None:  # pragma: no cover - never mapped
-        return None
+        return list(summary.stages)
 
 
 def _write_summary(ctx: RunContext, summary: RunSummary) -> None:
@@ -176,4 +150,4 @@ def _write_summary(ctx: RunContext, summary: RunSummary) -> None:
              "n_failed": s.n_failed, "detail": s.detail} for s in summary.stages]
     import pandas as pd
 
-    write_dataframe_atomic(ctx.state_dir / "stages.csv", pd.DataFrame(rows))
+    write_dataframe_atomic(ctx.layout.stages_table, pd.DataFrame(rows))

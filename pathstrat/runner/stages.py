@@ -40,56 +40,30 @@ def run_tile(ctx: RunContext) -> StageReport:
     from pathstrat import tiling
 
     df = ctx.manifest()
-    root = Path(ctx.cfg.tiles_root)
-    params = _tile_params(ctx)
-    if ctx.executor_kind == "local":
-        tiling.tile_cohort(df, root, tiling.TilingParams(**params), workers=ctx.cfg.tiling.workers)
-        n = _copy_failures(ctx, root / "failures.csv", "tile", set(df["slide_id"]))
-    else:
-        from pathstrat.executors.work import TileWork
-
-        res = ctx.executor().map_slides(TileWork(root, params), ctx.rows(df))
-        n = _record_outcomes(ctx, "tile", res.outcomes)
-        import pandas as pd
-
-        by_id = {o.slide_id: (o.result if o.ok and o.result else {"slide_id": o.slide_id, "status": "failed"})
-                 for o in res.outcomes}
-        qc = [by_id[str(s)] for s in df["slide_id"] if str(s) in by_id]
-        write_dataframe_atomic(root / "qc.csv", pd.DataFrame(qc, columns=list(tiling.QC_COLUMNS)))
+    tiling.tile_cohort(df, ctx.layout.tiles.root, tiling.TilingParams(**_tile_params(ctx)),
+                       workers=ctx.cfg.tiling.workers, executor=ctx.executor())
+    n = _copy_failures(ctx, ctx.layout.tiles.failures, "tile", set(df["slide_id"]))
     return StageReport("tile", "failed-slides" if n else "done", n_failed=n)
 
 
 def tiled_slides(ctx: RunContext):
     """Manifest rows whose tiles file exists (tiling succeeded)."""
     df = ctx.manifest()
-    ok = df["slide_id"].map(lambda s: (ctx.tiles_dir / f"{s}.h5").exists())
+    ok = df["slide_id"].map(lambda s: ctx.layout.tiles.tiles_file(s).exists())
     return df[ok].reset_index(drop=True)
 
 
 # -- embed -----------------------------------------------------------------------------------------
 
 def run_embed(ctx: RunContext) -> StageReport:
-    from pathstrat import embed
-
-    e = ctx.cfg.embed
-    df = tiled_slides(ctx)
-    root = Path(ctx.cfg.features_root)
-    kw = e.model_dump()
-    encoder_id = kw.pop("encoder_id")
-    if ctx.executor_kind == "local":
-        embed.embed_cohort(df, ctx.tiles_dir, root, encoder_id, **kw)
-        n = _copy_failures(ctx, root / "failures.csv", "embed", set(df["slide_id"]))
-        return StageReport("embed", "failed-slides" if n else "done", n_failed=n)
     from pathstrat.executors.work import EmbedWork
 
-    manifest_csv = ctx.state_dir / "manifest_tiled.csv"
-    write_dataframe_atomic(manifest_csv, df)
-    ex_cfg = ctx.cfg.executor
-    gpus = ex_cfg.ray.num_gpus if ctx.executor_kind == "ray" else ex_cfg.slurm.gpus_per_task
-    work = EmbedWork(manifest_csv, ctx.tiles_dir, root, encoder_id, gpus=gpus, **kw)
-    then = ctx.slurm_then
-    res, remote = ctx.executor().map_then(work, ctx.rows(df), then)
-    ctx.slurm_then_result = remote
+    df = tiled_slides(ctx)
+    kw = ctx.cfg.embed.model_dump()
+    encoder_id = kw.pop("encoder_id")
+    write_dataframe_atomic(ctx.layout.tiled_manifest, df)  # the tasks read it from shared storage
+    work = EmbedWork(ctx.layout.tiled_manifest, ctx.tiles_dir, ctx.layout.features.root, encoder_id, **kw)
+    res = ctx.executor().map_slides(work, ctx.rows(df))
     n = _record_outcomes(ctx, "embed", res.outcomes)
     return StageReport("embed", "failed-slides" if n else "done", n_failed=n,
                        detail=f"{res.n_tasks} task(s), {res.retried_tasks} retried")
@@ -97,7 +71,7 @@ def run_embed(ctx: RunContext) -> StageReport:
 
 def embedded_slides(ctx: RunContext):
     df = ctx.manifest()
-    ok = df["slide_id"].map(lambda s: (ctx.features_dir / f"{s}.h5").exists())
+    ok = df["slide_id"].map(lambda s: ctx.layout.features.features_file(s).exists())
     return df[ok].reset_index(drop=True)
 
 
@@ -184,7 +158,7 @@ def definitions() -> list[StageDef]:
     """The seven stages in order, with what decides their rerun and what they produce."""
     rd = lambda *names: (lambda ctx: [ctx.run_dir / n for n in names])  # noqa: E731
     return [
-        StageDef("tile", (), ("tiling",), lambda ctx: [Path(ctx.cfg.tiles_root) / "qc.csv"], run_tile,
+        StageDef("tile", (), ("tiling",), lambda ctx: [ctx.layout.tiles.qc_table], run_tile,
                  ignore=("workers",)),
         StageDef("embed", ("tile",), ("embed",), lambda ctx: [ctx.features_dir], run_embed,
                  ignore=("workers", "batch_size", "device")),

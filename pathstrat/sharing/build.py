@@ -70,13 +70,13 @@ def _verify_run(run: Path, spec: dict[str, Any]) -> None:
 def _training_features(run: Path, features_dir: Path, spec: dict[str, Any]):
     """Slide means, folds (repeat 0) and the shared provenance attrs of the training slides."""
     from pathstrat.features import read_bag
-    from pathstrat.training.data import resolve_features_dir
+    from pathstrat.layout import resolve_features_dir
 
     pred = pd.read_csv(run / "predictions.csv", dtype={"slide_id": str, "patient_id": str})
     if "repeat" in pred.columns:
         pred = pred[pred["repeat"] == pred["repeat"].min()]
     slides = pred.drop_duplicates("slide_id")[["slide_id", "fold"]].reset_index(drop=True)
-    fdir = resolve_features_dir(features_dir, slides["slide_id"].tolist())
+    fdir = resolve_features_dir(features_dir)
     means, attrs0, folds = [], None, []
     for sid, fold in zip(slides["slide_id"], slides["fold"], strict=True):
         bag = read_bag(fdir / f"{sid}.h5", expected_dim=int(spec["in_dim"]), load_views=False)
@@ -129,7 +129,7 @@ def build_package(run_dir: str | os.PathLike, out: str | os.PathLike, *, name: s
     """
     from pathstrat import __version__
     from pathstrat.sharing.ood import fit_ood
-    from pathstrat.training.predict import load_run_spec
+    from pathstrat.training.inference import load_run_spec
 
     run, dest = Path(run_dir), Path(out)
     if not NAME.match(name):

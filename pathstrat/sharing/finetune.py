@@ -74,6 +74,7 @@ def finetune_package(package: str | os.PathLike, features_dir: str | os.PathLike
                      **train_kwargs: Any) -> dict[str, Any]:
     """Compare as-is / fine-tuned / from scratch (see the module docstring); write
     ``comparison.json``/``comparison.csv`` and the new package; return the comparison."""
+    from pathstrat.layout import resolve_features_dir
     from pathstrat.sharing.build import (
         build_package,
         next_minor,
@@ -83,14 +84,13 @@ def finetune_package(package: str | os.PathLike, features_dir: str | os.PathLike
     )
     from pathstrat.sharing.predict import check_provenance
     from pathstrat.training.cv import train_cv
-    from pathstrat.training.data import resolve_features_dir
-    from pathstrat.training.predict import predict
+    from pathstrat.training.inference import predict
 
     out = ensure_writable_dir(out_dir)
     from pathstrat.cohort import load_manifest
 
     df = load_manifest(manifest, check_files=False)
-    fdir = resolve_features_dir(features_dir, df["slide_id"].astype(str).tolist())
+    fdir = resolve_features_dir(features_dir)
     with open_package(package, public_key=public_key) as (root, doc):
         check_provenance(doc, fdir, df["slide_id"].astype(str).tolist())
         predict(root, fdir, df, out / "as_is", allow_overlap=True, device=device, n_boot=n_boot)

@@ -80,13 +80,13 @@ def predict_package(package: str | os.PathLike, features_dir: str | os.PathLike,
     usual ``metrics.json`` when the manifest has labels)."""
     from pathstrat.cohort import load_manifest
     from pathstrat.features import read_bag
+    from pathstrat.layout import resolve_features_dir
     from pathstrat.sharing.build import open_package
     from pathstrat.sharing.ood import OODModel, check_cohort
-    from pathstrat.training.data import resolve_features_dir
-    from pathstrat.training.predict import predict
+    from pathstrat.training.inference import predict
 
     df = manifest if isinstance(manifest, pd.DataFrame) else load_manifest(manifest, check_files=False)
-    fdir = resolve_features_dir(features_dir, df["slide_id"].astype(str).tolist())
+    fdir = resolve_features_dir(features_dir)
     out = Path(out_dir)
     with open_package(package, public_key=public_key, require_signature=require_signature) as (root, doc):
         check_provenance(doc, fdir, df["slide_id"].astype(str).tolist())
@@ -131,8 +131,8 @@ def predict_package_from_slides(package: str | os.PathLike, manifest: str | os.P
     ``OUT/work``), then :func:`predict_package`. The encoder's weights must hash to the pinned
     sha256 (else refused before any slide is read)."""
     from pathstrat.cohort import load_manifest
-    from pathstrat.embed import embed_cohort
     from pathstrat.encoders import build_encoder
+    from pathstrat.encoders.embed import embed_cohort
     from pathstrat.errors import WeightsError
     from pathstrat.sharing.build import open_package
     from pathstrat.tiling import TilingParams, tile_cohort

@@ -78,7 +78,7 @@ def create_app(package: str | os.PathLike, tokens_file: str | os.PathLike, *,
     from pathstrat.errors import FeatureDimError, SchemaError
     from pathstrat.features import read_bag
     from pathstrat.sharing.build import open_package
-    from pathstrat.training.predict import predict
+    from pathstrat.training.inference import predict
 
     work = Path(tempfile.mkdtemp(prefix="pathstrat-serve-"))
     with open_package(package, public_key=public_key, require_signature=require_signature) as (root, doc):
@@ -92,7 +92,7 @@ def create_app(package: str | os.PathLike, tokens_file: str | os.PathLike, *,
     max_bytes = int(max_mb * 2**20)
     enc_id = doc["pipeline"]["encoder"].get("encoder_id")
     in_dim = int(doc["model"]["in_dim"])
-    from pathstrat.training.predict import load_fold_model, load_run_spec
+    from pathstrat.training.inference import load_fold_model, load_run_spec
 
     spec = load_run_spec(root)
     models = {f["name"]: load_fold_model(root, f, spec, device) for f in spec["folds"]}  # loaded once

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from pathstrat.errors import ConfigError, FeatureDimError, SchemaError
 from pathstrat.io import FailureLog
+from pathstrat.layout import resolve_features_dir
 
 log = logging.getLogger(__name__)
 
@@ -67,20 +68,6 @@ class BagStore:
         return self
 
 
-def resolve_features_dir(features_dir: str | os.PathLike, slide_ids: list[str]) -> Path:
-    """``DIR/<slide_id>.h5``, or ``DIR/<encoder_id>/`` when DIR holds exactly one encoder folder."""
-    d = Path(features_dir)
-    if not d.is_dir():
-        raise ConfigError(f"Features folder '{d}' does not exist; pass --features "
-                          "<out>/features/<encoder_id> from `pathstrat embed`.")
-    if any((d / f"{s}.h5").exists() for s in slide_ids[:50]):
-        return d
-    subs = [p for p in d.iterdir() if p.is_dir() and any(p.glob("*.h5"))]
-    if len(subs) == 1:
-        return subs[0]
-    return d
-
-
 def _warn_random(attrs: dict[str, Any], path: Path) -> None:
     """Loud warning (the encoders' helper) for features computed with random encoder weights."""
     from pathstrat.encoders import warn_if_random
@@ -110,7 +97,7 @@ def load_bags(manifest: pd.DataFrame, features_dir: str | os.PathLike, *, level:
         raise ConfigError(f"level '{level}' unknown; use 'slide' or 'patient'.")
     if store not in ("memory", "mmap"):
         raise ConfigError(f"store '{store}' unknown; use 'memory' or 'mmap'.")
-    fdir = resolve_features_dir(features_dir, manifest["slide_id"].astype(str).tolist())
+    fdir = resolve_features_dir(features_dir, expected_encoder)
     if level == "patient":  # slides of a patient stored contiguously (one slice per bag)
         manifest = manifest.sort_values("patient_id", kind="stable")
     sink = _Sink(store, cache_dir)

@@ -23,14 +23,69 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pathstrat.errors import ConfigError, SchemaError
 from pathstrat.io import FailureLog, clean_stale_tmp, ensure_writable_dir, params_hash
+from pathstrat.layout import FeaturesLayout, resolve_tiles_dir
 
 log = logging.getLogger(__name__)
 
 EMBED_STAGE = "embed"
 AUGMENTATION = "hflip+vflip+rot90+HEStain(p=0.5)+ColorJitter(0.1,0.1,0.1,0.02,p=0.8)"
+
+
+class EmbedParams(BaseModel):
+    """Parameters of :func:`embed_cohort` (the pipeline's ``embed:`` section is built from it)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    encoder_id: str = Field("builtin", description="Encoder id from `pathstrat encoders list`.")
+    weights: str | None = Field(None, description="Local weights file/dir, 'random' (tests only) or null = HF cache.")
+    batch_size: int = Field(64, ge=1, description="Tiles per forward pass.")
+    workers: int = Field(2, ge=0, description="DataLoader workers reading tiles.")
+    device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
+    views: int = Field(0, ge=0, description="Augmented feature views stored per slide (0 = none).")
+    dtype: str | None = Field(None, description="Compute dtype (null = the encoder spec's).")
+    seed: int = Field(0, description="Seed of random init / augmented views.")
+
+    @field_validator("encoder_id")
+    @classmethod
+    def _registered(cls, v: str) -> str:
+        from pathstrat.encoders.spec import get_spec
+        from pathstrat.errors import UnknownNameError
+
+        try:
+            get_spec(v)
+        except UnknownNameError as exc:
+            raise ValueError(str(exc)) from None
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        kind, _, index = v.partition(":")
+        if kind not in ("auto", "cpu", "cuda", "mps") or (index and (kind != "cuda" or not index.isdigit())):
+            raise ValueError(f"device '{v}' is not 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
+        return v
+
+    @field_validator("dtype")
+    @classmethod
+    def _dtype(cls, v: str | None) -> str | None:
+        from pathstrat.encoders.spec import DTYPES
+
+        if v not in (None, "auto") and v not in DTYPES:
+            raise ValueError(f"dtype '{v}' is not one of {sorted(DTYPES)} (or 'auto')")
+        return v
+
+
+def check_params(**kw: Any) -> EmbedParams:
+    """:class:`EmbedParams` from keyword arguments; one :class:`ConfigError` naming each bad one."""
+    try:
+        return EmbedParams(**kw)
+    except ValidationError as exc:
+        raise ConfigError("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}"
+                                    for e in exc.errors())) from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -111,20 +166,6 @@ class EmbedResult:
     @property
     def tiles_per_s(self) -> float:
         return self.n_tiles / max(self.seconds, 1e-9)
-
-
-def resolve_tiles_dir(tiles_dir: str | os.PathLike) -> Path:
-    """Accept the tiling output folder (holding ``tiles/``) or the ``tiles/`` folder itself."""
-    d = Path(tiles_dir)
-    if not d.is_dir():
-        raise ConfigError(f"Tiles folder '{d}' does not exist. Pass the --out folder of "
-                          "`pathstrat tile` (holding tiles/<slide_id>.h5), or run `pathstrat tile` first.")
-    return d / "tiles" if (d / "tiles").is_dir() else d
-
-
-def shard_failures_name(shard: tuple[int, int] | None) -> str:
-    """``failures.csv``, or a per-shard file so concurrent array tasks never clobber it."""
-    return "failures.csv" if shard is None else f"failures.shard-{shard[0]}-of-{shard[1]}.csv"
 
 
 def _embed_hash(encoder, tile_attrs: dict[str, Any], n_tiles: int, views: int, seed: int) -> str:
@@ -271,10 +312,6 @@ def make_loader(ds: ChunkDataset, workers: int, prefetch: int = 4, pin_memory: b
 # cohort
 
 
-def _error(type_name: str, reason: str) -> Exception:
-    return type(type_name, (Exception,), {})(reason)
-
-
 def _prepare_jobs(df, tiles_dir: Path, feat_dir: Path, encoder, views: int, seed: int,
                   failures: FailureLog, overwrite: bool) -> tuple[list[SlideJob], list[str]]:
     from pathstrat.features import read_attrs
@@ -285,8 +322,8 @@ def _prepare_jobs(df, tiles_dir: Path, feat_dir: Path, encoder, views: int, seed
         sid, spath = str(row.slide_id), str(row.path)
         tpath = tiles_dir / f"{sid}.h5"
         if not tpath.is_file():
-            failures.add(sid, spath, _error("FileNotFoundError", f"no tiles file {tpath}; run "
-                                            "`pathstrat tile` for this slide first"))
+            failures.record(sid, spath, "FileNotFoundError", f"no tiles file {tpath}; run "
+                            "`pathstrat tile` for this slide first")
             continue
         try:
             ts = read_tiles(tpath)
@@ -317,19 +354,19 @@ def embed_cohort(manifest_df, tiles_dir: str | os.PathLike, out_dir: str | os.Pa
     """
     from pathstrat.encoders import build_encoder
 
-    if batch_size < 1 or workers < 0 or views < 0:
-        raise ConfigError(f"batch_size ({batch_size}) must be >= 1, workers ({workers}) and "
-                          f"views ({views}) >= 0")
+    check_params(batch_size=batch_size, workers=workers, views=views, device=device, dtype=dtype,
+                 seed=seed)
     shard_t = parse_shard(shard)
     tiles_root = resolve_tiles_dir(tiles_dir)  # fail before building the encoder
     out = ensure_writable_dir(out_dir)
     enc = encoder or build_encoder(encoder_id, weights=weights, device=device, dtype=dtype,
                                    seed=seed)
-    feat_dir = out / "features" / enc.spec.id
+    layout = FeaturesLayout(out, enc.spec.id)
+    feat_dir = layout.features_dir
     feat_dir.mkdir(parents=True, exist_ok=True)
     if shard_t is None:
         clean_stale_tmp(feat_dir)  # never while other shards may be writing
-    failures = FailureLog(out / shard_failures_name(shard_t), EMBED_STAGE)
+    failures = FailureLog(layout.failures(shard_t), EMBED_STAGE)
     ids = shard_slides([str(s) for s in manifest_df["slide_id"]], shard_t)
     df = manifest_df[manifest_df["slide_id"].astype(str).isin(set(ids))]
     jobs, skipped = _prepare_jobs(df, tiles_root, feat_dir, enc, views, seed,
@@ -367,9 +404,14 @@ def _run(jobs: list[SlideJob], enc, batch_size: int, workers: int, views: int, s
             job = jobs[j]
             if j in dead:
                 continue
+            if item["error"] is not None:  # a loader worker failed to read the slide
+                dead.add(j)
+                parts.pop(j, None)
+                vparts.pop(j, None)
+                failures.record(job.slide_id, job.slide_path, *item["error"])
+                bar.update(1)
+                continue
             try:
-                if item["error"] is not None:
-                    raise _error(*item["error"])
                 parts.setdefault(j, []).append(_features(enc, item["tiles"]))
                 if views:
                     vparts.setdefault(j, []).append(
@@ -471,12 +513,12 @@ def embed_on_devices(argv: list[str], devices: list[str], out_dir: str | os.Path
         log.info("embed shard %d/%d on %s: pid %d", i, n, "cpu" if dev == "cpu" else f"GPU {dev}",
                  procs[-1].pid)
     codes = [p.wait() for p in procs]
-    out = Path(out_dir)
-    failures = FailureLog(out / "failures.csv", EMBED_STAGE)
+    layout = FeaturesLayout(Path(out_dir), "")  # failures files only (any encoder)
+    failures = FailureLog(layout.failures(), EMBED_STAGE)
     for i in range(n):
-        part = out / shard_failures_name((i, n))
+        part = layout.failures((i, n))
         for row in read_failures(part):
-            failures.add(row["slide_id"], row["path"], _error(row["error_type"], row["reason"]))
+            failures.record(row["slide_id"], row["path"], row["error_type"], row["reason"])
         part.unlink(missing_ok=True)
     failures.write()
     hard = [c for c in codes if c not in (0, 3)]
