@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pathstrat.errors import ConfigError
+from pathstrat.vocabulary import brief_errors, format_validation_error, unknown_key_message
 
 STAGES = ("tile", "embed", "train", "stratify", "select", "heatmaps", "report")
 DEMO_CONFIG = "demo.yaml"
@@ -71,9 +72,7 @@ def stage_section(name: str, params: type[BaseModel], doc: str, *, exclude: tupl
             params.model_validate({k: getattr(self, k) for k in keys}
                                   | {k: "-" for k in exclude if params.model_fields[k].is_required()})
         except ValidationError as exc:
-            raise ValueError("; ".join(
-                (f"{'.'.join(map(str, e['loc']))}: " if e["loc"] else "")
-                + e["msg"].removeprefix("Value error, ") for e in exc.errors())) from None
+            raise ValueError(brief_errors(exc)) from None
         return self
 
     validators: dict[str, Any] = {"_stage_rules": model_validator(mode="after")(_stage_rules)}
@@ -328,7 +327,7 @@ def validate_config(raw: dict[str, Any], *, base_dir: Path | None = None,
     try:
         cfg = PipelineConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_format_errors(exc, source)) from None
+        raise ConfigError(format_validation_error(exc, source, PipelineConfig)) from None
     if base_dir is not None:
         _resolve_paths(cfg, base_dir)
     return cfg
@@ -379,7 +378,7 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
             fields = model.model_fields
             if k not in fields:
                 prefix = ".".join(parts[:i])
-                raise ConfigError(_unknown_key_msg(k, list(fields), prefix, f"--set {item}"))
+                raise ConfigError(unknown_key_message(k, list(fields), prefix, f"--set {item}"))
             model = _submodel(fields[k].annotation)
         if i == len(parts) - 1:
             node[k] = parse_value(text)
@@ -401,36 +400,6 @@ def _submodel(annotation: Any) -> type[BaseModel] | None:
         if isinstance(arg, type) and issubclass(arg, BaseModel):
             return arg
     return None
-
-
-def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    model: type[BaseModel] | None = PipelineConfig
-    for k in loc:
-        if model is None or not isinstance(k, str) or k not in model.model_fields:
-            return None
-        model = _submodel(model.model_fields[k].annotation)
-    return model
-
-
-def _unknown_key_msg(key: str, known: list[str], prefix: str, source: str) -> str:
-    where = f"{prefix}." if prefix else ""
-    close = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
-    hint = f" Did you mean '{where}{close[0]}'?" if close else ""
-    return f"{source}: unknown key '{where}{key}'.{hint} Valid keys here: {', '.join(sorted(known))}."
-
-
-def _format_errors(exc: ValidationError, source: str) -> str:
-    lines = []
-    for err in exc.errors():
-        loc = tuple(err["loc"])
-        if err["type"] == "extra_forbidden" and loc:
-            model = _model_at(loc[:-1])
-            known = list(model.model_fields) if model else []
-            lines.append(_unknown_key_msg(str(loc[-1]), known, ".".join(map(str, loc[:-1])), source))
-        else:
-            where = ".".join(map(str, loc)) or "(top level)"
-            lines.append(f"{source}: {where}: {err['msg'].removeprefix('Value error, ')}")
-    return " ".join(lines)
 
 
 def dump_config(cfg: PipelineConfig) -> str:

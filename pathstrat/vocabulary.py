@@ -139,6 +139,14 @@ def format_validation_error(exc: Any, source: str, model: Any = None) -> str:
     return " ".join(lines)
 
 
+def brief_errors(exc: Any) -> str:
+    """``loc: message; ...`` of a ``ValidationError`` (for re-raising inside a validator, where
+    pydantic adds the outer location itself)."""
+    return "; ".join((f"{'.'.join(map(str, e['loc']))}: " if e.get("loc") else "")
+                     + str(e.get("msg", "invalid value")).removeprefix("Value error, ")
+                     for e in exc.errors())
+
+
 def _short(value: Any, limit: int = 60) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"

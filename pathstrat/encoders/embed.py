@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pathstrat.errors import ConfigError, SchemaError
 from pathstrat.io import FailureLog, clean_stale_tmp, ensure_writable_dir, params_hash
 from pathstrat.layout import FeaturesLayout, resolve_tiles_dir
+from pathstrat.vocabulary import format_validation_error
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +85,7 @@ def check_params(**kw: Any) -> EmbedParams:
     try:
         return EmbedParams(**kw)
     except ValidationError as exc:
-        raise ConfigError("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}"
-                                    for e in exc.errors())) from None
+        raise ConfigError(format_validation_error(exc, "embedding options", EmbedParams)) from None
 
 
 # ---------------------------------------------------------------------------------------------
