@@ -168,8 +168,11 @@ def run_report(ctx: RunContext) -> StageReport:
     if not r.enabled:
         return StageReport("report", "not-run", detail="disabled")
     from pathstrat import report
+    from pathstrat.runner.derived import derive_missing
 
-    report.build_report(ctx.run_dir, manifest=ctx.cfg.cohort.manifest, n_boot=r.n_boot, seed=r.seed)
+    notes = derive_missing(ctx.run_dir, n_boot=r.n_boot, seed=r.seed)  # survival/selection not staged
+    report.build_report(ctx.run_dir, manifest=ctx.cfg.cohort.manifest, n_boot=r.n_boot, seed=r.seed,
+                        notes=notes)
     return StageReport("report", "done")
 
 
