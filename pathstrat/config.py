@@ -115,7 +115,7 @@ def _train_section() -> type[BaseModel]:
     fields = {name: (f.annotation, f) for name, f in StageTrainConfig.model_fields.items()
               if name not in RUN_SPECIFIC_TRAIN_KEYS}
     return create_model("TrainConfig", __base__=_Section,
-                        __doc__="Parameters of pathstrat.train.train_cv (features, manifest, "
+                        __doc__="Parameters of pathstrat.training.train_cv (features, manifest, "
                                 "out and encoder_id are set by the runner).", **fields)
 
 

@@ -439,7 +439,7 @@ def test_renamed_training_slides_are_refused_by_content(cohort, tmp_path, capsys
                     "--out", tmp_path / "pred2"], capsys)
     assert rc == 2 and "slide(s)" in _error_line(err)
     with pytest.raises(LeakageError):
-        from pathstrat.train import predict
+        from pathstrat.training import predict
 
         predict(run, ren, tmp_path / "ren.csv", tmp_path / "pred3")
 

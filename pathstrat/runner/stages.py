@@ -104,13 +104,13 @@ def embedded_slides(ctx: RunContext):
 # -- train and decisions ---------------------------------------------------------------------------
 
 def run_train(ctx: RunContext) -> StageReport:
-    from pathstrat import train
+    from pathstrat.training import train_cv
 
     df = embedded_slides(ctx)
     write_dataframe_atomic(ctx.cohort_manifest, df)
     tc = stage_train_config(ctx.cfg.train, features=str(ctx.features_dir), manifest=str(ctx.cohort_manifest),
                             out=str(ctx.run_dir), encoder_id=ctx.cfg.embed.encoder_id)
-    train.train_cv(tc, overwrite=True)  # the runner re-runs train only when its state says so
+    train_cv(tc, overwrite=True)  # the runner re-runs train only when its state says so
     return StageReport("train", "done")
 
 
