@@ -96,29 +96,11 @@ for _mod in COMMAND_MODULES:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run the app, turning pathstrat errors into one clear line and exit 2."""
-    from pathstrat.errors import PathstratError
+    """Entry point: run the app, turning pathstrat errors into one clear line and exit 2
+    (:func:`pathstrat.commands.run_app`)."""
+    from pathstrat.commands import run_app
 
-    try:
-        rv = app(args=argv, standalone_mode=False)
-    except PathstratError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        return EXIT_USAGE
-    except SystemExit as exc:  # click usage errors in non-standalone mode
-        return int(exc.code or 0) if isinstance(exc.code, int) else EXIT_ERROR
-    except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
-        return 130
-    except Exception as exc:  # noqa: BLE001 - last-resort: one line, not a traceback wall
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            return exc.exit_code
-        if isinstance(exc, click.exceptions.Abort):
-            return 130
-        raise
-    return rv if isinstance(rv, int) else EXIT_OK
+    return run_app(app, argv)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ names below are the package's public API.
 from __future__ import annotations
 
 from pathstrat.metrics import harrell_c
-from pathstrat.survival.analysis import StratifyResult, analyse, stratify
+from pathstrat.survival.analysis import analyse, stratify
 from pathstrat.survival.groups import (
     GROUP_LABELS,
     assign_groups,
@@ -26,7 +26,7 @@ from pathstrat.survival.groups import (
     oof_risk_groups,
     parse_cutoff,
 )
-from pathstrat.survival.io import clinical_table, patient_scores, write_outputs
+from pathstrat.survival.io import StratifyResult, clinical_table, patient_scores, write_outputs
 from pathstrat.survival.plots import at_risk_times, forest_rows, plot_forest, plot_km
 from pathstrat.survival.stats import (
     Z95,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -15,7 +14,7 @@ from pathstrat.cohort import read_table
 from pathstrat.errors import SchemaError
 from pathstrat.metrics import harrell_c
 from pathstrat.survival.groups import group_labels, oof_risk_groups, parse_cutoff
-from pathstrat.survival.io import clinical_table, patient_scores, write_outputs
+from pathstrat.survival.io import StratifyResult, clinical_table, patient_scores, write_outputs
 from pathstrat.survival.stats import (
     SurvivalFitError,
     cox_interaction,
@@ -31,15 +30,6 @@ from pathstrat.survival.stats import (
 )
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class StratifyResult:
-    """Summary (the ``survival.json`` content), per-patient table and KM fitters."""
-
-    summary: dict[str, Any]
-    patients: pd.DataFrame
-    fitters: dict[str, Any] = field(default_factory=dict)
 
 
 def _safe(fn: Callable[[], Any], what: str) -> Any:

@@ -5,21 +5,29 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from pathstrat.errors import LeakageError, SchemaError
 
-if TYPE_CHECKING:
-    from pathstrat.survival.analysis import StratifyResult
-
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class StratifyResult:
+    """Summary (the ``survival.json`` content), per-patient table and KM fitters."""
+
+    summary: dict[str, Any]
+    patients: pd.DataFrame
+    fitters: dict[str, Any] = field(default_factory=dict)
+
+
 def require_columns(df: pd.DataFrame, cols: Sequence[str], what: str) -> None:
+    """Refuse ``df`` (a :class:`SchemaError` naming the columns it has) when it lacks ``cols``."""
     missing = [c for c in cols if c not in df.columns]
     if missing:
         raise SchemaError(f"{what} lacks column(s) {missing}; it has {list(df.columns)}. "
