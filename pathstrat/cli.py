@@ -73,54 +73,12 @@ for _mod in COMMAND_MODULES:
     _mod.register(app)
 
 
-#: Commands driven by a YAML config: setting names in errors become dotted config keys.
-CONFIG_COMMANDS = {"run"}
-
-
-def user_message(exc: BaseException, argv: list[str]) -> str:
-    """An error's message in the invoked command's words: `tile_px` becomes ``--tile-px`` for
-    ``pathstrat tile`` and ``tiling.tile_px`` for ``pathstrat run`` (see :mod:`pathstrat.vocabulary`)."""
-    from pathstrat import vocabulary
-
-    msg = str(exc)
-    if not vocabulary.FIELD_REF.search(msg):
-        return msg
-    try:
-        cmd = vocabulary.leaf_command(typer.main.get_command(app), argv)
-        names = vocabulary.command_flags(cmd)
-        if getattr(cmd, "name", None) in CONFIG_COMMANDS:
-            from pathstrat.config import PipelineConfig
-
-            names = {**vocabulary.config_keys(PipelineConfig), **names}
-    except Exception:  # noqa: BLE001 - a message must never fail to print
-        return msg
-    return vocabulary.translate(msg, names)
-
-
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run the app, turning pathstrat errors into one clear line and exit 2."""
-    from pathstrat.errors import PathstratError
+    """Entry point: run the app, turning pathstrat errors into one clear line and exit 2
+    (:func:`pathstrat.commands.run_app`)."""
+    from pathstrat.commands import run_app
 
-    try:
-        rv = app(args=argv, standalone_mode=False)
-    except PathstratError as exc:
-        typer.echo(f"error: {user_message(exc, sys.argv[1:] if argv is None else argv)}", err=True)
-        return EXIT_USAGE
-    except SystemExit as exc:  # click usage errors in non-standalone mode
-        return int(exc.code or 0) if isinstance(exc.code, int) else EXIT_ERROR
-    except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
-        return 130
-    except Exception as exc:  # noqa: BLE001 - last-resort: one line, not a traceback wall
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            return exc.exit_code
-        if isinstance(exc, click.exceptions.Abort):
-            return 130
-        raise
-    return rv if isinstance(rv, int) else EXIT_OK
+    return run_app(app, argv)
 
 
 if __name__ == "__main__":

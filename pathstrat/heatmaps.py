@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 
     from pathstrat.slide import Slide
 
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
 log = logging.getLogger(__name__)
 
 DEFAULT_THUMB_PX = 1024
@@ -154,9 +157,15 @@ def value_grid(coords: np.ndarray, values: np.ndarray, tile_size_level0: Level0P
         return np.where(cnt > 0, acc / np.maximum(cnt, 1), np.nan)
 
 
-def plot_heatmap(thumb: np.ndarray, grid: np.ndarray, ax, *, cmap: str = "inferno",
-                 alpha: float = 0.55, label: str = "value", vmin: float = 0.0, vmax: float = 1.0):
-    """Thumbnail with the value grid blended on top and a colour bar; returns ``ax``."""
+def plot_heatmap(thumb: np.ndarray, grid: np.ndarray, ax: Axes | None = None, *,
+                 cmap: str = "inferno", alpha: float = 0.55, label: str = "value",
+                 vmin: float = 0.0, vmax: float = 1.0) -> Axes:
+    """Thumbnail with the value grid blended on top and a colour bar; returns ``ax`` (a new
+    figure's axes, sized to the thumbnail, when None)."""
+    if ax is None:
+        from matplotlib.figure import Figure
+
+        ax = Figure(figsize=(7, 7 * thumb.shape[0] / thumb.shape[1] + 0.6)).add_subplot(111)
     ax.imshow(thumb)
     im = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, alpha=alpha, vmin=vmin, vmax=vmax,
                    interpolation="nearest")
@@ -173,9 +182,11 @@ def extreme_indices(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]
 
 
 def plot_montage(tiles_top: Sequence[np.ndarray], tiles_bottom: Sequence[np.ndarray],
-                 values_top: Sequence[float], values_bottom: Sequence[float], axes, *,
-                 name: str = "value"):
-    """Top-k tiles in the first row of ``axes`` and bottom-k in the second; returns ``axes``."""
+                 values_top: Sequence[float], values_bottom: Sequence[float], axes: Any, *,
+                 name: str = "value") -> Any:
+    """Top-k tiles in the first row of ``axes`` (a 2 x k array of Axes, e.g.
+    ``fig.subplots(2, k, squeeze=False)``: a montage is a grid, not one Axes) and bottom-k in
+    the second; returns ``axes``."""
     for row, tiles, vals, what in ((0, tiles_top, values_top, "top"),
                                    (1, tiles_bottom, values_bottom, "bottom")):
         for j, ax in enumerate(axes[row]):

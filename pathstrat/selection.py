@@ -236,18 +236,18 @@ def run_selection(predictions: pd.DataFrame | str | os.PathLike[str], out_dir: s
     """Read tables, run :func:`select`, write ``selection.json`` and ``selection.csv``."""
     from pathlib import Path
 
+    from pathstrat.cohort import read_table
     from pathstrat.io import ensure_writable_dir, write_dataframe_atomic, write_json_atomic
-    from pathstrat.survival import read_table
 
     out = ensure_writable_dir(out_dir)
     clin = None
     if manifest is not None:
-        clin = manifest if isinstance(manifest, pd.DataFrame) else read_table(manifest)
+        clin = manifest if isinstance(manifest, pd.DataFrame) else read_table(manifest, what="Table")
         if "patient_id" not in clin.columns:
             clin = clin.assign(patient_id=clin["slide_id"].astype(str))
 
     def load(src: Any) -> pd.DataFrame:
-        df = src if isinstance(src, pd.DataFrame) else read_table(src)
+        df = src if isinstance(src, pd.DataFrame) else read_table(src, what="Table")
         pts = patient_labels(df, target=target, score_col=score_col)
         extra = [c for c in (label_col, response_col) if c]
         if extra:

@@ -85,7 +85,7 @@ def cv_main(args) -> None:
 
     from pathstrat.features import read_bag
     from pathstrat.testing import make_feature_cohort
-    from pathstrat.train import train_cv
+    from pathstrat.training import train_cv
 
     tmp = tempfile.mkdtemp(prefix="bench_cv_")
     fdir, manifest = make_feature_cohort(tmp, n_patients=args.n_bags, dim=args.dim, seed=args.seed,

@@ -439,7 +439,7 @@ def test_renamed_training_slides_are_refused_by_content(cohort, tmp_path, capsys
                     "--out", tmp_path / "pred2"], capsys)
     assert rc == 2 and "slide(s)" in _error_line(err)
     with pytest.raises(LeakageError):
-        from pathstrat.train import predict
+        from pathstrat.training import predict
 
         predict(run, ren, tmp_path / "ren.csv", tmp_path / "pred3")
 
@@ -473,7 +473,9 @@ def test_report_has_no_absolute_paths(cohort, tmp_path):
     fdir, man = cohort
     run = tmp_path / "run"
     assert main(["train", "--features", str(fdir), "--manifest", str(man), "--out", str(run), *TRAIN]) == 0
-    html = build_report(run, n_boot=20).read_text()
+    from pathstrat.runner.derived import derive_missing
+
+    html = build_report(run, n_boot=20, notes=derive_missing(run, n_boot=20)).read_text()
     assert str(tmp_path) not in html and str(fdir) not in html
     assert str(tmp_path) in build_report(run, n_boot=20, out=tmp_path / "r2.html",
                                          show_paths=True).read_text()

@@ -161,7 +161,7 @@ def test_report_sections_present_when_inputs_missing(tmp_path):
     run.mkdir()
     pd.DataFrame({"slide_id": ["a", "b"], "patient_id": ["a", "b"], "target": "x", "y_true": [0, 1],
                   "score": [0.2, 0.7]}).to_csv(run / "predictions.csv", index=False)
-    html = build_report(run, n_boot=20, compute=False).read_text()
+    html = build_report(run, n_boot=20).read_text()
     for key in ORDER:
         assert f'<section id="{key}">' in html
     for why in ("survival.json absent", "selection.json/selection.csv absent",
@@ -170,9 +170,25 @@ def test_report_sections_present_when_inputs_missing(tmp_path):
         assert f"not available: {why}" in html, why
 
 
-def test_report_computes_missing_survival_and_selection(tmp_path):
+def test_report_only_reads_files(tmp_path):
+    """Rendering a training run directory computes nothing: the missing stages say so."""
     run, _ = _make_run(tmp_path)
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
     html = build_report(run, n_boot=20).read_text()
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == [*before, Path("report.html")]
+    assert "not available: survival.json absent" in html
+    assert "not available: selection.json/selection.csv absent" in html
+
+
+def test_derived_stages_then_report(tmp_path):
+    """`derive_missing` (called by `pathstrat report` and the runner) writes survival and
+    selection with defaults; the report shows them with its notes."""
+    from pathstrat.runner.derived import derive_missing
+
+    run, _ = _make_run(tmp_path)
+    notes = derive_missing(run, n_boot=20)
+    assert set(notes) == {"survival", "selection"}
+    html = build_report(run, n_boot=20, notes=notes).read_text()
     surv = json.loads((run / "survival" / "survival.json").read_text())
     assert surv["target"] == "os" and surv["cutoff"]["source"] == "other_folds_oof"
     sel = json.loads((run / "selection" / "selection.json").read_text())
@@ -183,6 +199,21 @@ def test_report_computes_missing_survival_and_selection(tmp_path):
     assert "computed by `pathstrat report` for target &#x27;msi&#x27;" in section["selection"]
     assert f"{surv['c_index']:.3f}" in section["survival"]
     assert "not available: heatmaps/index.csv absent" in section["heatmaps"]
+    assert derive_missing(run, n_boot=20) == {}  # outputs present: nothing recomputed
+
+
+def test_report_cli_derives_missing_stages(tmp_path):
+    """`pathstrat report RUN` on a training run directory: survival and selection computed,
+    as before the report stopped computing them itself; --no-compute renders the files only."""
+    from pathstrat.cli import main
+
+    run, _ = _make_run(tmp_path)
+    assert main(["report", str(run), "--no-compute", "--n-boot", "20"]) == 0
+    assert not (run / "survival").exists() and not (run / "selection").exists()
+    assert main(["report", str(run), "--n-boot", "20"]) == 0
+    html = (run / "report.html").read_text()
+    surv = json.loads((run / "survival" / "survival.json").read_text())
+    assert f"{surv['c_index']:.3f}" in html and "computed by `pathstrat report`" in html
 
 
 def _chromium() -> str:

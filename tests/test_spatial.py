@@ -448,9 +448,10 @@ def test_cli_fit_predict_pseudobulk(st, he_slide, tmp_path, aperio_tiff):
 def test_spatial_demo_step_runs_the_public_commands(tmp_path):
     """`pathstrat demo --spatial`'s step: generated samples -> h5ad -> ridge -> maps; the planted
     programmes are learned (out-of-fold Pearson > 0.7) and slide columns are written."""
+    from pathstrat.cli import main
     from pathstrat.runner.demo import run_spatial_demo
 
-    res = run_spatial_demo(tmp_path / "spatial", n_samples=4, n_he=1)
+    res = run_spatial_demo(tmp_path / "spatial", main, n_samples=4, n_he=1)
     b = res["benchmark"]
     assert b["n_patients"] == 4
     # planted programmes are predicted out of fold (noise genes pull the all-gene mean down)

@@ -14,7 +14,7 @@ from sklearn import metrics as skm
 
 from pathstrat.errors import FeatureDimError, LeakageError
 from pathstrat.testing import make_feature_cohort
-from pathstrat.train import (
+from pathstrat.training import (
     TrainConfig,
     check_no_overlap,
     evaluate,
@@ -152,7 +152,7 @@ def test_train_scores_are_each_fold_models_training_patients(run):
 def test_checkpoint_round_trip_equals_end_of_training_predictions(run, cohort):
     from pathstrat.cohort import load_manifest
     from pathstrat.mil.targets import TargetSpec
-    from pathstrat.train import BagDataset, load_bags, make_loader
+    from pathstrat.training import BagDataset, load_bags, make_loader
     from pathstrat.training.evaluation import decode_outputs
 
     spec = load_run_spec(run)

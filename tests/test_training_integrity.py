@@ -12,7 +12,7 @@ import pytest
 
 from pathstrat.errors import TrainingDivergedError, WeightsError
 from pathstrat.testing import make_feature_cohort
-from pathstrat.train import load_fold_model, load_run_spec, predict, train_cv
+from pathstrat.training import load_fold_model, load_run_spec, predict, train_cv
 
 TINY = dict(epochs=2, lr=5e-3, batch_size=8, max_tiles=16, n_boot=20, save_attention=False,
             hparams={"dim": 16, "attn_dim": 8}, targets=["responder"], folds=2, seed=0)

@@ -16,7 +16,7 @@ import torch
 from pathstrat.cli import main
 from pathstrat.errors import TrainingDivergedError, WeightsError
 from pathstrat.testing import make_feature_cohort
-from pathstrat.train import load_fold_model, load_run_spec, predict, train_cv
+from pathstrat.training import load_fold_model, load_run_spec, predict, train_cv
 
 FAST = dict(targets=["responder"], model="abmil", folds=3, epochs=5, lr=1e-2, batch_size=8,
             max_tiles=16, n_boot=50, hparams={"dim": 16, "attn_dim": 8}, seed=0)

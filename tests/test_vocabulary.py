@@ -8,7 +8,8 @@ import typer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pathstrat import vocabulary
-from pathstrat.cli import app, main, user_message
+from pathstrat.cli import app, main
+from pathstrat.commands import user_message
 from pathstrat.errors import ConfigError
 from pathstrat.training.splits import make_splits
 
@@ -42,11 +43,11 @@ def test_config_keys_are_dotted_and_unambiguous():
 
 def test_user_message_per_front_end():
     exc = ConfigError("overlap must be below the tile: lower `overlap_px` or raise `tile_px`.")
-    assert user_message(exc, ["tile", "--manifest", "m.csv"]) == (
+    assert user_message(app, exc, ["tile", "--manifest", "m.csv"]) == (
         "overlap must be below the tile: lower --overlap-px or raise --tile-px.")
-    assert user_message(exc, ["run", "study.yaml"]) == (
+    assert user_message(app, exc, ["run", "study.yaml"]) == (
         "overlap must be below the tile: lower tiling.overlap_px or raise tiling.tile_px.")
-    assert user_message(exc, ["report", "run"]) == str(exc)  # no such flags: unchanged
+    assert user_message(app, exc, ["report", "run"]) == str(exc)  # no such flags: unchanged
 
 
 def test_api_and_cli_name_the_setting_as_their_user_typed_it(tmp_path, capsys):

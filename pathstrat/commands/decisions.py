@@ -99,6 +99,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """One self-contained report.html (images embedded, opens offline)."""
         from pathstrat.report import build_report
+        from pathstrat.runner.derived import derive_missing
 
-        typer.echo(str(build_report(run, manifest=manifest, out=out, n_boot=n_boot, compute=compute,
+        notes = derive_missing(run, n_boot=n_boot) if compute else {}
+        typer.echo(str(build_report(run, manifest=manifest, out=out, n_boot=n_boot, notes=notes,
                                     show_paths=show_paths)))

@@ -52,7 +52,9 @@ def register(app: typer.Typer) -> None:
         report = summary.run_dir / "report.html"
         typer.echo(f"report: {report.resolve()}")
         if spatial:
-            res = run_spatial_demo(out / "spatial", seed=seed)
+            from pathstrat.commands import run_app
+
+            res = run_spatial_demo(out / "spatial", lambda argv: run_app(app, argv), seed=seed)
             progs = {k.split("_")[1]: v for k, v in res["benchmark"].items()
                      if k.startswith("programme_") and k.endswith("_pearson")}
             typer.echo("spatial: programme Pearson (out of fold) "

@@ -62,7 +62,7 @@ def register(app: typer.Typer) -> None:
         from pydantic import ValidationError
 
         from pathstrat.errors import ConfigError
-        from pathstrat.train import TrainConfig, train_cv
+        from pathstrat.training import TrainConfig, train_cv
         from pathstrat.vocabulary import format_validation_error
 
         base = yaml.safe_load(config.read_text()) if config else {}
@@ -143,7 +143,7 @@ def register(app: typer.Typer) -> None:
         elif features is None:
             raise ConfigError("predict --run needs --features DIR.")
         else:
-            from pathstrat.train import predict as run_predict
+            from pathstrat.training import predict as run_predict
 
             dest = run_predict(run, features, manifest, out, allow_overlap=allow_overlap, device=device)
         typer.echo(f"predictions written to {dest / 'predictions.csv'}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from pathstrat.io import ensure_writable_dir
@@ -24,8 +25,7 @@ def make_demo_cohort(out: str | Path, *, n_patients: int = 60, seed: int = 0,
 def run_demo(out: str | Path, *, n_patients: int = 60, seed: int = 0,
              overrides: list[str] | None = None, executor: str | None = None) -> RunSummary:
     """Generate the cohort under ``out`` and run configs/demo.yaml into ``out/run``."""
-    from pathstrat.config import DEMO_CONFIG, shipped_config
-    from pathstrat.config import load_config
+    from pathstrat.config import DEMO_CONFIG, load_config, shipped_config
     from pathstrat.runner.core import run_pipeline
 
     out = ensure_writable_dir(Path(out).resolve(), min_free_mb=300.0)
@@ -43,18 +43,19 @@ def run_demo(out: str | Path, *, n_patients: int = 60, seed: int = 0,
     return run_pipeline(cfg, executor=executor)
 
 
-def run_spatial_demo(out: str | Path, *, n_samples: int = 4, n_he: int = 1, seed: int = 0,
-                     device: str = "cpu") -> dict:
+def run_spatial_demo(out: str | Path, run_command: Callable[[list[str]], int], *, n_samples: int = 4,
+                     n_he: int = 1, seed: int = 0, device: str = "cpu") -> dict:
     """The spatial-transcriptomics demo step (``pathstrat demo --spatial``): generated Visium-like
     samples with planted programmes -> ``.h5ad`` with spot embeddings (``builtin``) -> ridge
     expression model with patient folds -> programme maps and slide columns on H&E-only slides.
 
-    Runs through the public ``pathstrat spatial`` commands into ``out``; returns the fitted
-    model's benchmark row (out-of-fold Pearson per gene and per planted programme) and the
-    output paths."""
+    Runs through the public ``pathstrat spatial`` commands into ``out``, each given to
+    ``run_command`` as its argv (:func:`pathstrat.cli.main`; the ``demo`` command passes the
+    app it belongs to, so the runner never imports the CLI); returns the fitted model's
+    benchmark row (out-of-fold Pearson per gene and per planted programme) and the output
+    paths."""
     import pandas as pd
 
-    from pathstrat.cli import main
     from pathstrat.errors import PathstratError
 
     out = ensure_writable_dir(Path(out).resolve())
@@ -69,7 +70,7 @@ def run_spatial_demo(out: str | Path, *, n_samples: int = 4, n_he: int = 1, seed
          str(out / "st" / "he_manifest.csv"), "--out", str(out / "maps"), "--device", device],
     ]
     for argv in steps:
-        rc = main(["-q", *argv])
+        rc = run_command(["-q", *argv])
         if rc not in (0, 3):
             raise PathstratError(f"spatial demo step `pathstrat {' '.join(argv[:2])}` failed (exit {rc}); "
                                  "see the messages above.")

@@ -78,13 +78,13 @@ def embedded_slides(ctx: RunContext):
 # -- train and decisions ---------------------------------------------------------------------------
 
 def run_train(ctx: RunContext) -> StageReport:
-    from pathstrat import train
+    from pathstrat.training import train_cv
 
     df = embedded_slides(ctx)
     write_dataframe_atomic(ctx.cohort_manifest, df)
     tc = stage_train_config(ctx.cfg.train, features=str(ctx.features_dir), manifest=str(ctx.cohort_manifest),
                             out=str(ctx.run_dir), encoder_id=ctx.cfg.embed.encoder_id)
-    train.train_cv(tc, overwrite=True)  # the runner re-runs train only when its state says so
+    train_cv(tc, overwrite=True)  # the runner re-runs train only when its state says so
     return StageReport("train", "done")
 
 
@@ -142,8 +142,11 @@ def run_report(ctx: RunContext) -> StageReport:
     if not r.enabled:
         return StageReport("report", "not-run", detail="disabled")
     from pathstrat import report
+    from pathstrat.runner.derived import derive_missing
 
-    report.build_report(ctx.run_dir, manifest=ctx.cfg.cohort.manifest, n_boot=r.n_boot, seed=r.seed)
+    notes = derive_missing(ctx.run_dir, n_boot=r.n_boot, seed=r.seed)  # survival/selection not staged
+    report.build_report(ctx.run_dir, manifest=ctx.cfg.cohort.manifest, n_boot=r.n_boot, seed=r.seed,
+                        notes=notes)
     return StageReport("report", "done")
 
 

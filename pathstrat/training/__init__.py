@@ -1,6 +1,6 @@
 """MIL training: preloaded bag datasets, the per-epoch step, cross-validation and prediction.
 
-Public API (also re-exported by :mod:`pathstrat.train`): ``train_cv``, ``predict``,
+Public API: ``train_cv``, ``predict``,
 ``TrainConfig``; building blocks for other loops (federated): ``load_bags``, ``BagStore``,
 ``BagDataset``, ``collate_bags``, ``make_loader``, ``train_one_epoch``, ``evaluate``, ``fit``,
 ``TrainParams``, ``make_splits``, ``load_fold_model``.

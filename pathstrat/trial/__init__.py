@@ -129,12 +129,12 @@ def run_trial_design(out_dir: str | Path, *, inputs: TrialInputs | None = None,
 
 def _sweep(predictions: str | Path, inp: TrialInputs, out: Path, sel: dict[str, Any] | None,
            doc: dict[str, Any]) -> None:
+    from pathstrat.cohort import read_table
     from pathstrat.io import atomic_path, write_dataframe_atomic
     from pathstrat.selection import patient_labels
-    from pathstrat.survival import read_table
 
     target = (sel or {}).get("target")
-    pts = patient_labels(read_table(predictions), target=target).dropna(subset=["y", "score"])
+    pts = patient_labels(read_table(predictions, what="Table"), target=target).dropna(subset=["y", "score"])
     tab = sweep_thresholds(pts["y"].to_numpy(), pts["score"].to_numpy(), inp)
     write_dataframe_atomic(out / "trial_sweep.csv", tab)
     if len(tab):

@@ -8,12 +8,15 @@ specificity; the designs are recomputed at that operating point.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from pathstrat.trial.design import TrialInputs, compare_designs
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 
 def sweep_thresholds(y: np.ndarray, score: np.ndarray, inp: TrialInputs, *, n_points: int = 25,
@@ -45,12 +48,13 @@ def sweep_thresholds(y: np.ndarray, score: np.ndarray, inp: TrialInputs, *, n_po
     return pd.DataFrame(rows)
 
 
-def plot_sweep(table: pd.DataFrame, ax: Any = None, *, y: str = "screened") -> Any:
-    """Patients ``y`` (screened, enrolled, ...) against threshold per design; returns ``ax``."""
+def plot_sweep(table: pd.DataFrame, ax: Axes | None = None, *, y: str = "screened") -> Axes:
+    """Patients ``y`` (screened, enrolled, ...) against threshold per design; returns ``ax``
+    (a new pyplot-free figure's axes when None)."""
     if ax is None:
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure
 
-        _, ax = plt.subplots(figsize=(5.5, 3.6))
+        ax = Figure(figsize=(5.5, 3.6)).add_subplot(111)
     for name, g in table.groupby("design"):
         ax.plot(g["threshold"], g[y], marker="o", ms=3, label=name.replace("_", " "))
     ax.set_xlabel("selection threshold (score >= threshold is model-positive)")

@@ -1,22 +1,15 @@
-"""Cohort manifest: load a CSV/Parquet table of slides and validate it before any work starts.
-
-One row per slide. Required columns ``slide_id`` and ``path``; optional ``patient_id`` (default:
-the slide id) and ``mpp`` (overrides the slide metadata); every other column is kept untouched.
-All problems of a kind are collected and reported together, with 1-based row numbers (the first
-data row is row 1) and slide ids, so a user fixes a manifest in one pass.
-"""
+"""Manifest and target checks: each ``_check_*`` returns human-readable problem lines (1-based
+rows, slide ids) so that all problems of a kind are reported together; :func:`check_targets`
+is the one validation path for labels, times and events."""
 
 from __future__ import annotations
 
-import csv
 import errno
-import io
 import logging
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, overload
 
 import numpy as np
 import pandas as pd
@@ -27,7 +20,6 @@ log = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("slide_id", "path")
 MAX_LISTED = 10  # rows listed per problem in an error message
-PARQUET_SUFFIXES = (".parquet", ".pq")
 
 
 @dataclass(frozen=True)
@@ -38,202 +30,6 @@ class SlideProblem:
     path: str
     reason: str
 
-
-@overload
-def load_manifest(path: str | os.PathLike, *, check_files: bool = ..., label_cols: Sequence[str] = ...,
-                  time_col: str | None = ..., event_col: str | None = ...,
-                  on_missing: Literal["raise"] = ...) -> pd.DataFrame: ...
-
-
-@overload
-def load_manifest(path: str | os.PathLike, *, check_files: bool = ..., label_cols: Sequence[str] = ...,
-                  time_col: str | None = ..., event_col: str | None = ...,
-                  on_missing: Literal["record"]) -> tuple[pd.DataFrame, list[SlideProblem]]: ...
-
-
-def load_manifest(path, *, check_files=True, label_cols=(), time_col=None, event_col=None,
-                  on_missing="raise"):
-    """Read and validate a cohort manifest (CSV or Parquet).
-
-    Parameters
-    ----------
-    path
-        Manifest file; relative slide paths resolve against its folder.
-    check_files
-        Check that every slide file exists and is readable.
-    label_cols, time_col, event_col
-        Columns that must exist and be constant per patient; ``time`` must be >= 0 and
-        ``event`` in {0, 1}.
-    on_missing
-        ``"raise"``: missing/unreadable slide files are a :class:`ManifestError`.
-        ``"record"``: return ``(df, problems)`` instead, one :class:`SlideProblem` per such
-        slide, so a batch can record them in ``failures.csv`` and go on.
-    """
-    if on_missing not in ("raise", "record"):
-        raise ValueError(f"on_missing must be 'raise' or 'record', not {on_missing!r}")
-    path = Path(path)
-    df = read_table(path)
-    df = normalize_manifest(df, base_dir=path.parent.resolve(), source=str(path),
-                            label_cols=label_cols, time_col=time_col, event_col=event_col)
-    problems = find_file_problems(df) if check_files else []
-    if problems and on_missing == "raise":
-        rows = {sid: i for i, sid in enumerate(df["slide_id"], start=1)}
-        lines = [f"row {rows[p.slide_id]} (slide '{p.slide_id}'): {p.reason}" for p in problems]
-        raise ManifestError(_format(f"Manifest '{path}': {len(problems)} slide file(s) cannot be used",
-                                    lines, "fix the paths (relative paths are resolved against the "
-                                    "manifest's folder) or remove those rows"))
-    log.info("manifest %s: %d slides, %d patients", path, len(df), df["patient_id"].nunique())
-    if on_missing == "record":
-        return df, problems
-    return df
-
-
-#: Strings read as "missing" in value columns (pandas' defaults). Id columns (slide_id,
-#: patient_id, path) never convert: a patient called "NA" stays "NA".
-NA_STRINGS = frozenset({"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan",
-                        "1.#IND", "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a",
-                        "nan", "null"})
-ID_COLUMNS = ("slide_id", "patient_id", "path")
-
-
-def read_table(path: str | os.PathLike, *, what: str = "Manifest") -> pd.DataFrame:
-    """Read a CSV or Parquet table with ids as written (strings, no NA conversion): the one
-    table reader of the package (manifests, clinical tables, predictions).
-
-    A CSV row with more fields than the header is refused naming its line (pandas would shift
-    its columns silently); a shorter row leaves its trailing columns empty.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ManifestError(f"{what} '{path}' does not exist (or is not a file). "
-                            + ("Pass the CSV or Parquet file listing slide_id and path."
-                               if what == "Manifest" else "Check the path."))
-    try:
-        if path.suffix.lower() in PARQUET_SUFFIXES:
-            df = pd.read_parquet(path)
-            for col in ID_COLUMNS:
-                if col in df.columns:
-                    df[col] = df[col].map(lambda v: v if isinstance(v, str) else
-                                          "" if v is None or (isinstance(v, float) and np.isnan(v))
-                                          else str(v))
-            return df
-        return _read_csv(path)
-    except ImportError as exc:
-        raise ManifestError(f"Reading Parquet manifest '{path}' needs pyarrow: "
-                            'pip install "pathstrat[parquet]", or save the manifest as CSV.') from exc
-    except UnicodeDecodeError as exc:
-        raise ManifestError(f"Manifest '{path}' is not UTF-8 text ({exc.reason} at byte "
-                            f"{exc.start}). Save it as UTF-8 CSV, or as Parquet.") from exc
-    except (OSError, ValueError, csv.Error, pd.errors.ParserError) as exc:
-        if isinstance(exc, ManifestError):
-            raise
-        raise ManifestError(f"Manifest '{path}' cannot be parsed ({exc}). Save it as UTF-8 CSV "
-                            "with a header row, or as Parquet.") from exc
-
-
-def _read_csv(path: Path) -> pd.DataFrame:
-    """CSV -> DataFrame: every field a string; value columns converted like pandas would."""
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        text = fh.read()
-    if "\x00" in text:
-        line = text[: text.index("\x00")].count("\n") + 1
-        raise ManifestError(f"Manifest '{path}' line {line}: contains a NUL byte; it is not a text "
-                            "CSV. Re-export it as UTF-8 CSV.")
-    reader = csv.reader(io.StringIO(text), skipinitialspace=True, strict=True)
-    rows: list[list[str]] = []
-    header: list[str] | None = None
-    bad: list[str] = []
-    for rec in reader:
-        if not rec or all(not f.strip() for f in rec):
-            continue  # blank line
-        if header is None:
-            header = [h.strip() for h in rec]
-            continue
-        if len(rec) > len(header):  # pandas would shift such a row's columns silently
-            extra = rec[len(header):]
-            hint = " (trailing comma?)" if not any(f.strip() for f in extra) else ""
-            bad.append(f"line {reader.line_num}: {len(rec)} fields, the header has "
-                       f"{len(header)}{hint}")
-            continue
-        rows.append(rec + [""] * (len(header) - len(rec)))  # short row: trailing values empty
-    if header is None:
-        raise ManifestError(f"Manifest '{path}' is empty; it needs a header row (slide_id,path,...) "
-                            "and one row per slide.")
-    if bad:
-        raise ManifestError(_format(f"Manifest '{path}': {len(bad)} row(s) do not match the header",
-                                    bad, "give every row at most one field per header column "
-                                    "(quote fields that contain commas)"))
-    dup = sorted({h for h in header if header.count(h) > 1})
-    if dup:
-        raise ManifestError(f"Manifest '{path}': column name(s) {dup} appear more than once in the "
-                            "header; give every column a distinct name.")
-    df = pd.DataFrame(rows, columns=header, dtype=object) if rows else pd.DataFrame(columns=header)
-    for col in df.columns:
-        if col in ID_COLUMNS:
-            continue
-        df[col] = _convert_values(df[col])
-    return df
-
-
-def _convert_values(col: pd.Series) -> pd.Series:
-    """A value column as pandas would read it: NA strings -> NaN, numbers when all parse."""
-    vals = col.map(lambda v: np.nan if v.strip() in NA_STRINGS else v.strip())
-    present = vals.dropna()
-    if present.empty:
-        return vals.astype(float)
-    num = pd.to_numeric(present, errors="coerce")
-    if num.notna().all():
-        out = pd.to_numeric(vals, errors="coerce")
-        if out.notna().all() and present.str.fullmatch(r"[+-]?\d{1,18}").all():
-            return out.astype(np.int64)
-        return out.astype(float)
-    if present.str.lower().isin(["true", "false"]).all():  # as pandas reads True/FALSE/true
-        return vals.map(lambda v: v if not isinstance(v, str) else v.lower() == "true")
-    return vals
-
-
-def normalize_manifest(df: pd.DataFrame, *, base_dir: str | os.PathLike | None = None,
-                       source: str = "manifest", label_cols: Sequence[str] = (),
-                       time_col: str | None = None, event_col: str | None = None) -> pd.DataFrame:
-    """Validate an in-memory manifest and bring it to the documented column types.
-
-    Used by :func:`load_manifest`; callers holding a DataFrame (tests, the runner) can call it
-    directly. Raises one :class:`ManifestError` listing every problem found.
-    """
-    df = df.copy()
-    df.columns = [str(c).strip() for c in df.columns]
-    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
-    if missing:
-        raise ManifestError(f"{source}: missing required column(s) {', '.join(missing)}; columns "
-                            f"found: {', '.join(map(str, df.columns)) or '(none)'}. A manifest needs "
-                            "one row per slide with at least slide_id and path.")
-    wanted = [c for c in (*label_cols, time_col, event_col) if c]
-    absent = [c for c in wanted if c not in df.columns]
-    if absent:
-        raise ManifestError(f"{source}: column(s) {', '.join(absent)} requested as label/survival "
-                            f"columns are absent; columns found: {', '.join(df.columns)}.")
-    if df.empty:
-        raise ManifestError(f"{source}: the manifest has no rows; add one row per slide.")
-    df = df.reset_index(drop=True)
-    df["slide_id"] = _as_id(df["slide_id"])
-    df["path"] = _as_id(df["path"])
-    df["patient_id"] = _as_id(df["patient_id"]) if "patient_id" in df.columns else df["slide_id"]
-    df.loc[df["patient_id"] == "", "patient_id"] = df.loc[df["patient_id"] == "", "slide_id"]
-
-    errors: list[str] = []
-    errors += _check_blank(df)
-    errors += _check_ids(df)
-    errors += _check_duplicates(df)
-    errors += _check_mpp(df)
-    errors += _target_problems(df, label_cols=label_cols, time_col=time_col, event_col=event_col)
-    if errors:
-        raise ManifestError(_format(f"{source}: invalid manifest", errors,
-                                    "fix these rows and rerun (row 1 is the first data row)"))
-    _warn_shared_files(df, source)
-    if base_dir is not None:
-        base = Path(base_dir)
-        df["path"] = [str(_resolve(p, base)) for p in df["path"]]
-    return df
 
 
 def check_targets(df: pd.DataFrame, *, label_cols: Sequence[str] = (), time_col: str | None = None,
@@ -279,38 +75,6 @@ def _target_problems(df: pd.DataFrame, *, label_cols: Sequence[str] = (), time_c
             errors += _check_labels(df, col, min_classes)
     errors += _check_patient_consistency(df, list(dict.fromkeys(wanted)))
     return errors
-
-
-def find_file_problems(df: pd.DataFrame) -> list[SlideProblem]:
-    """Slides whose file is missing, a directory, or not readable (one entry per slide)."""
-    out: list[SlideProblem] = []
-    for sid, p in zip(df["slide_id"], df["path"], strict=True):
-        reason = _file_problem(Path(p))
-        if reason:
-            out.append(SlideProblem(sid, p, reason))
-    return out
-
-
-def patient_table(df: pd.DataFrame, cols: Iterable[str]) -> pd.DataFrame:
-    """One row per patient with ``patient_id``, ``cols`` and ``n_slides``.
-
-    Raises :class:`ManifestError` when a patient's slides disagree on any of ``cols``.
-    """
-    cols = list(cols)
-    absent = [c for c in cols if c not in df.columns]
-    if absent:
-        raise ManifestError(f"patient_table: column(s) {', '.join(absent)} not in the manifest "
-                            f"(columns: {', '.join(df.columns)}).")
-    pid = df["patient_id"] if "patient_id" in df.columns else df["slide_id"]
-    frame = df.assign(patient_id=pid.astype(str)).reset_index(drop=True)
-    errors = _check_patient_consistency(frame, cols)
-    if errors:
-        raise ManifestError(_format("inconsistent per-patient values", errors,
-                                    "every slide of a patient must carry the same values"))
-    grouped = frame.groupby("patient_id", sort=False)
-    table = grouped[cols].first() if cols else pd.DataFrame(index=grouped.size().index)
-    table["n_slides"] = grouped.size()
-    return table.reset_index()
 
 
 # ---------------------------------------------------------------------------------------------
