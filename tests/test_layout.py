@@ -86,7 +86,6 @@ _LAYOUT_PIECE = re.compile(r'/\s*"(tiles|qc|features|\.pathstrat|qc\.csv|pipelin
 _ALLOWED = {
     "layout.py": "the definition",
     "sharing/serve.py": "a scratch request folder of uploaded feature files, not a stage layout",
-    "report.py": "qc.csv lookup; report.py is being split into a package (use TilesLayout there)",
 }
 
 

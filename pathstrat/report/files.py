@@ -59,7 +59,9 @@ class RunFiles:
 def data_dirs(cfg: dict[str, Any]) -> list[Path]:
     """Tiling/embedding output folders named by a run config (for qc.csv): ``tiles_root``,
     ``features_root`` or the grand-parent of ``features`` (``<root>/features/<encoder_id>``)."""
+    from pathstrat.layout import features_layout_of
+
     dirs = [cfg.get("tiles_root"), cfg.get("features_root")]
     if cfg.get("features"):
-        dirs.append(Path(cfg["features"]).parent.parent)
+        dirs.append(features_layout_of(cfg["features"]).root)
     return [Path(d) for d in dirs if d and Path(d).is_dir()]

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pathstrat.layout import TilesLayout
 from pathstrat.report.curves import (
     patient_level,
     plot_calibration,
@@ -25,7 +26,8 @@ def _cohort(rf: RunFiles) -> str:
     rows: list[tuple[str, Any]] = []
     man, qc, preds = rf.manifest, rf.csv("qc.csv"), rf.csv("predictions.csv")
     if qc is None:
-        qc_path = next((d / "qc.csv" for d in data_dirs(rf.config()) if (d / "qc.csv").exists()), None)
+        qc_path = next((q for q in (TilesLayout(d).qc_table for d in data_dirs(rf.config())) if q.exists()),
+                       None)
         qc = pd.read_csv(qc_path, dtype={"slide_id": str}) if qc_path else None
     fails = rf.csv("failures.csv")
     if man is not None:
