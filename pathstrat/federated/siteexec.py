@@ -115,13 +115,15 @@ class SiteExecutor:
                           RuntimeTokenHttpInterceptor(token)])
         heartbeat = HeartbeatSender(make_task_heartbeat_fn_http(client))
         message = reply = context = None
-        t0 = time.perf_counter()
+        t0, t_in, t_app = time.perf_counter(), float("nan"), float("nan")
         status, details = SubStatus.FAILED, "ClientApp task failed due to unknown reason"
         try:
             heartbeat.start()
             message, context, run, fab = pull_task_input(client)
             app = self._app_for(run, fab)
+            t_in = time.perf_counter()
             reply = app(message=message, context=context)
+            t_app = time.perf_counter() - t_in
             status, details = SubStatus.COMPLETED, ""
         except Exception as exc:  # noqa: BLE001 - becomes an error reply, as in flwr-clientapp
             code = ErrorCode.CLIENT_APP_RAISED_EXCEPTION
@@ -144,9 +146,10 @@ class SiteExecutor:
                 heartbeat.stop()
             client.close()
         self.tasks_run += 1
-        log.info("site executor: task %d (%s) %s in %.2f s", self.tasks_run,
-                 message.metadata.message_type if message is not None else "?",
-                 "done" if status == SubStatus.COMPLETED else "failed", time.perf_counter() - t0)
+        log.info("site executor: task %d (%s) %s in %.2f s (input %.2f s, ClientApp %.2f s)",
+                 self.tasks_run, message.metadata.message_type if message is not None else "?",
+                 "done" if status == SubStatus.COMPLETED else "failed", time.perf_counter() - t0,
+                 t_in - t0, t_app)
 
     def serve(self, max_tasks: int | None = None) -> None:
         """Acquire and run ClientApp tasks until stopped (SIGTERM) or ``max_tasks`` have run."""
