@@ -33,12 +33,14 @@ import logging
 import time
 from typing import Any
 
+from pathstrat.errors import PathstratError
+
 log = logging.getLogger(__name__)
 
 PATHSTRAT_CLIENT_APP = "pathstrat.federated.clientapp:client_app"
 
 
-class ForeignAppError(RuntimeError):
+class ForeignAppError(PathstratError, RuntimeError):
     """The run's FAB names a ClientApp this executor is not allowed to run."""
 
 
