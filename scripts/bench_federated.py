@@ -7,7 +7,8 @@ Generates a feature cohort split into ``--sites`` sites, then measures:
 * **federated**: the whole federation, either ``--mode inprocess`` (the real ServerApp/ClientApp
   and Flower messages delivered in this process: message, aggregation and selection cost) or
   ``--mode deployment`` (SuperLink + one SuperNode per site as separate processes on localhost,
-  ``flwr run``; each message runs in a fresh ClientApp process, as in a real deployment);
+  ``flwr run``; by default ``--isolation process`` with one long-running site executor per
+  SuperNode, ``--isolation subprocess`` for a fresh ClientApp process per message);
 * **site load**: a fresh process loading one site's store from its feature files (cold) and
   from the memory-mapped site cache (what every ClientApp process after the first does).
 
