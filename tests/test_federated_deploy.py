@@ -1,12 +1,14 @@
 """A real Flower deployment on localhost (issue 13): SuperLink + three SuperNodes as separate
 processes, TLS with a CA and server certificate made in the test, SuperNode authentication (plus
 one SuperNode whose key was never registered), one site that drops out in round 2, the app written
-by `pathstrat federated init-app`, submitted with `flwr run`.
+by `pathstrat federated init-app`, submitted with `flwr run`. The SuperNodes run with
+`--isolation process`, each next to one long-running site executor
+(`python -m pathstrat.federated.siteexec`) that runs every ClientApp message in that one process.
 
 The deployed global model must equal the in-process simulation of the same federation (same apps,
 seeds and messages; the in-process run is what tests/test_federated_quality.py compares with pooled
-training). About 2 minutes on 2 busy cores (Flower's SuperNode polls every 3 s and starts a fresh
-ClientApp process for each message); every daemon is stopped by its process-group id.
+training). About 1-2 minutes on 2 busy cores (Flower's SuperNode polls the SuperLink every 3 s);
+every daemon is stopped by its process-group id.
 """
 
 from __future__ import annotations
@@ -64,6 +66,14 @@ def test_tls_authenticated_deployment_with_dropout_equals_simulation(tmp_path):
     rounds = {r["round"]: r for r in summary["rounds"]}
     assert rounds[1]["failed_sites"] == [] and rounds[2]["failed_sites"] == ["C"]
     assert len(list((tmp_path / "cache").iterdir())) == 3  # one feature cache entry per site
+    # process isolation: no per-message flwr-clientapp; each site's executor ran all its messages
+    for i, site in enumerate("ABC"):
+        node_log = (tmp_path / "deploy" / f"supernode-{i}.log").read_text(errors="replace")
+        assert "flwr-clientapp" not in node_log, site
+        exec_log = (tmp_path / "deploy" / f"siteexec-{i}.log").read_text(errors="replace")
+        done = exec_log.count(") done in ")
+        # join + 2 x (train + evaluate); C fails its round-2 messages (reported as failed tasks)
+        assert done == (5 if site != "C" else 3), (site, done)
 
     # the same federation in-process gives the same model (the deployment adds only transport)
     sites = [SiteConfig(name=s, manifest=manifests[s], features_dir=fdir,

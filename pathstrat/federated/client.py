@@ -45,11 +45,21 @@ class PrivacyPolicyError(PathstratError, PermissionError):
 _SITES: dict[str, LocalSite] = {}
 
 
+_MAX_SITES = 2  # a long-running site executor serves run after run: keep the latest few stores
+
+
 def load_site(site: SiteConfig, fed: FederationConfig) -> LocalSite:
-    """The site's data, read once per process (rounds reuse it)."""
+    """The site's data, read once per process (rounds and, in a long-running site executor,
+    later runs with the same data settings reuse it; the least recently used is dropped)."""
     key = json.dumps([site.model_dump(mode="json"), fed.encoder_id, fed.feature_dim, fed.level,
-                      fed.seed, fed.holdout_fraction, [t.model_dump() for t in fed.targets]])
-    if key not in _SITES:
+                      fed.seed, fed.holdout_fraction, str(fed.device),
+                      [t.model_dump() for t in fed.targets]])  # what loading the data depends on
+    if key in _SITES:
+        _SITES[key] = _SITES.pop(key)  # most recently used last
+        _SITES[key].fed = fed  # model, lr, max_tiles, time grid ... of this message's run
+    else:
+        while len(_SITES) >= _MAX_SITES:
+            _SITES.pop(next(iter(_SITES)))
         _SITES[key] = LocalSite(site, fed)
     return _SITES[key]
 

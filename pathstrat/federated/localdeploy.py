@@ -2,9 +2,12 @@
 processes, optionally with TLS (a CA and a server certificate made here), then ``flwr run``.
 
 Used by the deployment test and ``scripts/bench_federated.py``; also a way to try a federation
-before involving other hospitals. Every daemon is started in its own session and stopped by its
-process-group id (the SuperNode's ``flower-superexec`` and ClientApp children included); nothing
-is found or killed by name.
+before involving other hospitals. ``isolation="process"`` (the default) starts each SuperNode with
+``--isolation process`` plus one long-running site executor next to it
+(``python -m pathstrat.federated.siteexec``: torch, pathstrat and the site's features loaded once);
+``isolation="subprocess"`` is Flower's default (a fresh ``flwr-clientapp`` process per message).
+Every daemon is started in its own session and stopped by its process-group id (the SuperNode's
+``flower-superexec`` and ClientApp children included); nothing is found or killed by name.
 """
 
 from __future__ import annotations
@@ -115,6 +118,8 @@ def make_node_keys(out_dir: str | os.PathLike, name: str) -> tuple[Path, Path]:
 class LocalDeployment:
     """SuperLink + SuperNodes on localhost. ``sites`` are node configs (``site-name``,
     ``manifest``, ``features-dir``, optional ``cache-dir``, ``drop-at-round``...).
+    ``isolation``: ``process`` (a long-running site executor per SuperNode) or ``subprocess``
+    (Flower's per-message ``flwr-clientapp`` processes).
 
     Use as a context manager; :meth:`run` submits the app written by ``pathstrat federated
     init-app`` and waits (bounded) for it to end.
@@ -125,6 +130,7 @@ class LocalDeployment:
     tls: bool = False
     auth: bool = False
     unregistered_nodes: int = 0
+    isolation: str = "process"
     env: dict[str, str] = field(default_factory=dict)
     port: int = 0
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
@@ -151,6 +157,9 @@ class LocalDeployment:
         self.work_dir = Path(self.work_dir)
         self.work_dir.mkdir(parents=True, exist_ok=True)
         (self.work_dir / "flwr_home").mkdir(exist_ok=True)
+        if self.isolation not in ("process", "subprocess"):
+            raise DeploymentError(f"isolation '{self.isolation}' unknown; use 'process' or "
+                                  "'subprocess'.")
         self.port = self.port or free_port()
         bin_dir = Path(sys.executable).parent
         if self.tls:
@@ -175,9 +184,15 @@ class LocalDeployment:
                 if i < len(self.sites):  # the intruders' keys are never registered
                     self._register(pub, timeout_s)
                 client_sec += ["--auth-supernode-private-key", str(priv)]
+            runtime_port = free_port()
             self._start(f"supernode-{i}", [str(bin_dir / "flower-supernode"), *client_sec,
                                            "--superlink", f"127.0.0.1:{self.port}",
-                                           "--port", str(free_port()), "--node-config", nc])
+                                           "--isolation", self.isolation,
+                                           "--port", str(runtime_port), "--node-config", nc])
+            if self.isolation == "process":  # the site's long-running ClientApp executor
+                self._start(f"siteexec-{i}", [sys.executable, "-m", "pathstrat.federated.siteexec",
+                                              "--runtime-api-address", f"127.0.0.1:{runtime_port}",
+                                              "--insecure"])
         self._wait_for_nodes(timeout_s)
         return self
 

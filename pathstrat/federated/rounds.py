@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +36,34 @@ class RoundsResult:
     rounds: list[dict[str, Any]] = field(default_factory=list)
     selection: dict[str, Any] = field(default_factory=dict)
     rejected: list[dict[str, Any]] = field(default_factory=list)
+
+
+PULL_INTERVAL_S = 0.05
+
+
+def exchange(grid, messages, timeout: float | None, poll_s: float = PULL_INTERVAL_S) -> list:
+    """Push ``messages`` and pull their replies every ``poll_s`` s until all came or ``timeout``.
+
+    Flower 1.41's ``HttpGrid.send_and_receive`` (``flwr/superlink/grid/http_grid.py``, the
+    ``time.sleep(3)`` in its pull loop) checks for replies every 3 s, which rounds every message
+    step up to a multiple of 3 s; this loop uses the Grid's public ``push_messages`` /
+    ``pull_messages`` with a short interval instead. Grids that deliver directly (the in-process
+    simulation, Flower's in-memory simulation grid) keep their own ``send_and_receive``.
+    """
+    messages = list(messages)
+    if getattr(grid, "delivers_directly", False) or hasattr(grid, "pull_interval"):
+        return list(grid.send_and_receive(messages, timeout=timeout))
+    pending = set(grid.push_messages(messages))
+    end = None if timeout is None else time.monotonic() + timeout
+    replies: list = []
+    while pending:
+        got = list(grid.pull_messages(pending))
+        replies.extend(got)
+        pending.difference_update(m.metadata.reply_to_message_id for m in got)
+        if not pending or (end is not None and time.monotonic() >= end):
+            break
+        time.sleep(poll_s)
+    return replies
 
 
 def nonfinite_reason(content, array_key: str = "arrays") -> str | None:

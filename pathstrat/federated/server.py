@@ -76,7 +76,9 @@ def _grid_wrapper_cls():
         def send_and_receive(self, messages, *, timeout=None):
             messages = list(messages)
             sent = time.monotonic()
-            replies = list(self._grid.send_and_receive(messages, timeout=timeout))
+            from pathstrat.federated.rounds import exchange  # short pull interval
+
+            replies = exchange(self._grid, messages, timeout)
             self._record(messages, replies)
             for ev in self.events[len(self.events) - len(messages):]:  # wall time of this step
                 ev["sent_s"] = round(sent - self.t0, 2)
@@ -148,7 +150,9 @@ def join_sites(grid, nodes: list[int], fed: FederationConfig) -> tuple[dict[int,
 
     msgs = [Message(RecordDict({"config": ConfigRecord({"federation": fed.to_json()})}),
                     dst_node_id=n, message_type="query.join") for n in nodes]
-    replies = list(grid.send_and_receive(msgs, timeout=fed.join_timeout_s))
+    from pathstrat.federated.rounds import exchange
+
+    replies = exchange(grid, msgs, fed.join_timeout_s)
     joined: dict[int, dict] = {}
     refused: dict[str, str] = {}
     for r in replies:

@@ -76,6 +76,8 @@ def _inprocess_grid_cls():
         exception in the ClientApp becomes an error reply. Fast and deterministic (tests).
         """
 
+        delivers_directly = True  # rounds.exchange: no push/pull polling
+
         def __init__(self, client_app, n_nodes: int) -> None:
             from flwr.app import Context, RecordDict
 
@@ -179,3 +181,85 @@ def simulate(fed: FederationConfig, sites: Sequence[SiteConfig], out_dir: str | 
         raise FederationError(f"The simulated federation ended without writing {path}; see the "
                               "log above for the ServerApp error.")
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def make_shifted_sites(manifest: str | os.PathLike, features_dir: str | os.PathLike,
+                       out_dir: str | os.PathLike, *, prevalence: Mapping[str, float],
+                       shift: float, n_train: int, n_test: int = 0, n_external: int = 0,
+                       label: str = "responder", seed: int = 0) -> dict[str, Any]:
+    """Sites with a planted site shift, drawn from one generated cohort (method development).
+
+    Each site ``s`` gets ``n_train`` federation patients and ``n_test`` test patients with label
+    prevalence ``prevalence[s]`` (patients drawn without replacement, one slide per patient),
+    and a **feature shift**: every tile of its slides moves by ``shift`` along the site's own
+    random unit direction (a scanner/stain offset). ``n_external`` further patients, balanced and
+    unshifted, form an external test split. All feature files go to one folder
+    (``<out>/features/<encoder>``; slide ids are unique). Returns ``{"sites": [SiteConfig],
+    "site_tests": {site: manifest}, "external": manifest, "pooled": manifest of all sites'
+    federation patients, "features_dir": folder, "directions": {site: unit vector}}``.
+    """
+    import numpy as np
+
+    from pathstrat.cohort import read_table
+    from pathstrat.features import read_bag, write_features
+    from pathstrat.io import write_dataframe_atomic
+
+    df = read_table(manifest)
+    if df["patient_id"].duplicated().any():
+        raise ManifestError(f"Manifest '{manifest}' has several slides per patient; "
+                            "make_shifted_sites needs one slide per patient.")
+    rng = np.random.default_rng(seed)
+    pools = {v: list(rng.permutation(df.index[df[label] == v].to_numpy())) for v in (0, 1)}
+
+    def draw(n: int, p: float) -> list[int]:
+        k = int(round(n * p))
+        if k > len(pools[1]) or n - k > len(pools[0]):
+            raise ManifestError(f"Not enough patients in '{manifest}' for {n} with prevalence "
+                                f"{p:.2f}; generate a larger cohort.")
+        picked = [pools[1].pop() for _ in range(k)] + [pools[0].pop() for _ in range(n - k)]
+        return list(rng.permutation(picked))
+
+    out = Path(out_dir)
+    fdir_in = Path(features_dir)
+    first = read_bag(fdir_in / f"{df['slide_id'].iloc[0]}.h5")
+    encoder = str(first.attrs.get("encoder_id", "features"))
+    fdir = out / "features" / encoder
+    fdir.mkdir(parents=True, exist_ok=True)
+    dim = int(first.features.shape[1])
+
+    def write(rows: list[int], offset) -> Any:
+        sub = df.loc[rows].copy()
+        paths = []
+        for sid in sub["slide_id"].astype(str):
+            bag = read_bag(fdir_in / f"{sid}.h5")
+            feats = bag.features.astype(np.float32) + (0.0 if offset is None else offset)
+            dest = fdir / f"{sid}.h5"
+            write_features(dest, feats.astype(bag.features.dtype), bag.coords, bag.attrs)
+            paths.append(str(dest))
+        sub["path"] = paths
+        return sub
+
+    sites, tests, pooled, directions = [], {}, [], {}
+    for name, p in prevalence.items():
+        u = rng.standard_normal(dim).astype(np.float32)
+        directions[name] = u / np.linalg.norm(u)
+        offset = float(shift) * directions[name]
+        train = write(draw(n_train, float(p)), offset)
+        path = out / "sites" / _safe(name) / "manifest.csv"
+        write_dataframe_atomic(path, train.assign(site=name))
+        sites.append(SiteConfig(name=name, manifest=path, features_dir=fdir))
+        pooled.append(train.assign(site=name))
+        if n_test:
+            tests[name] = out / "sites" / _safe(name) / "test.csv"
+            write_dataframe_atomic(tests[name], write(draw(n_test, float(p)), offset).assign(site=name))
+    result: dict[str, Any] = {"sites": sites, "site_tests": tests, "features_dir": fdir,
+                              "directions": directions}
+    import pandas as pd
+
+    result["pooled"] = out / "pooled.csv"
+    write_dataframe_atomic(result["pooled"], pd.concat(pooled, ignore_index=True))
+    if n_external:
+        result["external"] = out / "external.csv"
+        write_dataframe_atomic(result["external"], write(draw(n_external, 0.5), None)
+                               .assign(site="external"))
+    return result

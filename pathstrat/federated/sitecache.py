@@ -1,8 +1,10 @@
 """A site's feature store cached on disk, shared by every ClientApp process of the site.
 
-A Flower SuperNode runs each message in a fresh ``flwr-clientapp`` process, so without a cache
-every round re-reads every feature file. :func:`load_cached_store` keeps one memory-mapped copy
-of the site's bags per (manifest, feature files) instead:
+A Flower SuperNode (default ``--isolation subprocess``) runs each message in a fresh
+``flwr-clientapp`` process, so without a cache every round re-reads every feature file (with
+``pathstrat.federated.siteexec`` only the first message of the process reads it).
+:func:`load_cached_store` keeps one memory-mapped copy of the site's bags per (manifest, feature
+files) instead:
 
 ``<cache_dir>/<key>/features.npy``  all tiles of all bags, concatenated (the files' dtype)
 ``<cache_dir>/<key>/coords.npy``    their coordinates (int64)
