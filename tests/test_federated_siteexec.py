@@ -29,6 +29,12 @@ def test_site_store_is_reused_across_runs_with_each_runs_config(tmp_path, monkey
     fourth = client.load_site(site, run2.model_copy(update={"seed": 7}))
     assert third is not first and fourth is not third
     assert len(client._SITES) == 2 and first not in client._SITES.values()
+    # a run started from a package pins the pipeline: a cached site must be checked again
+    from pathstrat.federated.site import SiteRefusedError
+
+    pinned = {"encoder": {"encoder_id": "synthetic", "tile_px": None}, "tiling": {"tile_px": 256}}
+    with pytest.raises(SiteRefusedError, match="tile_px"):
+        client.load_site(site, run2.model_copy(update={"pinned_pipeline": pinned}))
 
 
 def _fab(tmp_path, clientapp: str):

@@ -53,7 +53,8 @@ def load_site(site: SiteConfig, fed: FederationConfig) -> LocalSite:
     later runs with the same data settings reuse it; the least recently used is dropped)."""
     key = json.dumps([site.model_dump(mode="json"), fed.encoder_id, fed.feature_dim, fed.level,
                       fed.seed, fed.holdout_fraction, str(fed.device),
-                      [t.model_dump() for t in fed.targets]])  # what loading the data depends on
+                      [t.model_dump() for t in fed.targets],
+                      fed.pinned_pipeline])  # what loading (and the package's pipeline check) depends on
     if key in _SITES:
         _SITES[key] = _SITES.pop(key)  # most recently used last
         _SITES[key].fed = fed  # model, lr, max_tiles, time grid ... of this message's run
