@@ -16,7 +16,6 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-
 LEVELS = ("ok", "warn", "error")
 #: Free disk below these is a warning / an error (GiB); tiles and features of a cohort need tens.
 DISK_WARN_GIB, DISK_ERROR_GIB = 20.0, 1.0

@@ -170,8 +170,9 @@ def test_doctor_levels_disk_and_errors(tmp_path, monkeypatch, capsys):
 
 
 def test_doctor_sees_a_running_slurm(tmp_path):
-    from pathstrat.doctor import check_slurm
     from minicluster import mini_cluster, missing_requirements
+
+    from pathstrat.doctor import check_slurm
 
     why = missing_requirements()
     if why:

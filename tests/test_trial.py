@@ -13,8 +13,15 @@ import pytest
 from lifelines.statistics import logrank_test
 from scipy.stats import norm
 
-from pathstrat.trial import (TrialInputs, compare_designs, logrank_chi2, run_trial_design,
-                             schoenfeld_events, simulate_all, sweep_thresholds)
+from pathstrat.trial import (
+    TrialInputs,
+    compare_designs,
+    logrank_chi2,
+    run_trial_design,
+    schoenfeld_events,
+    simulate_all,
+    sweep_thresholds,
+)
 from pathstrat.trial.uncertainty import bootstrap_draws
 
 

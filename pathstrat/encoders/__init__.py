@@ -13,6 +13,7 @@ Public API::
 
 from __future__ import annotations
 
+from pathstrat.encoders import catalog  # noqa: F401, E402 - registers the built-in specs (spec.py imports no catalogue)
 from pathstrat.encoders.model import (
     RANDOM,
     Encoder,
@@ -29,7 +30,6 @@ from pathstrat.encoders.spec import (
     list_specs,
     register_spec,
 )
-from pathstrat.encoders import catalog  # noqa: F401, E402 - registers the built-in specs (spec.py imports no catalogue)
 from pathstrat.encoders.transforms import EncoderTransform
 from pathstrat.encoders.weights import resolve_weights, weights_found
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from pathstrat.encoders.spec import EncoderSpec, get_spec
 from pathstrat.encoders.weights import clean_state_dict, load_state_dict, resolve_weights

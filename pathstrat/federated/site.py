@@ -18,7 +18,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from pathstrat.errors import ConfigError, FeatureDimError, ManifestError, PathstratError, SchemaError
+from pathstrat.errors import (
+    ConfigError,
+    FeatureDimError,
+    ManifestError,
+    PathstratError,
+    SchemaError,
+)
 from pathstrat.federated.config import FederationConfig, SiteConfig
 from pathstrat.federated.stats import site_label_stats, time_grid
 
@@ -103,7 +109,6 @@ class LocalSite:
 
     def __init__(self, site: SiteConfig, fed: FederationConfig) -> None:
         from pathstrat.cohort import check_spec_targets, load_manifest
-        from pathstrat.training.data import load_bags
         from pathstrat.training.engine import resolve_device
 
         self.site, self.fed = site, fed

@@ -13,7 +13,13 @@ import pandas as pd
 from torch import nn
 
 from pathstrat.errors import FeatureDimError, LeakageError, SchemaError, WeightsError
-from pathstrat.io import FailureLog, ensure_writable_dir, sha256_file, write_dataframe_atomic, write_json_atomic
+from pathstrat.io import (
+    FailureLog,
+    ensure_writable_dir,
+    sha256_file,
+    write_dataframe_atomic,
+    write_json_atomic,
+)
 from pathstrat.mil import build_model
 from pathstrat.mil.scaling import SCALER_KEYS
 from pathstrat.mil.targets import TargetSpec

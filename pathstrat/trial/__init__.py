@@ -11,19 +11,30 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from pathstrat.trial.design import (DESIGNS, DesignResult, TrialInputs, compare_designs,
-                                    event_probability, logrank_power, schoenfeld_events)
+from pathstrat.trial.design import (
+    DESIGNS,
+    DesignResult,
+    TrialInputs,
+    compare_designs,
+    event_probability,
+    logrank_power,
+    schoenfeld_events,
+)
 from pathstrat.trial.simulate import logrank_chi2, simulate_all, simulate_design
 from pathstrat.trial.sweep import plot_sweep, sweep_thresholds
-from pathstrat.trial.uncertainty import (beta_draws, bootstrap_draws, ci_or_none,
-                                         counts_from_selection, design_intervals)
+from pathstrat.trial.uncertainty import (
+    beta_draws,
+    bootstrap_draws,
+    counts_from_selection,
+    design_intervals,
+)
 
 __all__ = ["DESIGNS", "DesignResult", "TrialInputs", "compare_designs", "event_probability",
            "logrank_power", "schoenfeld_events", "logrank_chi2", "simulate_all", "simulate_design",
