@@ -176,7 +176,7 @@ def resolve_features_dir(features_dir: str | os.PathLike, encoder_id: str | None
     """
     d = Path(features_dir)
     if not d.is_dir():
-        raise ConfigError(f"Features folder '{d}' does not exist; pass --features "
+        raise ConfigError(f"Features folder '{d}' does not exist; pass `features` "
                           "<out>/features/<encoder_id> from `pathstrat embed`.")
     if any(d.glob("*.h5")):
         return d
@@ -188,7 +188,7 @@ def resolve_features_dir(features_dir: str | os.PathLike, encoder_id: str | None
         return subs[0]
     if len(subs) > 1:
         raise ConfigError(f"Features folder '{d}' holds features of several encoders "
-                          f"({', '.join(p.name for p in subs)}); pass --features "
+                          f"({', '.join(p.name for p in subs)}); pass `features` "
                           f"{base}/<encoder_id>.")
     return d
 

@@ -94,8 +94,8 @@ def grid_coords(level0_width: int, level0_height: int, tile_size_level0: float,
     if not (tile_size_level0 >= 1 and stride_level0 >= 1):
         raise ConfigError(f"tile grid needs tiles and stride of at least one level-0 pixel (got "
                           f"tile_size_level0={tile_size_level0:.3g}, stride_level0="
-                          f"{stride_level0:.3g}); use a larger --tile-px or --target-mpp, or a "
-                          "smaller --overlap-px.")
+                          f"{stride_level0:.3g}); use a larger `tile_px` or `target_mpp`, or a "
+                          "smaller `overlap_px`.")
     xs = _axis(level0_width, tile_size_level0, stride_level0)
     ys = _axis(level0_height, tile_size_level0, stride_level0)
     gx, gy = np.meshgrid(xs, ys)
@@ -184,7 +184,7 @@ def compute_grid(slide: Any, params: TilingParams, *, tissue: Any = None,
         raise EmptyTissueError(
             f"Slide '{sid}': tissue found ({tm.area_mm2:.3f} mm²) but none of {len(cand)} tiles of "
             f"{params.tile_px} px at {params.target_mpp} µm/px has >= {params.min_tissue:.0%} "
-            "tissue. Try a lower --min-tissue, a smaller --tile-px or check the slide's MPP."
+            "tissue. Try a lower `min_tissue`, a smaller `tile_px` or check the slide's MPP."
         )
     return grid
 

@@ -262,7 +262,7 @@ def test_float16_store_overflow_is_refused(cohort, tmp_path, capsys):
     rc, err = _run(["train", "--features", fdir, "--manifest", man, "--out", tmp_path / "run",
                     "--store", "mmap", *TRAIN], capsys)
     line = _error_line(err)
-    assert rc == 2 and victim in line and "float16" in line and "--store memory" in line
+    assert rc == 2 and victim in line and "float16" in line and "--store=memory" in line
 
 
 # ------------------------------------------------------------------------------ 5 manifest parsing

@@ -239,5 +239,5 @@ def test_gpus_runs_one_process_per_device_and_matches_a_single_process(cohort, t
         b = read_bag(ref.features_dir / f"{sid}.h5")
         np.testing.assert_array_equal(a.features, b.features)
     assert parse_devices("0, 2") == ["0", "2"]
-    with pytest.raises(ConfigError, match="--gpus"):
+    with pytest.raises(ConfigError, match="`gpus`"):
         parse_devices("gpu0")

@@ -192,7 +192,7 @@ def _check_labels(df: pd.DataFrame, col: str, min_classes: int) -> list[str]:
     present = vals.dropna()
     if present.empty:
         return [f"label column '{col}' has no values (all {len(vals)} rows empty); fill it or "
-                "choose another --target"]
+                "choose another `target`"]
     out = []
     if present.map(lambda v: isinstance(v, str)).any():
         groups: dict[str, set[str]] = {}

@@ -103,10 +103,10 @@ def parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int] | None:
             i_s, n_s = str(shard).split("/")
             i, n = int(i_s), int(n_s)
         except ValueError:
-            raise ConfigError(f"--shard '{shard}' must look like i/N, e.g. 0/4 "
+            raise ConfigError(f"`shard` '{shard}' must look like i/N, e.g. 0/4 "
                               "(0-based index i of N shards)") from None
     if n < 1 or not 0 <= i < n:
-        raise ConfigError(f"--shard {i}/{n}: need N >= 1 and 0 <= i < N (Slurm: "
+        raise ConfigError(f"`shard` {i}/{n}: need N >= 1 and 0 <= i < N (Slurm: "
                           "--shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT)")
     return int(i), int(n)
 
@@ -476,13 +476,13 @@ def parse_devices(spec: str) -> list[str]:
 
         n = torch.cuda.device_count()
         if n == 0:
-            raise ConfigError("--gpus all: no CUDA device is visible; use --device cpu, or list "
-                              "devices explicitly (e.g. --gpus 0,1).")
+            raise ConfigError("`gpus` all: no CUDA device is visible; set `device` to cpu, or list "
+                              "devices explicitly (e.g. `gpus` 0,1).")
         return [str(i) for i in range(n)]
     out = [d.strip() for d in spec.split(",") if d.strip()]
     bad = [d for d in out if d != "cpu" and not d.isdigit()]
     if not out or bad:
-        raise ConfigError(f"--gpus '{spec}': give CUDA device numbers (0,1,2), 'all', or 'cpu' "
+        raise ConfigError(f"`gpus` '{spec}': give CUDA device numbers (0,1,2), 'all', or 'cpu' "
                           "entries; found " + (", ".join(bad) or "nothing") + ".")
     return out
 

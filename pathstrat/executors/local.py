@@ -92,7 +92,7 @@ def _run_pool(work: SlideWork, items: list[dict[str, Any]], workers: int) -> Ite
         yield failed_outcomes(work, [it], WORKER_CRASHED,
                               f"the worker process died while {work.verb} slide '{sid}' (a crash in "
                               "the slide decoder, or out of memory). Check the file with `pathstrat "
-                              "info` or re-export it; lower --workers if memory is short.")
+                              "info` or re-export it; lower `workers` if memory is short.")
 
 
 EXECUTORS.add("local", LocalExecutor)

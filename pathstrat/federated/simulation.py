@@ -34,7 +34,7 @@ def split_sites(manifest: str | os.PathLike, out_dir: str | os.PathLike, site_co
     df = load_manifest(manifest, check_files=False)
     if site_col not in df.columns:
         raise ManifestError(f"Manifest '{manifest}' has no '{site_col}' column to split sites by; "
-                            f"columns are {list(df.columns)}. Add it or pass --site-col.")
+                            f"columns are {list(df.columns)}. Add it or pass `site_col`.")
     if df[site_col].isna().any():
         rows = (df.index[df[site_col].isna()] + 2).tolist()[:10]
         raise ManifestError(f"Column '{site_col}' is empty in manifest rows {rows}; every slide "

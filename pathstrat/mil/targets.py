@@ -109,7 +109,7 @@ def infer_target(df: pd.DataFrame, name: str, *, time_col: str | None = None,
             raise ConfigError(f"Survival loss '{kind}' unknown; use {names}.")
         for c in (time_col, event_col):
             if c is None or c not in df.columns:
-                raise ManifestError(f"Survival target needs --time-col and --event-col naming "
+                raise ManifestError(f"Survival target needs `time_col` and `event_col` naming "
                                     f"manifest columns; '{c}' is not among {list(df.columns)}.")
         return TargetSpec("survival", kind, time_col=time_col, event_col=event_col, n_bins=n_bins)
     col, _, kind = name.partition(":")

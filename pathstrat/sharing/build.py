@@ -138,7 +138,7 @@ def build_package(run_dir: str | os.PathLike, out: str | os.PathLike, *, name: s
         raise PackageError(f"Version '{version}' is not a semantic version (MAJOR.MINOR.PATCH, "
                            "e.g. 1.0.0).")
     if dest.exists() and not overwrite:
-        raise PackageError(f"'{dest}' exists; pass --overwrite or choose another --out.")
+        raise PackageError(f"'{dest}' exists; pass `overwrite` or choose another `out`.")
     spec = load_run_spec(run)
     if spec.get("federated"):
         raise PackageError(f"'{run}' is a federated run: the coordinator holds no training "
@@ -149,7 +149,7 @@ def build_package(run_dir: str | os.PathLike, out: str | os.PathLike, *, name: s
     cfg = _run_config(run)
     fdir = Path(features_dir or cfg.get("features") or "")
     if not features_dir and not cfg.get("features"):
-        raise PackageError(f"Run '{run}' does not record its features folder; pass --features.")
+        raise PackageError(f"Run '{run}' does not record its features folder; pass `features`.")
     means, folds, attrs, n_patients = _training_features(run, fdir, spec)
     ood = fit_ood(means, folds)
     metrics = (json.loads((run / "metrics.json").read_text(encoding="utf-8"))

@@ -135,12 +135,12 @@ def check_signature(root: Path, public_key: str | os.PathLike | None, *, require
     if not sig_path.is_file():
         if required:
             raise PackageError(f"Package '{root}' is not signed, but a signature is required "
-                               "(--require-signature); ask the sponsor for the signed package.")
+                               "(`require_signature`); ask the sponsor for the signed package.")
         return "unsigned"
     if public_key is None:
         if required:
             raise PackageError(f"Package '{root}' is signed; pass the sponsor's public key "
-                               "(--public-key) to verify it.")
+                               "(`public_key`) to verify it.")
         return "not checked"
     key = _load_key(public_key, private=False)
     from cryptography.exceptions import InvalidSignature

@@ -143,7 +143,7 @@ def predict_package_from_slides(package: str | os.PathLike, manifest: str | os.P
     if pinned_enc.get("weights_sha256") and enc.weights_sha256 != pinned_enc["weights_sha256"]:
         raise WeightsError(f"Encoder '{enc.spec.id}' weights hash to {enc.weights_sha256}, but the package "
                            f"pins {pinned_enc['weights_sha256']}: get the exact weights the sponsor used "
-                           "(--weights PATH).")
+                           "(`weights`=PATH).")
     params = TilingParams(**{k: til[k] for k in ("target_mpp", "tile_px", "overlap_px", "min_tissue",
                                                   "mask_mpp") if til.get(k) is not None})
     work = Path(out_dir) / "work"

@@ -61,7 +61,7 @@ def analyse(patients: pd.DataFrame, time_col: str, event_col: str, *,
     if len(np.unique(groups)) < 2:
         notes.append(f"all {len(df)} patients fall in one risk group '{labels[int(groups[0])]}' "
                      f"(cut-off {cut_info.get('values', cut_info.get('method'))}): no log-rank "
-                     "test; choose another --cutoff (e.g. median) or check the scores vary")
+                     "test; choose another `cutoff` (e.g. median) or check the scores vary")
         log.warning("%s", notes[-1])
     c = harrell_c(t, e, r)
     c_uno = uno_c(t, e, r)

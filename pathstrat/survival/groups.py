@@ -25,7 +25,7 @@ def parse_cutoff(spec: str | float | Sequence[float]) -> str | list[float]:
         vals = [float(spec)] if isinstance(spec, (int, float)) else (
             [float(v) for v in spec.split(",")] if isinstance(spec, str) else [float(v) for v in spec])
     except ValueError as exc:
-        raise SchemaError(f"--cutoff '{spec}' is not median, tertiles or a number "
+        raise SchemaError(f"`cutoff` '{spec}' is not median, tertiles or a number "
                           "(or comma-separated numbers).") from exc
     return sorted(vals)
 
@@ -78,9 +78,9 @@ def oof_risk_groups(patients: pd.DataFrame, method: str | Sequence[float], *,
         return assign_groups(patients["score"], cut), {"method": method, "source": "development",
                                                         "n_cutoffs": len(cut), "cutoffs": cut}
     if no_folds:
-        raise SchemaError(f"--cutoff {method} must be fitted out of fold, but the predictions "
-                          "have no 'fold' column with 2+ folds. Give a fixed --cutoff VALUE "
-                          "(e.g. from the development cohort) or a --train-scores table.")
+        raise SchemaError(f"`cutoff` {method} must be fitted out of fold, but the predictions "
+                          "have no 'fold' column with 2+ folds. Give a fixed `cutoff` VALUE "
+                          "(e.g. from the development cohort) or a `train_scores` table.")
     groups = np.zeros(len(patients), int)
     per_fold: dict[str, list[float]] = {}
     for k in sorted(patients["fold"].unique()):

@@ -53,7 +53,7 @@ def patient_scores(predictions: pd.DataFrame, score_col: str, *, target: str | N
             with_score = df.loc[df[score_col].notna(), "target"].unique()
             if len(with_score) != 1:
                 raise SchemaError(f"predictions hold targets {sorted(df['target'].unique())}; "
-                                  "choose one with --target.")
+                                  "choose one with `target`.")
             target = with_score[0]
         df = df[df["target"] == target]
         if df.empty:

@@ -67,7 +67,7 @@ class TrainConfig(BaseModel):
     @classmethod
     def _non_empty(cls, v: list[str]) -> list[str]:
         if not v:
-            raise ValueError("at least one --target is required")
+            raise ValueError("at least one target is required (`targets`)")
         return v
 
     @field_validator("folds", "repeats", "epochs", "batch_size", "n_bins")

@@ -142,7 +142,7 @@ def load_bags(manifest: pd.DataFrame, features_dir: str | os.PathLike, *, level:
         prints[sid] = content_fingerprint(feats, coords[sid])
     if not coords:
         raise SchemaError(f"No usable feature files for the manifest's slides in '{fdir}'. "
-                          "Check --features (the folder holding <slide_id>.h5).")
+                          "Check `features` (the folder holding <slide_id>.h5).")
     df = manifest[manifest["slide_id"].astype(str).isin(coords)].reset_index(drop=True)
     groups = ([[s] for s in df["slide_id"].astype(str)] if level == "slide" else
               [g["slide_id"].astype(str).tolist() for _, g in df.groupby("patient_id", sort=True)])
@@ -237,8 +237,8 @@ class _Sink:
         if peak > F16_MAX:
             self._fh.close()
             raise ConfigError(f"Features of slide '{sid}' ({path}) reach {peak:.4g}, beyond float16's "
-                              f"range (±{F16_MAX:.0f}) used by --store mmap: they would become inf. "
-                              "Use --store memory (keeps the file's dtype), or rescale the features.")
+                              f"range (±{F16_MAX:.0f}) used by `store`=mmap: they would become inf. "
+                              "Use `store`=memory (keeps the file's dtype), or rescale the features.")
         np.ascontiguousarray(feats, dtype=np.float16).tofile(self._fh)
         self.spans[sid] = (self._rows, len(feats))
         self._rows += len(feats)

@@ -79,7 +79,7 @@ def _first_labels(loss_fn: MultiTaskLoss, targets: dict[str, torch.Tensor], devi
     return None if lab is None else lab.to(device)
 
 
-_FIX = ("Check the features for NaN/inf values, lower --lr, or keep --grad-clip (default 1.0); "
+_FIX = ("Check the features for NaN/inf values, lower `lr`, or keep `grad_clip` (default 1.0); "
         "nothing of this fold was saved.")
 
 
