@@ -361,7 +361,7 @@ def test_toy_kind_runs_through_the_matrix(toy_kind, check):
 
 
 def test_toy_kind_trains_end_to_end(toy_kind, tmp_path):
-    from pathstrat.train import train_cv
+    from pathstrat.training import train_cv
 
     from pathstrat.federated.config import TargetDef
     from pathstrat.testing import make_feature_cohort

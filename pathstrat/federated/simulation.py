@@ -223,7 +223,9 @@ def make_shifted_sites(manifest: str | os.PathLike, features_dir: str | os.PathL
     fdir_in = Path(features_dir)
     first = read_bag(fdir_in / f"{df['slide_id'].iloc[0]}.h5")
     encoder = str(first.attrs.get("encoder_id", "features"))
-    fdir = out / "features" / encoder
+    from pathstrat.layout import FeaturesLayout
+
+    fdir = FeaturesLayout(out, encoder).features_dir
     fdir.mkdir(parents=True, exist_ok=True)
     dim = int(first.features.shape[1])
 
