@@ -16,7 +16,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -38,6 +38,10 @@ from pathstrat.io import (
     write_json_atomic,
 )
 from pathstrat.layout import TilesLayout
+from pathstrat.units import Level0Px, MicronsPerPixel, TilePx
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +61,11 @@ class TilingParams(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    target_mpp: float = Field(0.5, gt=0, description="µm per pixel of the tiles")
-    tile_px: int = Field(224, ge=8, description="tile side in pixels at target_mpp")
+    target_mpp: MicronsPerPixel = Field(0.5, gt=0, description="µm per pixel of the tiles")
+    tile_px: TilePx = Field(224, ge=8, description="tile side in pixels at target_mpp")
     overlap_px: int = Field(0, ge=0, description="overlap between neighbouring tiles (px)")
     min_tissue: float = Field(0.25, ge=0, le=1, description="minimum tissue fraction per tile")
-    mask_mpp: float = Field(8.0, gt=0, description="µm per pixel of the tissue mask")
+    mask_mpp: MicronsPerPixel = Field(8.0, gt=0, description="µm per pixel of the tissue mask")
 
     @model_validator(mode="after")
     def _overlap_below_tile(self) -> TilingParams:
@@ -85,7 +89,7 @@ class TilingParams(BaseModel):
 # grid (pure functions: property-tested)
 
 
-def grid_coords(level0_width: int, level0_height: int, tile_size_level0: float,
+def grid_coords(level0_width: int, level0_height: int, tile_size_level0: Level0Px | float,
                 stride_level0: float) -> np.ndarray:
     """Top-left level-0 (x, y) of every grid tile fully inside the slide, row-major, int64.
 
@@ -110,7 +114,7 @@ def _axis(length: int, size: float, stride: float) -> np.ndarray:
     return pos[pos + size <= length + 1e-6]
 
 
-def tissue_fractions(mask: np.ndarray, coords: np.ndarray, tile_size_level0: float,
+def tissue_fractions(mask: np.ndarray, coords: np.ndarray, tile_size_level0: Level0Px | float,
                      downsample_xy: tuple[float, float]) -> np.ndarray:
     """Fraction of each tile's area covered by the mask (exact for a pixelwise-constant mask).
 
@@ -433,7 +437,7 @@ class CohortTilingResult:
     """Outcome of :func:`tile_cohort`: counts, the QC table and the failures."""
 
     out_dir: Path
-    qc: Any  # pandas.DataFrame, one row per slide (failed slides with status "failed")
+    qc: pd.DataFrame  # one row per slide (failed slides with status "failed")
     failures: list[dict[str, str]]
     n_tiled: int = 0
     n_skipped: int = 0
@@ -471,7 +475,7 @@ def slide_errors() -> tuple[type[BaseException], ...]:
     return (PathstratError, OSError, openslide.OpenSlideError, cv2.error, MemoryError)
 
 
-def tile_cohort(manifest_df: Any, out_dir: str | os.PathLike, params: TilingParams | None = None,
+def tile_cohort(manifest_df: pd.DataFrame, out_dir: str | os.PathLike, params: TilingParams | None = None,
                 workers: int = 1, *, mpp: float | None = None, force: bool = False,
                 progress: bool = True, mpp_override: bool = False,
                 executor: Any = None) -> CohortTilingResult:

@@ -165,7 +165,9 @@ def test_config_schema_and_yaml_load_without_torch(tmp_path: Path):
     ("embed.dtype=fp8", "embed.dtype", "dtype 'fp8'"),
     ("embed.batch_size=0", "embed.batch_size", "greater than or equal to 1"),
     ("train.folds=0", "train.folds", "must be >= 1"),
-    ("train.targets=[]", "train.targets", "at least one --target"),
+    ("train.targets=[]", "train.targets", "at least one target is required (train.targets)"),
+    ("train.model=abmli", "train.model", "Did you mean: abmil"),  # registry check before any work
+    ("train.hparams={dimm: 8}", "train.hparams", "Unknown hyperparameter(s) ['dimm']"),
 ])
 def test_invalid_stage_value_is_one_error_line_at_load(tmp_path: Path, capsys, override, field, needle):
     """A value the stage would reject fails `pathstrat run` when the config loads: exit 2, one

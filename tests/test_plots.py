@@ -103,3 +103,25 @@ def test_learning_curves_one_solid_and_one_dashed_line_per_fold():
     ax = plot_learning_curves(_history(), Figure().add_subplot(111))
     styles = [ln.get_linestyle() for ln in ax.lines]
     assert styles.count("-") == 3 and styles.count("--") == 3
+
+
+def test_federated_round_curves_draw_into_a_given_pair_of_axes():
+    """Two panels (loss per site and aggregated; aggregated metrics) into the given pair, the
+    aggregate drawn from the table's own values and the kept round marked on both."""
+    from pathstrat.federated.curves import AGGREGATE, plot_round_curves
+
+    rounds = np.arange(1, 5)
+    rows = [{"round": r, "site": s, "train-loss": 1 / r + k, "eval-loss": 1.2 / r + k,
+             "responder.auroc": np.nan} for k, s in enumerate(["A", "B"]) for r in rounds]
+    rows += [{"round": r, "site": AGGREGATE, "train-loss": 1 / r, "eval-loss": 1.1 / r,
+              "responder.auroc": 0.5 + r / 10} for r in rounds]
+    curves = pd.DataFrame(rows)
+    pair = tuple(Figure().subplots(1, 2))
+    assert plot_round_curves(curves, kept_round=2, axes=pair) == pair
+    agg = next(ln for ln in pair[0].lines if ln.get_label() == "aggregate eval-loss")
+    assert np.allclose(agg.get_ydata(), 1.1 / rounds)
+    auroc = next(ln for ln in pair[1].lines if ln.get_label() == "aggregate responder.auroc")
+    assert np.allclose(auroc.get_ydata(), 0.5 + rounds / 10)
+    assert all(any(ln.get_label() == "kept round 2" for ln in ax.lines) for ax in pair)
+    own = plot_round_curves(curves)
+    assert len(own) == 2 and all(isinstance(a, Axes) for a in own)

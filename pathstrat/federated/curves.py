@@ -7,9 +7,12 @@ as ``round_curves.csv`` next to ``federation.json`` and drawn in the report.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 AGGREGATE = "all sites"
 
@@ -70,15 +73,18 @@ def round_curves(rounds: list[dict[str, Any]], events: list[dict[str, Any]]) -> 
     return df[cols]
 
 
-def plot_round_curves(curves: pd.DataFrame, kept_round: int | None = None):
-    """Figure: training and held-out loss per site (thin) and aggregated (thick), and the
-    aggregated metrics per round (pooled AUROC, per-head means); the kept round is marked."""
-    from matplotlib.figure import Figure
-
+def plot_round_curves(curves: pd.DataFrame, kept_round: int | None = None,
+                      axes: tuple[Axes, Axes] | None = None) -> tuple[Axes, Axes]:
+    """Training and held-out loss per site (thin) and aggregated (thick) on the first axes, the
+    aggregated metrics per round (pooled AUROC, per-head means) on the second; the kept round is
+    marked. Draws into ``axes`` (a pair) or a new 10 x 3.6 in figure; returns the pair."""
     metric_cols = [c for c in curves.columns if "." in c and not c.endswith(".n")
                    and pd.api.types.is_numeric_dtype(curves[c])]
-    fig = Figure(figsize=(10, 3.6))
-    ax_loss, ax_m = fig.subplots(1, 2)
+    if axes is None:
+        from matplotlib.figure import Figure
+
+        axes = tuple(Figure(figsize=(10, 3.6)).subplots(1, 2))
+    ax_loss, ax_m = axes
     agg = curves[curves["site"] == AGGREGATE].sort_values("round")
     for site, g in curves[curves["site"] != AGGREGATE].groupby("site"):
         g = g.sort_values("round")
@@ -98,8 +104,8 @@ def plot_round_curves(curves: pd.DataFrame, kept_round: int | None = None):
             ax.axvline(kept_round, color="tab:red", ls=":", label=f"kept round {kept_round}")
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=6)
-    fig.tight_layout()
-    return fig
+    ax_loss.figure.tight_layout()
+    return ax_loss, ax_m
 
 
 def report_html(run_dir) -> str:
@@ -128,7 +134,7 @@ def report_html(run_dir) -> str:
     if not csv.exists():
         return out + na("round_curves.csv absent (federation run by an older pathstrat)")
     curves = pd.read_csv(csv)
-    out += img_tag(fig_png(plot_round_curves(curves, sel.get("kept_round"))), "federated round curves")
+    out += img_tag(fig_png(plot_round_curves(curves, sel.get("kept_round"))[0].figure), "federated round curves")
     agg = curves[curves["site"] == AGGREGATE].drop(columns=["site", "failed"])
     keep = [c for c in agg.columns if not c.endswith(".n") and agg[c].notna().any()]
     return out + table(agg[keep])

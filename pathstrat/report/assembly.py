@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 from datetime import UTC
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
@@ -40,7 +39,7 @@ def render(rf: RunFiles) -> str:
             f"generated {stamp}.</p><nav>{''.join(nav)}</nav>{''.join(body)}</body></html>\n")
 
 
-def build_report(run_dir: str | Path, *, manifest: Any | None = None, out: str | Path | None = None,
+def build_report(run_dir: str | Path, *, manifest: pd.DataFrame | str | Path | None = None, out: str | Path | None = None,
                  n_boot: int = 200, seed: int = 0, notes: dict[str, str] | None = None,
                  show_paths: bool = False) -> Path:
     """Write ``<run>/report.html`` (or ``out``) and return its path.

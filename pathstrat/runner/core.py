@@ -68,11 +68,12 @@ def run_pipeline(cfg: PipelineConfig, *, executor: str | None = None, address: s
     section = getattr(cfg.executor, kind, None)
     if address and section is not None and "address" in type(section).model_fields:
         section.address = address  # recorded in pipeline.yaml (e.g. the Ray cluster)
-    run_dir = prepare_run_dir(cfg)
     unknown = [s for s in stages or [] if s not in STAGES]
     if unknown:
         raise ConfigError(f"unknown stage(s) {unknown}; stages are {', '.join(STAGES)}")
     todo = [s for s in STAGES if s in (stages or cfg.stages)]
+    check_registry_names(cfg, todo)
+    run_dir = prepare_run_dir(cfg)
     summary = RunSummary(run_dir)
     with run_log(run_dir):
         log.info("pathstrat run '%s' -> %s (executor %s, stages %s)", cfg.name, run_dir, kind,
@@ -94,6 +95,23 @@ def run_pipeline(cfg: PipelineConfig, *, executor: str | None = None, address: s
                  ", ".join(f"{s.name}={s.status}" for s in summary.stages), summary.n_failed,
                  ctx.failures_path)
     return summary
+
+
+def check_registry_names(cfg: PipelineConfig, stages: list[str]) -> None:
+    """The names the torch-free schema cannot check (the MIL model and its hyperparameters live in
+    a registry that imports torch), checked before any slide work so that a typo fails in
+    seconds, not after tiling and embedding."""
+    if "train" not in stages:
+        return
+    from pathstrat.errors import UnknownNameError
+    from pathstrat.mil import model_hparams
+
+    try:
+        model_hparams(cfg.train.model, **cfg.train.hparams)
+    except UnknownNameError as exc:
+        raise ConfigError(f"config: train.model: {exc}") from None
+    except ConfigError as exc:
+        raise ConfigError(f"config: train.hparams: {exc}") from None
 
 
 def _clean_partial_files(ctx: RunContext) -> None:

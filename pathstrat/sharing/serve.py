@@ -23,12 +23,15 @@ import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_MB = 64.0
 DEFAULT_QUOTA = 10_000  # requests per client per UTC day
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def _hash(token: str) -> str:
@@ -181,7 +184,8 @@ def create_app(package: str | os.PathLike, tokens_file: str | os.PathLike, *,
     return app
 
 
-def predict_remote(url: str, token: str, features_dir: str | os.PathLike, manifest: Any,
+def predict_remote(url: str, token: str, features_dir: str | os.PathLike,
+                   manifest: "pd.DataFrame | str | os.PathLike",
                    out_dir: str | os.PathLike, *, timeout_s: float = 120.0) -> Path:
     """Client of the service: POST every manifest slide's feature file, write predictions.csv."""
     from pathstrat.errors import import_optional

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -111,10 +112,10 @@ def analyse(patients: pd.DataFrame, time_col: str, event_col: str, *,
 
 
 
-def stratify(predictions: Any, manifest: Any, *, score_col: str, time_col: str, event_col: str,
-             out_dir: Any, cutoff: str = "median", arm_col: str | None = None,
+def stratify(predictions: pd.DataFrame | str | Path, manifest: pd.DataFrame | str | Path, *, score_col: str, time_col: str, event_col: str,
+             out_dir: str | Path, cutoff: str = "median", arm_col: str | None = None,
              covariates: Sequence[str] = (), target: str | None = None,
-             train_scores: Any | None = None, td_auc_times: Sequence[float] | None = None,
+             train_scores: pd.DataFrame | str | Path | None = None, td_auc_times: Sequence[float] | None = None,
              agg: str = "mean", n_boot: int = 500, seed: int = 0) -> StratifyResult:
     """Read predictions + clinical table, analyse, and write ``out_dir/survival.json`` + figures.
 
