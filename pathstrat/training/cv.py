@@ -29,7 +29,7 @@ from pathstrat.mil.scaling import fit_scaler, set_scaler
 from pathstrat.mil.losses import make_loss
 from pathstrat.mil.targets import CLASSIFICATION_KINDS, SURVIVAL_KINDS, TargetSpec, infer_target
 from pathstrat.training.config import TrainConfig
-from pathstrat.training.data import BagDataset, BagStore, load_bags, make_loader
+from pathstrat.training.data import BUCKET_AUTO_RATIO, BagDataset, BagStore, load_bags, make_loader
 from pathstrat.training.engine import TrainParams, evaluate, fit, resolve_device, set_seed
 from pathstrat.training.evaluation import (
     BASE_COLUMNS,
@@ -191,12 +191,14 @@ def _run(cfg: TrainConfig, out: Path) -> Path:
         train_loader = make_loader(
             BagDataset(store, tr_idx, y, max_tiles=cfg.max_tiles, train=True, seed=seed),
             cfg.batch_size, shuffle=True, seed=seed, pin_memory=device.startswith("cuda") and not store.on_device,
+            bucket={"on": True, "off": False}.get(cfg.bucket, "auto"),
             balance_on=(y[specs[0].name][tr_idx] if cfg.balanced_sampling
                         and specs[0].kind in CLASSIFICATION_KINDS else None))
         val_loader = (make_loader(BagDataset(store, va_idx, y), 1) if len(va_idx) else None)
         params = TrainParams(epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay,
                              schedule=cfg.schedule, patience=cfg.patience, grad_clip=cfg.grad_clip,
-                             device=device, amp=cfg.amp, where=f"repeat {r}, fold {k}")
+                             device=device, amp=cfg.amp, where=f"repeat {r}, fold {k}",
+                             max_padding=None if cfg.bucket == "off" else BUCKET_AUTO_RATIO)
         metric_name, metric_fn = epoch_metric(specs[0], y[specs[0].name], states[specs[0].name])
         history = fit(model, train_loader, val_loader, loss_fn, params, metric_fn=metric_fn)
         hist_rows += [{"repeat": int(r), "fold": int(k), "metric": metric_name, **h} for h in history]

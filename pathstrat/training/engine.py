@@ -39,6 +39,7 @@ class TrainParams:
     device: str = "cpu"
     amp: bool = True  # used on CUDA only (bfloat16 autocast)
     where: str = ""  # "repeat 0 fold 3" in error messages
+    max_padding: float | None = None  # split batches padding above this (see forward_grouped)
 
 
 @dataclass
@@ -87,15 +88,59 @@ def _where(where: str) -> str:
     return f"{where}, " if where else ""
 
 
+def length_groups(lengths: list[int], max_padding: float) -> list[list[int]]:
+    """Split one batch (tile counts ``lengths``) into groups, longest first, so each group's
+    padded size (members x longest) is at most ``max_padding`` x its unpadded size."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    groups: list[list[int]] = []
+    cur: list[int] = []
+    for i in order:
+        if cur and (len(cur) + 1) * lengths[cur[0]] > max_padding * (sum(lengths[j] for j in cur) + lengths[i]):
+            groups.append(cur)
+            cur = []
+        cur.append(i)
+    return [*groups, cur] if cur else groups
+
+
+def forward_grouped(model: nn.Module, x: torch.Tensor, mask: torch.Tensor, lengths: list[int],
+                    bag_labels: torch.Tensor | None, max_padding: float | None):
+    """``model(x, mask)`` -> ``(logits, aux_loss)``, run on groups of similar length when the
+    batch pads to more than ``max_padding`` x its unpadded compute (batch of one where padding
+    dominates). Each bag's logits do not depend on the other bags of its forward pass, so the
+    logits (and the loss computed once on the whole batch, e.g. a Cox risk set) are those of the
+    padded batch; the auxiliary loss is the group-size weighted mean of the groups' (CLAM's
+    per-bag instance-loss mean). ``lengths`` are the bags' tile counts (tiles first, as
+    :func:`~pathstrat.training.data.collate_bags` pads)."""
+    b = len(lengths)
+    if (max_padding is None or b < 2 or b * max(lengths) <= max_padding * sum(lengths)):
+        out = model(x, mask, bag_labels=bag_labels)
+        return out.logits, out.aux_loss
+    groups = length_groups(lengths, max_padding)
+    logits: dict[str, list[torch.Tensor]] = {}
+    aux = x.new_zeros(())
+    for g in groups:
+        idx = torch.as_tensor(g, device=x.device)
+        n = lengths[g[0]]
+        out = model(x[idx, :n], mask[idx, :n], bag_labels=None if bag_labels is None else bag_labels[idx])
+        for k, v in out.logits.items():
+            logits.setdefault(k, []).append(v)
+        aux = aux + out.aux_loss.float() * (len(g) / b)
+    rows = [i for g in groups for i in g]  # bag of each concatenated row
+    inv = torch.as_tensor([rows.index(i) for i in range(b)], device=x.device)
+    return {k: torch.cat(v)[inv] for k, v in logits.items()}, aux
+
+
 def train_one_epoch(model: nn.Module, loader, loss_fn: MultiTaskLoss,
                     optimizer: torch.optim.Optimizer, *, scheduler=None, device: str = "cpu",
                     amp: bool = False, grad_clip: float | None = None, where: str = "",
-                    collect: dict[str, list] | None = None) -> float:
+                    collect: dict[str, list] | None = None, max_padding: float | None = None) -> float:
     """One pass over ``loader``; returns the mean total loss (task losses + model aux loss).
 
     A non-finite loss or gradient norm, or non-finite weights after the epoch, raise
     :class:`~pathstrat.errors.TrainingDivergedError` naming ``where`` and the step. ``collect`` (a dict)
     receives the training-mode outputs (``index``, ``logits``) for a per-epoch training metric.
+    ``max_padding`` (e.g. 1.2) runs a batch padding above it as groups of similar length
+    (:func:`forward_grouped`); None runs every batch padded.
     """
     model.train()
     total, n = 0.0, 0
@@ -104,11 +149,13 @@ def train_one_epoch(model: nn.Module, loader, loss_fn: MultiTaskLoss,
         x = batch["x"].to(device, non_blocking=non_blocking)
         mask = batch["mask"].to(device, non_blocking=non_blocking)
         targets = {k: v.to(device, non_blocking=non_blocking) for k, v in batch["targets"].items()}
+        lengths = batch["mask"].sum(1).tolist()
         with _autocast(device, amp):
-            out = model(x, mask, bag_labels=_first_labels(loss_fn, targets, device))
-        logits = {k: v.float() for k, v in out.logits.items()}
+            raw, aux = forward_grouped(model, x, mask, lengths, _first_labels(loss_fn, targets, device),
+                                       max_padding)
+        logits = {k: v.float() for k, v in raw.items()}
         loss, _ = loss_fn(logits, targets)
-        loss = loss + out.aux_loss.float()
+        loss = loss + aux.float()
         value = float(loss.detach())
         if not math.isfinite(value):
             raise TrainingDivergedError(f"{_where(where)}step {step}: the training loss is {value}. {_FIX}")
@@ -208,7 +255,7 @@ def fit(model: nn.Module, train_loader, val_loader, loss_fn: MultiTaskLoss,
         collect: dict[str, list] | None = {} if metric_fn is not None else None
         tr = train_one_epoch(model, train_loader, loss_fn, opt, scheduler=sched, device=device,
                              amp=params.amp, grad_clip=params.grad_clip, where=where,
-                             collect=collect)
+                             collect=collect, max_padding=params.max_padding)
         row: dict[str, Any] = {"epoch": epoch, "train_loss": tr}
         if collect:
             row["train_metric"] = metric_fn(np.concatenate(collect.pop("index")),
