@@ -121,11 +121,17 @@ def test_length_groups_by_hand_and_under_the_padding_bound():
         assert all(len(g) * max(lengths[i] for i in g) <= 1.2 * sum(lengths[i] for i in g) for g in groups)
 
 
-def test_grouped_forward_keeps_logits_loss_and_gradients_of_the_padded_batch():
+def test_grouped_forward_keeps_logits_loss_and_gradients_of_the_padded_batch(monkeypatch):
     """A padded batch of very different bags run as length groups: same logits, same loss,
     same gradients as the one padded forward pass (ABMIL masks padding; dropout off)."""
+    from pathstrat.training import engine
     from pathstrat.training.data import collate_bags
-    from pathstrat.training.engine import forward_grouped
+    from pathstrat.training.engine import forward_grouped, should_group
+
+    # small padding is not worth extra forward passes; large padding is
+    assert not should_group(SIZES[:8], 6, 1.2) and should_group(SIZES[:8], 1024, 1.2)
+    assert not should_group([1000] * 8, 1024, 1.2) and not should_group(SIZES[:8], 1024, None)
+    monkeypatch.setattr(engine, "MIN_GROUP_SAVING", 0)  # group this small test batch
 
     store = _store()
     items = [(store.bags[i].features, {"y": torch.tensor(float(i % 2))}, i) for i in range(8)]
