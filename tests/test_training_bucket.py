@@ -150,3 +150,34 @@ def test_grouped_forward_keeps_logits_loss_and_gradients_of_the_padded_batch(mon
     torch.testing.assert_close(loss_g, loss_p)
     for g, p in zip(grads_g, grads_p, strict=True):
         torch.testing.assert_close(g, p, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["abmil", "transmil"])
+def test_length_sorted_evaluation_equals_one_bag_at_a_time(name):
+    """make_eval_loader batches bags of similar length; evaluate returns outputs, loss and
+    attention in the dataset's order, equal to the batch-of-one evaluation."""
+    from pathstrat.mil.losses import make_loss
+    from pathstrat.mil.targets import TargetSpec
+    from pathstrat.training.data import make_eval_loader
+    from pathstrat.training.engine import evaluate
+
+    store = _store([3, 40, 5, 41, 12, 8, 30, 2, 64, 9, 7, 33])
+    idx = np.array([5, 0, 11, 2, 7, 9, 1, 4])
+    y = {"y": (np.arange(12) % 2).astype(np.float32)}
+    torch.manual_seed(0)
+    hp = {"dim": 16, "attn_dim": 8} if name == "abmil" else {"dim": 16, "n_heads": 2, "num_landmarks": 128}
+    model = build_model(name, 6, {"y": 1}, **hp)
+    loss = make_loss([TargetSpec("y", "binary", classes=[0, 1])])
+    loader = make_eval_loader(BagDataset(store, idx, y))
+    assert len(loader) < len(idx)  # fewer forward passes
+    lengths = [store.bags[i].features.shape[0] for i in idx]
+    for b in loader.batch_sampler:
+        assert len(b) * max(lengths[i] for i in b) <= 1.2 * sum(lengths[i] for i in b)
+    grouped = evaluate(model, loader, loss, keep_attention=True)
+    single = evaluate(model, make_loader(BagDataset(store, idx, y), 1), loss, keep_attention=True)
+    np.testing.assert_array_equal(grouped.index, idx)
+    np.testing.assert_array_equal(single.index, idx)
+    np.testing.assert_allclose(grouped.outputs["y"], single.outputs["y"], rtol=1e-5, atol=1e-6)
+    assert grouped.loss == pytest.approx(single.loss, rel=1e-6)
+    for a, b in zip(grouped.attention, single.attention, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)

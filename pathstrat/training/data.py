@@ -387,6 +387,34 @@ def should_bucket(lengths: np.ndarray, batch_size: int, seed: int = 0) -> bool:
     return padding_ratio(lengths, batches) > BUCKET_AUTO_RATIO
 
 
+#: Largest padded evaluation batch (bags x tiles x features) :func:`make_eval_loader` forms.
+EVAL_BATCH_ELEMENTS = 1 << 22
+
+
+def make_eval_loader(dataset: BagDataset, max_bags: int = 32,
+                     max_padding: float = BUCKET_AUTO_RATIO) -> DataLoader:
+    """Whole-bag inference in few forward passes: bags sorted by length, grouped while a batch
+    stays within ``max_padding`` x its unpadded size, ``max_bags`` bags and
+    :data:`EVAL_BATCH_ELEMENTS` values (large bags stay one per batch). Every model's outputs
+    ignore padding (tests/test_mil.py), so this equals one bag at a time; results carry each
+    bag's ``index``, so consumers never rely on the order."""
+    lengths = item_lengths(dataset)
+    order = np.argsort(lengths, kind="stable")
+    batches: list[list[int]] = []
+    cur: list[int] = []
+    dim = max(int(dataset.store.dim), 1)
+    for i in order.tolist():
+        n = int(lengths[i])  # ascending: the newcomer is the longest of the batch
+        if cur and (len(cur) >= max_bags or (len(cur) + 1) * n * dim > EVAL_BATCH_ELEMENTS
+                    or (len(cur) + 1) * n > max_padding * (sum(int(lengths[j]) for j in cur) + n)):
+            batches.append(cur)
+            cur = []
+        cur.append(i)
+    if cur:
+        batches.append(cur)
+    return DataLoader(dataset, batch_sampler=batches, collate_fn=collate_bags, num_workers=0)
+
+
 def make_loader(dataset: BagDataset, batch_size: int = 1, *, shuffle: bool = False,
                 balance_on: np.ndarray | None = None, seed: int = 0,
                 pin_memory: bool = False, bucket: bool | str = False) -> DataLoader:

@@ -229,11 +229,31 @@ def evaluate(model: nn.Module, loader, loss_fn: MultiTaskLoss | None = None, *,
                 atts.append(a[i, m[i]])
                 branches.append(None if ab is None else ab[i][:, m[i]])
     logits = {k: torch.cat(v) for k, v in outs.items()}
+    index = np.concatenate(idx) if idx else np.zeros(0, int)
+    order = _dataset_order(loader, index)  # length-sorted batches back in the dataset's order
+    if order is not None:
+        index, atts, branches = index[order], [atts[i] for i in order] if atts else atts, \
+            [branches[i] for i in order] if branches else branches
+        t_order = torch.as_tensor(order)
+        logits = {k: v[t_order] for k, v in logits.items()}
+        targets = {k: [torch.cat(v)[t_order]] for k, v in targets.items()}
     loss = float("nan")
     if loss_fn is not None and targets:
         loss = float(loss_fn(logits, {k: torch.cat(v) for k, v in targets.items()})[0])
-    return EvalResult(np.concatenate(idx) if idx else np.zeros(0, int),
-                      {k: v.numpy() for k, v in logits.items()}, loss, atts, branches, names)
+    return EvalResult(index, {k: v.numpy() for k, v in logits.items()}, loss, atts, branches, names)
+
+
+def _dataset_order(loader, index: np.ndarray) -> np.ndarray | None:
+    """Permutation putting ``index`` (bags in loader order) in the order of the loader's
+    dataset (``BagDataset.indices``); None when already in that order or not applicable."""
+    ds_idx = getattr(getattr(loader, "dataset", None), "indices", None)
+    if ds_idx is None or len(ds_idx) != len(index) or len(set(ds_idx.tolist())) != len(ds_idx):
+        return None
+    pos = {int(b): i for i, b in enumerate(ds_idx)}
+    if any(int(b) not in pos for b in index):
+        return None
+    order = np.argsort([pos[int(b)] for b in index], kind="stable")
+    return None if np.array_equal(order, np.arange(len(order))) else order
 
 
 def make_optimizer(model: nn.Module, params: TrainParams, steps_per_epoch: int):
