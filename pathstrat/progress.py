@@ -24,12 +24,13 @@ class Progress:
 
     Use as ``with Progress(total, desc) as p: ... p.update(1, units=n_tiles)``.
     On a terminal it draws a tqdm bar; otherwise it logs a line every ``log_every`` seconds
-    and at the end, so batch logs stay readable.
+    and at the end, so batch logs stay readable. ``bar_only=True`` reports nothing off a
+    terminal (for inner loops, e.g. epochs, whose caller logs one summary line).
     """
 
     def __init__(self, total: int | None, desc: str, unit: str = "slide",
                  sub_unit: str | None = None, log_every: float = 10.0,
-                 enable_bar: bool | None = None) -> None:
+                 enable_bar: bool | None = None, bar_only: bool = False) -> None:
         self.total = total
         self.desc = desc
         self.unit = unit
@@ -41,10 +42,13 @@ class Progress:
         self._last_log = self._t0
         self._logged_n = -1  # n at the last log line: close() does not repeat it
         self._bar = None
+        self.quiet = False
         if enable_bar if enable_bar is not None else _is_tty():
             from tqdm import tqdm
 
             self._bar = tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, leave=True)
+        else:
+            self.quiet = bar_only
 
     def __enter__(self) -> Progress:
         return self
@@ -70,7 +74,7 @@ class Progress:
             self._bar.update(n)
             return
         now = time.perf_counter()
-        if now - self._last_log >= self.log_every:
+        if not self.quiet and now - self._last_log >= self.log_every:
             self._last_log = now
             self._log_line()
 
@@ -84,7 +88,7 @@ class Progress:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
-        elif self._logged_n != self.n:
+        elif self._logged_n != self.n and not self.quiet:
             self._log_line()
 
 

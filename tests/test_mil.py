@@ -26,13 +26,16 @@ NAMES = MODELS.names()
 # attention modes of the ABMIL family: HEADS has two heads, so the default ("auto") is
 # per-target attention; the shared single-map mode is covered by its own cases
 VARIANTS = {f"{n}[shared]": (n, {"attention": "shared"}) for n in ("abmil", "abmil_gated")}
+# TransMIL's batched exact-attention path (bags of the suite fit 64 landmarks; SMALL's 4
+# landmarks take the per-bag Nystrom path)
+VARIANTS["transmil[exact]"] = ("transmil", {"num_landmarks": 64})
 CASES = NAMES + sorted(VARIANTS)
 
 
 def _model(case: str, seed: int = 0) -> torch.nn.Module:
     name, extra = VARIANTS.get(case, (case, {}))
     torch.manual_seed(seed)
-    return build_model(name, D, HEADS, **SMALL[name], **extra)
+    return build_model(name, D, HEADS, **{**SMALL[name], **extra})
 
 
 def _claim(case: str) -> bool:
@@ -65,6 +68,33 @@ def test_published_defaults():
     assert build_model("abmil", 1024, {"y": 1}).attn.u is None
     t = build_model("transmil", 64, {"y": 2})
     assert t.layer1.attn.m == 256 and t.layer1.attn.heads == 8
+
+
+def test_transmil_batched_path_equals_the_per_bag_reference():
+    """Whole-batch exact attention (packed tokens, masked keys, PPEG on zero-embedded grids,
+    one summed PPEG kernel, banded sequence convolution, class-token-only last layer) computes
+    the same embedding, attention and gradients as ``_one``, the paper's per-bag computation."""
+    torch.manual_seed(0)
+    m = build_model("transmil", D, HEADS, dim=16, n_heads=2, num_landmarks=64, dropout=0.0)
+    sizes = [1, 2, 5, 9, 17, 30]  # squares of side 1..6, tile copies when not square
+    x = torch.randn(len(sizes), 34, D, generator=torch.Generator().manual_seed(1)) * 3
+    mask = torch.zeros(len(sizes), 34, dtype=torch.bool)
+    for i, n in enumerate(sizes):
+        mask[i, torch.randperm(34, generator=torch.Generator().manual_seed(i))[:n]] = True
+    emb, att = m._packed(x, mask)
+    ref = [m._one(x[i, mask[i]]) for i in range(len(sizes))]
+    for i, (e, a) in enumerate(ref):
+        torch.testing.assert_close(emb[i], e, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(att[i, mask[i]], a, rtol=1e-5, atol=1e-6)
+        assert float(att[i, ~mask[i]].detach().abs().sum()) == 0.0
+    grads = torch.autograd.grad(emb.pow(2).sum(), list(m.parameters()), allow_unused=True)
+    ref_grads = torch.autograd.grad(sum(e.pow(2).sum() for e, _ in ref), list(m.parameters()),
+                                    allow_unused=True)
+    for (name, _), g, r in zip(m.named_parameters(), grads, ref_grads, strict=True):
+        if r is None:
+            assert g is None, name
+            continue
+        torch.testing.assert_close(g, r, rtol=1e-3, atol=5e-3 * float(r.abs().max()) + 1e-8, msg=name)
 
 
 def test_unknown_model_and_hparam_errors():

@@ -361,10 +361,9 @@ def test_toy_kind_runs_through_the_matrix(toy_kind, check):
 
 
 def test_toy_kind_trains_end_to_end(toy_kind, tmp_path):
-    from pathstrat.training import train_cv
-
     from pathstrat.federated.config import TargetDef
     from pathstrat.testing import make_feature_cohort
+    from pathstrat.training import train_cv
 
     fdir, manifest = make_feature_cohort(tmp_path / "c", n_patients=24, dim=6, seed=0, tiles=(4, 8),
                                          tasks=("regression",))

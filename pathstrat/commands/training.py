@@ -44,6 +44,8 @@ def register(app: typer.Typer) -> None:
         val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help="Training-fold patients held out for "  # noqa: UP045
                                                      "early stopping (default auto: 0.2 from early_stop_min_patients training patients (default 0), else 0)."),
         patience: int = typer.Option(8, "--patience", help="Early-stopping patience (epochs)."),
+        bucket: str = typer.Option("auto", "--bucket", help="auto | on | off: batch bags of similar "
+                                   "length (auto: when padding would cost > 1.2x the unpadded compute)."),
         threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (default auto: 1 for small bags)."),  # noqa: UP045
         config: Optional[Path] = typer.Option(None, "--config", help="YAML with the same keys (CLI flags win)."),  # noqa: UP045
         hparam: list[str] = typer.Option([], "--hparam", help="Model hyperparameter key=value (repeatable)."),
@@ -74,7 +76,7 @@ def register(app: typer.Typer) -> None:
                      max_tiles=max_tiles or None, batch_size=batch_size, lr=lr, device=device,
                      store=store, schedule=schedule, balanced_sampling=balanced_sampling,
                      input_scaling=input_scaling, val_fraction=val_fraction, patience=patience,
-                     threads=threads)
+                     threads=threads, bucket=bucket)
         # flags left at their default do not override values from --config
         cli.update({k: v for k, v in flags.items()
                     if not base or ctx.get_parameter_source(k) != ParameterSource.DEFAULT})

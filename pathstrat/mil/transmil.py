@@ -3,6 +3,20 @@
 Written from the paper (no extra package). Each bag is processed on its valid tiles only, so
 padding never changes the output; the tile order matters (PPEG convolves a square token grid),
 so the model does not claim permutation invariance.
+
+Speed (issue 18): :meth:`TransMIL._one` is the reference, one bag at a time. When every bag of
+a batch fits the exact-attention regime (class token + square grid <= ``num_landmarks``, i.e.
+bags of up to ~255 tiles with the default 256 landmarks), :meth:`TransMIL._packed` computes the
+same function for the whole batch at once: per-token layers (projection, LayerNorm, q/k/v and
+output projections) run on the concatenated tokens of all bags (no padding), attention and the
+sequence convolution run on a zero-padded (B, L, ...) batch with padded keys masked, and PPEG
+convolves each bag's s x s grid embedded in a zero grid of the batch's largest side (zeros
+outside a bag's grid are exactly the convolution's zero padding; the 7/5/3 kernels are summed
+into one 7x7 kernel, the same linear map). The depthwise sequence convolution of the attention
+is a banded (Toeplitz) matrix product, and the second layer computes only the class token's
+output (the only one the model reads): on CPU, depthwise convolutions' backward passes and
+per-bag matrix products were most of the time. The outputs equal ``_one`` to
+float tolerance (tests/test_mil.py); only the order of floating-point sums differs.
 """
 
 from __future__ import annotations
@@ -13,6 +27,8 @@ import torch
 from torch import nn
 
 from pathstrat.mil.base import Heads, MILOutput, register_model, zero_loss
+
+_FORCE_LOOP = False  # benchmarks: time the per-bag reference path
 
 
 def moore_penrose_pinv(x: torch.Tensor, iters: int = 6) -> torch.Tensor:
@@ -130,9 +146,84 @@ class TransMIL(nn.Module):
         tile_att = torch.zeros(n, device=x.device, dtype=att.dtype).index_add_(0, idx, att[1:])
         return self.norm(h)[0, 0], tile_att / tile_att.sum().clamp_min(1e-12)
 
+    def _packed(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every bag of the batch at once (exact attention only): (embedding (B, dim), attention
+        (B, N)), the same function as :meth:`_one` per bag (see the module docstring)."""
+        dev = x.device
+        b_size, n_max = mask.shape
+        n = mask.sum(1).cpu()
+        side = torch.ceil(torch.sqrt(n.double())).long().clamp_min(1)
+        seq = side * side + 1  # class token + square grid, per bag
+        l_max, s_max = int(seq.max()), int(side.max())
+        h = self.fc(x[mask])  # (valid tiles, dim), row-major over (bag, position)
+        starts = torch.cumsum(n, 0) - n
+        bag = torch.repeat_interleave(torch.arange(b_size), seq)  # bag of each packed token
+        pos = torch.arange(int(seq.sum())) - torch.repeat_interleave(torch.cumsum(seq, 0) - seq, seq)
+        grid_j = (pos - 1).clamp_min(0)  # position of a tile token in its bag's square grid
+        tile = grid_j % n[bag]  # the valid tile a token copies (the square is filled cyclically)
+        is_cls = pos == 0
+        src = torch.where(is_cls, torch.zeros_like(tile), 1 + starts[bag] + tile).to(dev)
+        toks = torch.cat([self.cls_token[0].to(h.dtype), h])[src]  # (tokens, dim)
+        geo = {"pad": (bag * l_max + pos).to(dev), "b": b_size, "l": l_max,
+               "keys": (torch.arange(l_max)[None] < seq[:, None]).to(dev),
+               "cls": (torch.cumsum(seq, 0) - seq).to(dev)}
+        toks = toks + self._attend(self.layer1, toks, geo)[0]
+        feat = ~is_cls  # PPEG: bag b's s x s grid in the top-left corner of a zero s_max grid
+        cell = (bag * s_max * s_max + (grid_j // side[bag]) * s_max + grid_j % side[bag])[feat].to(dev)
+        grid = toks.new_zeros(b_size * s_max * s_max, toks.shape[1]).index_copy(0, cell, toks[feat.to(dev)])
+        grid = grid.view(b_size, s_max, s_max, -1).permute(0, 3, 1, 2)
+        grid = grid + _ppeg_conv(self.ppeg, grid)
+        toks = toks.index_copy(0, _rows(feat).to(dev),
+                               grid.permute(0, 2, 3, 1).reshape(-1, toks.shape[1])[cell])
+        out, att = self._attend(self.layer2, toks, geo, cls_only=True)
+        emb = self.norm(toks[geo["cls"]] + out)
+        # class-token attention over tokens -> tiles (a tile's copies in the square add up)
+        tok_att = att.reshape(-1)[geo["pad"]][feat.to(dev)]
+        target = (bag * n_max)[feat] + _positions(mask)[(starts[bag] + tile)[feat]]
+        tile_att = tok_att.new_zeros(b_size * n_max).index_add_(0, target.to(dev), tok_att)
+        tile_att = tile_att.view(b_size, n_max)
+        return emb, tile_att / tile_att.sum(1, keepdim=True).clamp_min(1e-12)
+
+    @staticmethod
+    def _attend(layer: TransLayer, toks: torch.Tensor, geo: dict, cls_only: bool = False):
+        """``layer``'s attention branch (before the residual) on packed tokens: per-token
+        projections packed, exact masked attention and the residual convolution padded.
+        ``cls_only`` returns only the class tokens' outputs (B, dim) and their attention (B, L)."""
+        attn = layer.attn
+        inner = attn.heads * attn.dim_head
+        b, l_max = geo["b"], geo["l"]
+        normed = layer.norm(toks)
+        w = attn.to_qkv.weight  # no bias: q, k, v are row blocks of one projection
+        if cls_only:
+            q = nn.functional.linear(normed[geo["cls"]], w[:inner])[:, None]  # (B, 1, inner)
+            kv = nn.functional.linear(normed, w[inner:])
+        else:
+            qkv = attn.to_qkv(normed)
+            q, kv = qkv[:, :inner], qkv[:, inner:]
+
+        def padded(t: torch.Tensor) -> torch.Tensor:  # packed (T, inner) -> (B, heads, L, dh)
+            full = t.new_zeros(b * l_max, t.shape[1]).index_copy(0, geo["pad"], t)
+            return full.view(b, l_max, attn.heads, attn.dim_head).transpose(1, 2).float()
+
+        k, v = padded(kv[:, :inner]), padded(kv[:, inner:])
+        q = (q.reshape(b, 1, attn.heads, attn.dim_head).transpose(1, 2).float() if cls_only
+             else padded(q)) * attn.scale
+        scores = (q @ k.transpose(-1, -2)).masked_fill(~geo["keys"][:, None, None], float("-inf"))
+        probs = torch.softmax(scores, -1)
+        # zeros beyond each bag = the convolution's own zero padding
+        out = probs @ v + _seq_conv(attn.res_conv.weight, v, rows=1 if cls_only else None)
+        out = out.transpose(1, 2).reshape(b, -1, inner).to(toks.dtype)
+        if cls_only:
+            return attn.to_out(out[:, 0]), probs[:, :, 0].mean(1)
+        return attn.to_out(out.reshape(b * l_max, inner)[geo["pad"]]), None
+
     def forward(self, x, mask=None, bag_labels=None) -> MILOutput:
         if mask is None:
             mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+        n_max = int(mask.sum(1).max()) if mask.numel() else 0
+        if not _FORCE_LOOP and 0 < n_max and math.ceil(math.sqrt(n_max)) ** 2 + 1 <= self.layer1.attn.m and bool(mask.any(1).all()):
+            emb, att = self._packed(x, mask)
+            return MILOutput(self.heads(emb), att.to(emb.dtype), emb, zero_loss(emb))
         embs, atts = [], []
         for b in range(x.shape[0]):
             valid = mask[b].nonzero().squeeze(1)
@@ -142,3 +233,31 @@ class TransMIL(nn.Module):
             embs.append(emb)
         emb = torch.stack(embs)
         return MILOutput(self.heads(emb), torch.stack(atts), emb, zero_loss(emb))
+
+
+def _seq_conv(weight: torch.Tensor, v: torch.Tensor, rows: int | None = None) -> torch.Tensor:
+    """``nn.Conv2d(H, H, (K, 1), padding=(K // 2, 0), groups=H, bias=False)`` applied to ``v``
+    (B, H, L, d) as a banded matrix product (H, rows, L) @ v; ``rows`` keeps the first outputs."""
+    k, length = weight.shape[2], v.shape[2]
+    d = torch.arange(length, device=v.device)[None] - torch.arange(rows or length, device=v.device)[:, None] + k // 2
+    band = weight.view(weight.shape[0], k)[:, d.clamp(0, k - 1)] * ((d >= 0) & (d < k)).to(v.dtype)
+    return band.to(v.dtype) @ v
+
+
+def _ppeg_conv(ppeg: PPEG, grid: torch.Tensor) -> torch.Tensor:
+    """Sum of PPEG's depthwise 7/5/3 convolutions as one convolution with the summed kernels."""
+    big = max(c.kernel_size[0] for c in ppeg.convs)
+    weight = sum(nn.functional.pad(c.weight, [(big - c.kernel_size[0]) // 2] * 4) for c in ppeg.convs)
+    bias = sum(c.bias for c in ppeg.convs)
+    return nn.functional.conv2d(grid, weight.to(grid.dtype), bias.to(grid.dtype), padding=big // 2,
+                                groups=grid.shape[1])
+
+
+def _rows(feat: torch.Tensor) -> torch.Tensor:
+    """Row numbers of the packed tokens selected by boolean ``feat``."""
+    return feat.nonzero().squeeze(1)
+
+
+def _positions(mask: torch.Tensor) -> torch.Tensor:
+    """Position within its bag (column of ``mask``) of every valid tile, row-major."""
+    return mask.nonzero()[:, 1].cpu()

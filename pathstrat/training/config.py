@@ -59,6 +59,9 @@ class TrainConfig(BaseModel):
     trainable: Literal["all", "attention", "head"] = Field(
         "all", description="With init_weights: train everything, the aggregator and heads, or the "
         "heads only (the rest frozen).")
+    bucket: Literal["auto", "on", "off"] = Field(
+        "auto", description="Training batches of bags of similar length (less padding); auto = on "
+        "when random batches would pad to > 1.2x the unpadded compute.")
     threads: int | None = Field(None, description="CPU threads for training; None = auto: 1 when "
                                 "a batch is small (intra-op threading costs more than it saves), "
                                 "else torch's default.")

@@ -30,7 +30,14 @@ from pathstrat.mil.losses import make_loss
 from pathstrat.mil.scaling import fit_scaler, set_scaler
 from pathstrat.mil.targets import TargetSpec, infer_target
 from pathstrat.training.config import TrainConfig
-from pathstrat.training.data import BagDataset, BagStore, load_bags, make_loader
+from pathstrat.training.data import (
+    BUCKET_AUTO_RATIO,
+    BagDataset,
+    BagStore,
+    load_bags,
+    make_eval_loader,
+    make_loader,
+)
 from pathstrat.training.engine import TrainParams, evaluate, fit, resolve_device, set_seed
 from pathstrat.training.evaluation import (
     BASE_COLUMNS,
@@ -177,24 +184,26 @@ def _run(cfg: TrainConfig, out: Path) -> Path:
         train_loader = make_loader(
             BagDataset(store, tr_idx, y, max_tiles=cfg.max_tiles, train=True, seed=seed),
             cfg.batch_size, shuffle=True, seed=seed, pin_memory=device.startswith("cuda") and not store.on_device,
+            bucket={"on": True, "off": False}.get(cfg.bucket, "auto"),
             balance_on=(y[specs[0].name][tr_idx] if cfg.balanced_sampling
                         and specs[0].impl.categorical else None))
-        val_loader = (make_loader(BagDataset(store, va_idx, y), 1) if len(va_idx) else None)
+        val_loader = (make_eval_loader(BagDataset(store, va_idx, y)) if len(va_idx) else None)
         params = TrainParams(epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay,
                              schedule=cfg.schedule, patience=cfg.patience, grad_clip=cfg.grad_clip,
-                             device=device, amp=cfg.amp, where=f"repeat {r}, fold {k}")
+                             device=device, amp=cfg.amp, where=f"repeat {r}, fold {k}",
+                             max_padding=None if cfg.bucket == "off" else BUCKET_AUTO_RATIO)
         metric_name, metric_fn = epoch_metric(specs[0], y[specs[0].name], states[specs[0].name])
         history = fit(model, train_loader, val_loader, loss_fn, params, metric_fn=metric_fn)
         hist_rows += [{"repeat": int(r), "fold": int(k), "metric": metric_name, **h} for h in history]
         keep_att = cfg.save_attention and int(r) == 0
-        ev = evaluate(model, make_loader(BagDataset(store, te_idx, y), 1), device=device,
+        ev = evaluate(model, make_eval_loader(BagDataset(store, te_idx, y)), device=device,
                       amp=cfg.amp, keep_attention=keep_att)
         scores = decode_outputs(specs, ev.outputs, states)
         rows += prediction_rows(store, ev.index, scores, specs, fold=int(k), repeat=int(r))
         # The fold model's scores of its own training patients: risk-group cut-offs are fitted
         # on these (same model, same scale) and applied to the held-out fold, never on it.
         fit_idx = np.concatenate([tr_idx, va_idx])
-        ev_fit = evaluate(model, make_loader(BagDataset(store, fit_idx, y), 1), device=device, amp=cfg.amp)
+        ev_fit = evaluate(model, make_eval_loader(BagDataset(store, fit_idx, y)), device=device, amp=cfg.amp)
         train_rows += prediction_rows(store, ev_fit.index, decode_outputs(specs, ev_fit.outputs, states),
                                       specs, fold=int(k), repeat=int(r))
         if keep_att:

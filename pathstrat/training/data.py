@@ -3,6 +3,8 @@
 ``load_bags`` reads every feature file once through :func:`pathstrat.features.read_bag` into a
 :class:`BagStore` (RAM, or one memory-mapped cache file). Training draws ``max_tiles`` random
 tile indices per bag per epoch; evaluation uses whole bags. No file is re-read per epoch.
+Training batches are padded to their longest bag; with bag sizes that vary a lot,
+:class:`LengthBucketSampler` groups bags of similar size so padding costs little compute.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset, Sampler, WeightedRandomSampler
 
 from pathstrat.errors import ConfigError, FeatureDimError, SchemaError
 from pathstrat.io import FailureLog
@@ -303,21 +305,131 @@ def collate_bags(batch) -> dict[str, Any]:
             "index": torch.tensor([item[2] for item in batch])}
 
 
+def item_lengths(dataset: BagDataset) -> np.ndarray:
+    """Tiles each item of ``dataset`` yields (capped at ``max_tiles`` in training)."""
+    n = np.array([dataset.store.bags[int(b)].features.shape[0] for b in dataset.indices], int)
+    return np.minimum(n, dataset.max_tiles) if dataset.max_tiles else n
+
+
+def padding_ratio(lengths: np.ndarray, batches: list[list[int]]) -> float:
+    """Padded compute over unpadded compute: sum over batches of size x longest, over the sum of
+    lengths (1.0 = no padding)."""
+    lengths = np.asarray(lengths)
+    padded = sum(len(b) * int(lengths[b].max()) for b in batches if len(b))
+    return padded / max(int(sum(lengths[i] for b in batches for i in b)), 1)
+
+
+#: ``bucket="auto"`` buckets when random batches would pad to more than this many times the
+#: unpadded compute (the issue's goal: variable bag sizes cost <= 1.2x the unpadded bags).
+BUCKET_AUTO_RATIO = 1.2
+
+
+class LengthBucketSampler(Sampler[list[int]]):
+    """Batches of bags of similar length, every item exactly once per epoch, seeded.
+
+    Each epoch: a random permutation (or, with ``weights``, a weighted draw with replacement of
+    ``len(lengths)`` items, as balanced sampling), cut into pools of ``pool_batches`` batches;
+    each pool is sorted by length (stable, so equal lengths stay in random order) and cut into
+    batches, and the order of all batches is shuffled. Which bags share a batch changes between
+    epochs; the padded compute stays close to the unpadded one.
+    """
+
+    def __init__(self, lengths: np.ndarray, batch_size: int, *, seed: int = 0,
+                 weights: np.ndarray | None = None, pool_batches: int = 16) -> None:
+        self.lengths = np.asarray(lengths, int)
+        self.batch_size = int(batch_size)
+        self.pool = max(1, int(pool_batches)) * self.batch_size
+        self.weights = None if weights is None else torch.as_tensor(np.asarray(weights, float))
+        self.generator = torch.Generator().manual_seed(int(seed))
+
+    def __len__(self) -> int:
+        return -(-len(self.lengths) // self.batch_size)
+
+    def epoch_batches(self) -> list[list[int]]:
+        """The next epoch's batches (advances the generator)."""
+        n = len(self.lengths)
+        if self.weights is not None:
+            order = torch.multinomial(self.weights, n, replacement=True, generator=self.generator).numpy()
+        else:
+            order = torch.randperm(n, generator=self.generator).numpy()
+        batches = []
+        for s in range(0, n, self.pool):
+            chunk = order[s:s + self.pool]
+            chunk = chunk[np.argsort(self.lengths[chunk], kind="stable")]
+            batches += [chunk[i:i + self.batch_size].tolist() for i in range(0, len(chunk), self.batch_size)]
+        perm = torch.randperm(len(batches), generator=self.generator).tolist()
+        return [batches[i] for i in perm]
+
+    def __iter__(self):
+        yield from self.epoch_batches()
+
+
+def should_bucket(lengths: np.ndarray, batch_size: int, seed: int = 0) -> bool:
+    """True when random batches of ``lengths`` would pad to > :data:`BUCKET_AUTO_RATIO` times
+    the unpadded compute (estimated on one seeded permutation)."""
+    if batch_size < 2 or len(lengths) < 2:
+        return False
+    order = np.random.default_rng(seed).permutation(len(lengths))
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    return padding_ratio(lengths, batches) > BUCKET_AUTO_RATIO
+
+
+#: Largest padded evaluation batch (bags x tiles x features) :func:`make_eval_loader` forms.
+EVAL_BATCH_ELEMENTS = 1 << 22
+
+
+def make_eval_loader(dataset: BagDataset, max_bags: int = 32,
+                     max_padding: float = BUCKET_AUTO_RATIO) -> DataLoader:
+    """Whole-bag inference in few forward passes: bags sorted by length, grouped while a batch
+    stays within ``max_padding`` x its unpadded size, ``max_bags`` bags and
+    :data:`EVAL_BATCH_ELEMENTS` values (large bags stay one per batch). Every model's outputs
+    ignore padding (tests/test_mil.py), so this equals one bag at a time; results carry each
+    bag's ``index``, so consumers never rely on the order."""
+    lengths = item_lengths(dataset)
+    order = np.argsort(lengths, kind="stable")
+    batches: list[list[int]] = []
+    cur: list[int] = []
+    dim = max(int(dataset.store.dim), 1)
+    for i in order.tolist():
+        n = int(lengths[i])  # ascending: the newcomer is the longest of the batch
+        if cur and (len(cur) >= max_bags or (len(cur) + 1) * n * dim > EVAL_BATCH_ELEMENTS
+                    or (len(cur) + 1) * n > max_padding * (sum(int(lengths[j]) for j in cur) + n)):
+            batches.append(cur)
+            cur = []
+        cur.append(i)
+    if cur:
+        batches.append(cur)
+    return DataLoader(dataset, batch_sampler=batches, collate_fn=collate_bags, num_workers=0)
+
+
 def make_loader(dataset: BagDataset, batch_size: int = 1, *, shuffle: bool = False,
                 balance_on: np.ndarray | None = None, seed: int = 0,
-                pin_memory: bool = False) -> DataLoader:
+                pin_memory: bool = False, bucket: bool | str = False) -> DataLoader:
     """In-process DataLoader (bags are already in memory; workers would only copy them).
 
     ``balance_on`` (class index per dataset item, -1/NaN = unknown) draws bags with weights
-    inversely proportional to class frequency (balanced sampling).
+    inversely proportional to class frequency (balanced sampling). ``bucket`` (training
+    loaders): ``True`` batches bags of similar length (:class:`LengthBucketSampler`), ``"auto"``
+    does so when random batches would pad to more than 1.2x the unpadded compute
+    (:func:`should_bucket`), ``False`` keeps plain random batches.
     """
     g = torch.Generator().manual_seed(int(seed))
     sampler = None
+    w = None
     if balance_on is not None:
         y = np.nan_to_num(np.asarray(balance_on, float), nan=-1).astype(int)
         counts = {c: (y == c).sum() for c in np.unique(y)}
         w = np.array([1.0 / counts[c] for c in y])
-        sampler = WeightedRandomSampler(torch.as_tensor(w, dtype=torch.double), len(y),
+    if bucket not in (True, False, "auto"):
+        raise ConfigError(f"bucket={bucket!r} unknown; use True, False or 'auto'.")
+    if bucket and (shuffle or w is not None) and batch_size > 1:
+        lengths = item_lengths(dataset)
+        if bucket is True or should_bucket(lengths, batch_size, seed):
+            return DataLoader(dataset, batch_sampler=LengthBucketSampler(lengths, batch_size, seed=seed,
+                                                                         weights=w),
+                              collate_fn=collate_bags, num_workers=0, pin_memory=pin_memory)
+    if w is not None:
+        sampler = WeightedRandomSampler(torch.as_tensor(w, dtype=torch.double), len(w),
                                         replacement=True, generator=g)
         shuffle = False
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler,
