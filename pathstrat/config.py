@@ -116,7 +116,7 @@ RUN_SPECIFIC_TRAIN_KEYS = ("features", "manifest", "out", "encoder_id")
 
 TrainConfig = stage_section(
     "TrainConfig", _train_params(),
-    "Parameters of pathstrat.train.train_cv (features, manifest, out and encoder_id are set by "
+    "Parameters of pathstrat.training.train_cv (features, manifest, out and encoder_id are set by "
     "the runner).", exclude=RUN_SPECIFIC_TRAIN_KEYS)
 
 
