@@ -219,6 +219,26 @@ class SurvivalKind(TargetKind):
         return TargetSpec("survival", self.name, time_col="time", event_col="event"), df
 
 
+class BinaryLabelsKind(TargetKind):
+    """What the 0/1-label kinds share (binary, multilabel): the per-epoch mean AUROC over label
+    columns, positive/negative counts per label as the federated statistics, and the BCE positive
+    weights agreed from those counts."""
+
+    def epoch_metric(self, spec, y, scores):
+        def auc(i, o):
+            return mean_auroc(y[i].reshape(len(i), -1), scores(i, o).reshape(len(i), -1))
+        return "auroc", auc
+
+    def site_stats(self, spec, df, *, edges):
+        y = np.asarray(spec.encode(df), float).reshape(len(df), -1)
+        return ({f"{spec.name}.pos": [int((y[:, j] == 1).sum()) for j in range(y.shape[1])],
+                 f"{spec.name}.neg": [int((y[:, j] == 0).sum()) for j in range(y.shape[1])]}, {})
+
+    def global_state(self, spec, merged, *, edges, balanced):
+        return {"pos_weight": pos_weights(merged[f"{spec.name}.pos"], merged[f"{spec.name}.neg"],
+                                          balanced)}, None
+
+
 # --- helpers shared by several kinds ----------------------------------------------------------
 
 

@@ -7,12 +7,11 @@ from typing import Any
 import numpy as np
 
 from pathstrat.mil.kinds.base import (
-    TargetKind,
+    BinaryLabelsKind,
     _isnan,
     class_indices,
     empty_loss,
     example_frame,
-    mean_auroc,
     pos_weights,
     register_kind,
     with_missing,
@@ -20,7 +19,7 @@ from pathstrat.mil.kinds.base import (
 
 
 @register_kind
-class Binary(TargetKind):
+class Binary(BinaryLabelsKind):
     """Two classes (``spec.classes``, index 1 = positive); the score is P(positive)."""
 
     name = "binary"
@@ -55,20 +54,6 @@ class Binary(TargetKind):
         if not _isnan(y):  # the class index (0/1) of the manifest value
             y = int((spec.classes or [0, 1]).index(y)) if y in (spec.classes or []) else y
         return [{"target": spec.name, "y_true": y, "score": float(score)}]
-
-    def epoch_metric(self, spec, y, scores):
-        def auc(i, o):
-            return mean_auroc(y[i].reshape(len(i), -1), scores(i, o).reshape(len(i), -1))
-        return "auroc", auc
-
-    def site_stats(self, spec, df, *, edges):
-        y = np.asarray(spec.encode(df), float).reshape(len(df), -1)
-        return ({f"{spec.name}.pos": [int((y[:, j] == 1).sum()) for j in range(y.shape[1])],
-                 f"{spec.name}.neg": [int((y[:, j] == 0).sum()) for j in range(y.shape[1])]}, {})
-
-    def global_state(self, spec, merged, *, edges, balanced):
-        return {"pos_weight": pos_weights(merged[f"{spec.name}.pos"], merged[f"{spec.name}.neg"],
-                                          balanced)}, None
 
     def federated_metrics(self, spec, rows, score, y, score_bins):
         from pathstrat import metrics as M

@@ -7,11 +7,10 @@ from typing import Any
 import numpy as np
 
 from pathstrat.mil.kinds.base import (
-    TargetKind,
+    BinaryLabelsKind,
     binary01,
     empty_loss,
     example_frame,
-    mean_auroc,
     pos_weights,
     register_kind,
     with_missing,
@@ -19,7 +18,7 @@ from pathstrat.mil.kinds.base import (
 
 
 @register_kind
-class Multilabel(TargetKind):
+class Multilabel(BinaryLabelsKind):
     """Several binary labels (``spec.columns``) in one head; each label is its own
     predictions.csv/metrics.json target, scored with the binary metric set."""
 
@@ -60,20 +59,6 @@ class Multilabel(TargetKind):
     def prediction_rows(self, spec, score, label):
         return [{"target": c, "y_true": label(c), "score": float(score[i])}
                 for i, c in enumerate(spec.columns)]
-
-    def epoch_metric(self, spec, y, scores):
-        def auc(i, o):
-            return mean_auroc(y[i].reshape(len(i), -1), scores(i, o).reshape(len(i), -1))
-        return "auroc", auc
-
-    def site_stats(self, spec, df, *, edges):
-        y = np.asarray(spec.encode(df), float).reshape(len(df), -1)
-        return ({f"{spec.name}.pos": [int((y[:, j] == 1).sum()) for j in range(y.shape[1])],
-                 f"{spec.name}.neg": [int((y[:, j] == 0).sum()) for j in range(y.shape[1])]}, {})
-
-    def global_state(self, spec, merged, *, edges, balanced):
-        return {"pos_weight": pos_weights(merged[f"{spec.name}.pos"], merged[f"{spec.name}.neg"],
-                                          balanced)}, None
 
     def federated_metrics(self, spec, rows, score, y, score_bins):
         from pathstrat import metrics as M
