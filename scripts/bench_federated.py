@@ -87,6 +87,9 @@ def main() -> None:
     ap.add_argument("--isolation", choices=["process", "subprocess"], default="process",
                     help="deployment: SuperNode --isolation (process: one long-running site "
                          "executor per site; subprocess: a flwr-clientapp process per message)")
+    ap.add_argument("--stock-supernode", action="store_true",
+                    help="deployment: Flower's own flower-supernode (3 s idle poll) instead of "
+                         "pathstrat.federated.supernode")
     ap.add_argument("--heterogeneous", action="store_true",
                     help="FedAvg vs FedProx vs local-only vs pooled (+ fine-tuning) on sites with "
                          "a planted shift (see the module docstring)")
@@ -179,6 +182,7 @@ def main() -> None:
         nodes = [{"site-name": s, "manifest": str(manifests[s]), "features-dir": str(fdir),
                   "cache-dir": str(work / "cache")} for s in names]
         with LocalDeployment(work / "deploy", nodes, isolation=args.isolation,
+                             fast_pull_s=0.0 if args.stock_supernode else 0.05,
                              env={"PATHSTRAT_FL_THREADS": "1"}) as dep:
             t0 = time.perf_counter()  # daemons up; time the run as a user submits it
             cli(["federated", "init-app", str(work / "app"), "-c", str(work / "fed.json"), "--out",
@@ -186,9 +190,14 @@ def main() -> None:
             dep.run(work / "app", timeout_s=3600)
     fed_s = time.perf_counter() - t0
 
+    summary_path = work / "run" / "federation.json"
+    timing = (json.loads(summary_path.read_text()).get("timing_s", {}) if summary_path.exists()
+              else {})
     load["tiles_in_site_A"] = int(sum(b.features.shape[0] for b in locals_[0].store.bags))
     print(json.dumps({
         "mode": args.mode, "isolation": args.isolation if args.mode == "deployment" else None,
+        "supernode": ("flower-supernode" if args.stock_supernode else "pathstrat.federated.supernode")
+        if args.mode == "deployment" else None,
         "sites": args.sites, "patients": args.patients, "dim": args.dim,
         "tiles_per_slide": list(args.tiles), "rounds": args.rounds,
         "local_epochs": args.local_epochs, "model": args.model,
@@ -197,6 +206,12 @@ def main() -> None:
         "local_one_process_s": round(local_s, 2), "federated_s": round(fed_s, 2),
         "ratio_federated_over_local": round(fed_s / local_s, 2),
         "overhead_per_round_s": round((fed_s - local_s) / args.rounds, 2),
+        # the coordinator's own clock: the round loop alone, without the once-per-run costs
+        # (flwr run submission, the ServerApp process's imports, join, final checkpoint)
+        "rounds_phase_s": timing.get("rounds"),
+        "once_per_run_s": round(fed_s - timing["rounds"], 2) if "rounds" in timing else None,
+        "overhead_per_round_in_round_loop_s": (round((timing["rounds"] - local_s) / args.rounds, 2)
+                                               if "rounds" in timing else None),
         "site_load_fresh_process": load,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch threads 1",
     }, indent=2))

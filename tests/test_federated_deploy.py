@@ -2,13 +2,14 @@
 processes, TLS with a CA and server certificate made in the test, SuperNode authentication (plus
 one SuperNode whose key was never registered), one site that drops out in round 2, the app written
 by `pathstrat federated init-app`, submitted with `flwr run`. The SuperNodes run with
-`--isolation process`, each next to one long-running site executor
-(`python -m pathstrat.federated.siteexec`) that runs every ClientApp message in that one process.
+`--isolation process` through pathstrat's launcher (`python -m pathstrat.federated.supernode`:
+Flower's SuperNode polling every 0.05 s while a run is active instead of every 3 s), each next to
+one long-running site executor (`python -m pathstrat.federated.siteexec`) that runs every
+ClientApp message in that one process; model weights travel packed (packing.py).
 
 The deployed global model must equal the in-process simulation of the same federation (same apps,
 seeds and messages; the in-process run is what tests/test_federated_quality.py compares with pooled
-training). About 1-2 minutes on 2 busy cores (Flower's SuperNode polls the SuperLink every 3 s);
-every daemon is stopped by its process-group id.
+training). About a minute on 2 busy cores; every daemon is stopped by its process-group id.
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ def test_tls_authenticated_deployment_with_dropout_equals_simulation(tmp_path):
     for i, site in enumerate("ABC"):
         node_log = (tmp_path / "deploy" / f"supernode-{i}.log").read_text(errors="replace")
         assert "flwr-clientapp" not in node_log, site
+        assert "SuperNode pulls every 0.05 s" in node_log, site  # the fast-poll launcher ran
         exec_log = (tmp_path / "deploy" / f"siteexec-{i}.log").read_text(errors="replace")
         done = exec_log.count(") done in ")
         # join + 2 x (train + evaluate); C fails its round-2 messages (reported as failed tasks)

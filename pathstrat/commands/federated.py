@@ -1,4 +1,5 @@
-"""`pathstrat federated ...`: simulate a federation, check a site, write the Flower app, fine-tune.
+"""`pathstrat federated ...`: simulate, check a site, write the Flower app, run a site's SuperNode,
+fine-tune.
 
 Heavy imports (torch, flwr) happen inside the commands so `pathstrat --help` stays instant.
 """
@@ -225,6 +226,22 @@ def privacy_cmd(
     from pathstrat.federated import dp_guarantee
 
     typer.echo(dp_guarantee(noise_multiplier, clipping_norm, rounds, delta).describe())
+
+
+@fed_app.command("supernode", context_settings={"allow_extra_args": True,
+                                                "ignore_unknown_options": True})
+def supernode_cmd(
+    ctx: typer.Context,
+    fast_s: float = typer.Option(0.05, "--fast-s", help="Poll interval while a run is active (s); "
+                                 "Flower's is 3 s."),
+    window_s: float = typer.Option(30.0, "--window-s", help="Seconds after a message during "
+                                   "which the SuperNode polls every --fast-s."),
+) -> None:
+    """Run flower-supernode with a short poll interval while a run is active (arguments after
+    '--' are flower-supernode's; docs/federated.md, "Round overhead")."""
+    from pathstrat.federated.supernode import main
+
+    main(["--fast-s", str(fast_s), "--window-s", str(window_s), "--", *ctx.args])
 
 
 def register(app: typer.Typer) -> None:

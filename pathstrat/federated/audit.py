@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from pathstrat.federated.packing import PACKED_PREFIX, packed_sizes
+
 log = logging.getLogger(__name__)
 
 # Keys a site may send besides model arrays (regular expressions over record entries).
@@ -120,7 +122,14 @@ def check_egress(summaries: Iterable[Mapping[str, Any]], model_shapes: Mapping[s
             if f in blob:
                 problems.append(f"{where}: contains forbidden string '{f}'")
         for rec in s.get("records", []):
-            if rec["kind"] == "array":
+            if rec["kind"] == "array" and rec["entries"] and all(
+                    n.startswith(PACKED_PREFIX) for n in rec["entries"]):  # packing.py
+                shapes = [tuple(m["shape"]) for m in rec["entries"].values()]
+                total = sum(s[0] for s in shapes if len(s) == 1)
+                if any(len(s) != 1 for s in shapes) or total != packed_sizes(model_shapes):
+                    problems.append(f"{where}: packed arrays {shapes} are not the model's "
+                                    f"{packed_sizes(model_shapes)} parameter values")
+            elif rec["kind"] == "array":
                 for name, meta in rec["entries"].items():
                     want = model_shapes.get(name)
                     if want is None or tuple(meta["shape"]) != tuple(want):

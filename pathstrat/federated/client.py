@@ -130,6 +130,7 @@ def build_client_app(sites: Sequence[SiteConfig] | None = None, extra_mods: Sequ
     from flwr.clientapp import ClientApp
 
     from pathstrat.federated.audit import make_audit_mod
+    from pathstrat.federated.packing import is_packed, pack, unpack
 
     resolve = SiteResolver(sites)
     app = ClientApp(mods=[make_audit_mod(resolve.audit_target), *extra_mods])
@@ -168,8 +169,8 @@ def build_client_app(sites: Sequence[SiteConfig] | None = None, extra_mods: Sequ
         if legacy:  # SecAgg+ rounds: unnamed parameter list in the model's key order
             keys = list(build_global_model(fed, state).state_dict())
             arrays, _ = secagg.legacy_inputs(msg, keys)
-        else:
-            arrays = msg.content["arrays"].to_torch_state_dict()
+        else:  # packed by a pathstrat coordinator (packing.py), or named arrays
+            arrays = unpack(msg.content["arrays"], build_global_model(fed, state).state_dict())
         return fed, state, site, load_site(site, fed), arrays, rnd, cfg
 
     def _train(msg: Message, context) -> Message:
@@ -186,7 +187,8 @@ def build_client_app(sites: Sequence[SiteConfig] | None = None, extra_mods: Sequ
             return secagg.fit_reply(msg, new, len(local.train_idx), metrics)
         if fed.dp is not None:
             metrics["dp-weight"] = 1  # DP averages sites with equal weights (see privacy.py)
-        return Message(RecordDict({"arrays": ArrayRecord(new), "metrics": MetricRecord(metrics)}),
+        reply = pack(new) if is_packed(msg.content["arrays"]) else ArrayRecord(new)  # in kind
+        return Message(RecordDict({"arrays": reply, "metrics": MetricRecord(metrics)}),
                        reply_to=msg)
 
     @app.train()

@@ -271,9 +271,8 @@ def make_strategy(fed: FederationConfig, n_sites: int):
 
 def run_federation(grid, fed: FederationConfig, out_dir: str | Path) -> dict[str, Any]:
     """The coordinator's whole run; returns (and writes) the federation summary."""
-    from flwr.app import ArrayRecord
-
     from pathstrat.federated.checkpoint import save_federated_checkpoint
+    from pathstrat.federated.packing import pack, unpack
     from pathstrat.federated.privacy import dp_guarantee
     from pathstrat.io import ensure_writable_dir, write_json_atomic
 
@@ -323,11 +322,11 @@ def run_federation(grid, fed: FederationConfig, out_dir: str | Path) -> dict[str
         from pathstrat.federated.rounds import run_rounds
 
         strategy = make_strategy(fed, len(joined))
-        result = run_rounds(strategy, site_grid, ArrayRecord(model.state_dict()), fed, cfg)
+        result = run_rounds(strategy, site_grid, pack(model.state_dict()), fed, cfg)
         if result.arrays is None:
             raise FederationError("No training round could be aggregated (every site failed or "
                                   "sent a rejected update); see the site errors in the log.")
-        final = result.arrays.to_torch_state_dict()
+        final = unpack(result.arrays, model.state_dict())
         rounds, selection, rejected = result.rounds, result.selection, result.rejected
         kept = next((r for r in rounds if r.get("kept")), rounds[-1])
         final_metrics = kept["evaluate"]

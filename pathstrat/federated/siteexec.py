@@ -53,6 +53,43 @@ def _client(address: str, insecure: bool, certificates: bytes | None, intercepto
         interceptors=interceptors, retry_invoker=make_simple_http_retry_invoker())
 
 
+def pull_task_input(client: Any, backoff_s: float) -> tuple[Any, Any, Any, Any]:
+    """Flower's ``run_clientapp.pull_task_input`` (flwr 1.41, Apache-2.0), except that the
+    message's objects are retried from ``backoff_s`` (capped at 1 s) instead of from 1 s: the
+    SuperNode is still pulling them from the SuperLink when the task starts, so Flower's first
+    retry always waited a whole second."""
+    from flwr.app import Message
+    from flwr.common.serde import context_from_proto, fab_from_proto, run_from_proto
+    from flwr.proto.node_pb2 import Node  # pylint: disable=E0611
+    from flwr.proto.runtime_pb2 import (  # pylint: disable=E0611
+        PullAppMessagesRequest,
+        PullTaskInputRequest,
+    )
+    from flwr.supercore.inflatable.inflatable_protobuf_utils import (
+        make_confirm_message_received_fn_protobuf,
+        make_pull_object_fn_protobuf,
+    )
+    from flwr.supercore.inflatable.inflatable_utils import pull_and_inflate_object_from_tree
+    from flwr.supercore.task_identity import TaskIdentity
+
+    res = client.PullTaskInput(PullTaskInputRequest())
+    TaskIdentity.task_id = res.task_id
+    TaskIdentity.run_id = res.run.run_id
+    TaskIdentity.node_id = res.context.node_id
+    context, run, fab = context_from_proto(res.context), run_from_proto(res.run), fab_from_proto(res.fab)
+    msgs = client.PullMessages(PullAppMessagesRequest())
+    if not msgs.messages_list:
+        raise RuntimeError("No messages received from Runtime API")
+    node, tree = Node(node_id=context.node_id), msgs.message_object_trees[0]
+    message = pull_and_inflate_object_from_tree(
+        tree, make_pull_object_fn_protobuf(client.PullObject, node, context.run_id),
+        make_confirm_message_received_fn_protobuf(client.ConfirmMessageReceived, node,
+                                                  context.run_id),
+        return_type=Message, initial_backoff=backoff_s, backoff_cap=1.0)
+    message.metadata.__dict__["_message_id"] = tree.object_id  # as Flower does
+    return message, context, run, fab
+
+
 class SiteExecutor:
     """Acquires a SuperNode's ClientApp tasks and runs them in this process, one at a time."""
 
@@ -106,11 +143,7 @@ class SiteExecutor:
             RuntimeTokenHttpInterceptor,
             RuntimeVersionHttpInterceptor,
         )
-        from flwr.supernode.runtime.run_clientapp import (
-            pull_task_input,
-            push_message,
-            push_task_output,
-        )
+        from flwr.supernode.runtime.run_clientapp import push_message, push_task_output
 
         client = _client(self.address, self.insecure, self.certificates,
                          [RuntimeVersionHttpInterceptor(component_name="flwr-clientapp"),
@@ -121,7 +154,7 @@ class SiteExecutor:
         status, details = SubStatus.FAILED, "ClientApp task failed due to unknown reason"
         try:
             heartbeat.start()
-            message, context, run, fab = pull_task_input(client)
+            message, context, run, fab = pull_task_input(client, self.poll_s)
             app = self._app_for(run, fab)
             t_in = time.perf_counter()
             reply = app(message=message, context=context)
