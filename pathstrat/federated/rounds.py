@@ -104,6 +104,15 @@ def _plain(rec) -> dict[str, Any]:
     return {k: (list(v) if isinstance(v, list) else float(v)) for k, v in dict(rec or {}).items()}
 
 
+def _by_site(grid, replies) -> list:
+    """Replies in site-name order, not arrival order: aggregation sums floats, and the sum's
+    last bits depend on its order, so a run would otherwise depend on which site answered first
+    (differences that training amplifies over rounds)."""
+    names = getattr(grid, "names", {})
+    return sorted(replies, key=lambda r: (names.get(r.metadata.src_node_id, ""),
+                                          r.metadata.src_node_id))
+
+
 def run_rounds(strategy, grid, initial_arrays, fed: FederationConfig,
                config: dict[str, Any]) -> RoundsResult:
     """Run up to ``fed.rounds`` rounds on ``grid`` (a SiteGrid); returns the kept global model."""
@@ -125,7 +134,7 @@ def run_rounds(strategy, grid, initial_arrays, fed: FederationConfig,
         lr = lr_for_round(fed, rnd)
         train_cfg = ConfigRecord({**config, "lr": lr, **({EVAL_FIRST: True} if pending else {})})
         msgs = list(strategy.configure_train(rnd, arrays, train_cfg, grid))
-        replies = list(grid.send_and_receive(msgs, timeout=fed.timeout_s)) if msgs else []
+        replies = _by_site(grid, grid.send_and_receive(msgs, timeout=fed.timeout_s)) if msgs else []
         if pending is not None:  # held-out metrics of the previous round's model
             held = split_train_metrics([r.content for r in replies if not r.has_error()])[1]
             prev = result.rounds[-1]
@@ -158,7 +167,8 @@ def run_rounds(strategy, grid, initial_arrays, fed: FederationConfig,
             pending = (rnd, arrays)
             continue
         eval_msgs = list(strategy.configure_evaluate(rnd, arrays, ConfigRecord(dict(config)), grid))
-        eval_replies = list(grid.send_and_receive(eval_msgs, timeout=fed.timeout_s)) if eval_msgs else []
+        eval_replies = (_by_site(grid, grid.send_and_receive(eval_msgs, timeout=fed.timeout_s))
+                        if eval_msgs else [])
         agg_eval = strategy.aggregate_evaluate(rnd, eval_replies) if eval_replies else None
         row["evaluate"] = _plain(agg_eval)
         if _select(selector, row, arrays, fed, grid, any_aggregated):
