@@ -484,7 +484,8 @@ def test_report_has_no_absolute_paths(cohort, tmp_path):
 def test_feature_and_tile_files_hold_no_absolute_paths(tmp_path, aperio_tiff):
     from pathstrat.encoders.embed import embed_cohort
     from pathstrat.features import read_attrs
-    from pathstrat.tiling import TilingParams, read_tiles, tile_cohort
+    from pathstrat.tiles import read_tiles
+    from pathstrat.tiling import TilingParams, tile_cohort
 
     img = np.full((512, 512, 3), 235, np.uint8)
     img[64:448, 64:448] = (150, 60, 140)
