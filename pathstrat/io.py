@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 from pathstrat.errors import PathstratError
+from pathstrat.vocabulary import plain
 
 log = logging.getLogger(__name__)
 
@@ -267,7 +268,9 @@ class FailureLog:
         """Record one failed item by error type and reason (e.g. reported by a worker process or
         a remote task, where only the exception's name and message survive)."""
         row = {"stage": self.stage, "slide_id": str(slide_id), "path": str(path or ""),
-               "error_type": error_type or "Error", "reason": " ".join(str(reason).split())}
+               "error_type": error_type or "Error",
+               # read by people and other tools, not translated by a front end: bare field names
+               "reason": plain(" ".join(str(reason).split()))}
         with self._lock:
             self.rows.append(row)
         log.warning("%s failed for slide '%s': %s: %s", self.stage, slide_id, row["error_type"],

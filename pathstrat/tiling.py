@@ -6,6 +6,9 @@ target_mpp / slide_mpp`` level-0 pixels. The grid starts at the slide origin wit
 tissue fraction >= ``min_tissue`` (exact area coverage of the mask, from an integral image) are
 kept. One slide = one unit of work: outputs are written atomically and reused on rerun when the
 parameters hash, slide path and MPP override match.
+
+The tiles file format (schema, ``read_tiles``, ``write_tiles``, the slide fingerprint) lives in
+:mod:`pathstrat.tiles`; ``read_tiles`` and ``write_tiles`` stay importable from here.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +32,6 @@ from pathstrat.errors import (
 )
 from pathstrat.io import (
     FailureLog,
-    atomic_path,
     clean_stale_tmp,
     ensure_writable_dir,
     params_hash,
@@ -38,6 +40,7 @@ from pathstrat.io import (
     write_json_atomic,
 )
 from pathstrat.layout import TilesLayout
+from pathstrat.tiles import TILES_SCHEMA, read_tiles, slide_fingerprint, write_tiles
 from pathstrat.units import Level0Px, MicronsPerPixel, TilePx
 
 if TYPE_CHECKING:
@@ -45,7 +48,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-TILES_SCHEMA = "pathstrat.tiles/1"
 #: Versions of the tissue-detection and grid algorithms: bump the one you change, so old tiles
 #: made by another algorithm are never reused (part of the reuse check, recorded per file).
 TISSUE_ALGORITHM = 1
@@ -194,42 +196,7 @@ def compute_grid(slide: Any, params: TilingParams, *, tissue: Any = None,
 
 
 # ---------------------------------------------------------------------------------------------
-# tiles file
-
-
-@dataclass
-class TileSet:
-    """Contents of a tiles file."""
-
-    coords: np.ndarray
-    tissue_fraction: np.ndarray
-    attrs: dict[str, Any] = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return len(self.coords)
-
-
-def read_tiles(path: str | os.PathLike) -> TileSet:
-    """Read ``tiles/<slide_id>.h5``; raises :class:`SchemaError` when it is not a tiles file."""
-    import h5py
-
-    p = Path(path)
-    try:
-        with h5py.File(p, "r") as f:
-            attrs = {k: _attr(v) for k, v in f.attrs.items()}
-            if attrs.get("schema") != TILES_SCHEMA or "coords" not in f:
-                raise SchemaError(f"'{p}' is not a pathstrat tiles file (schema "
-                                  f"{attrs.get('schema')!r}, expected {TILES_SCHEMA!r}). "
-                                  "Recreate it with `pathstrat tile`.")
-            coords = f["coords"][()].astype(np.int64, copy=False)
-            frac = f["tissue_fraction"][()].astype(np.float32, copy=False)
-    except OSError as exc:
-        raise SchemaError(f"Tiles file '{p}' cannot be read ({exc}); delete it and rerun "
-                          "`pathstrat tile`.") from exc
-    if coords.ndim != 2 or coords.shape[1] != 2 or len(frac) != len(coords):
-        raise SchemaError(f"Tiles file '{p}': coords {coords.shape} and tissue_fraction "
-                          f"{frac.shape} do not match; delete it and rerun `pathstrat tile`.")
-    return TileSet(coords, frac, attrs)
+# reuse of a tiles file (the file format itself: pathstrat.tiles)
 
 
 def tiles_file_reusable(path: str | os.PathLike, params: TilingParams, *, slide_path: str,
@@ -276,41 +243,6 @@ def _stored_slide_path(tiles_file: Path, stored: str) -> Path:
     return p if p.is_absolute() else (TilesLayout.of_tiles_file(tiles_file.resolve()).root / p).resolve()
 
 
-FINGERPRINT_BLOCK = 1 << 16  # bytes hashed at each sampled offset
-_FP_CACHE: dict[tuple[str, int, int], str] = {}
-
-
-def slide_fingerprint(slide_path: str | os.PathLike) -> str:
-    """The slide file's content as ``v2:<size>:<hash>``: its size and a hash of the header
-    (first 256 KiB) and 64 KiB blocks at 1/4, 1/2, 3/4 and the end of the file.
-
-    Independent of path and modification time, so tiles survive a move or a copy without
-    ``-p``; a replaced slide (other size, header or sampled blocks) is retiled. Reads about
-    0.5 MB per slide (cached per path, size and mtime within a process)."""
-    import hashlib
-
-    try:
-        st = os.stat(slide_path)
-    except OSError:
-        return ""
-    key = (str(slide_path), st.st_size, st.st_mtime_ns)
-    if key in _FP_CACHE:
-        return _FP_CACHE[key]
-    size = st.st_size
-    h = hashlib.blake2b(digest_size=16)
-    try:
-        with open(slide_path, "rb") as fh:
-            h.update(fh.read(4 * FINGERPRINT_BLOCK))
-            for off in (size // 4, size // 2, 3 * size // 4, max(0, size - FINGERPRINT_BLOCK)):
-                fh.seek(off)
-                h.update(fh.read(FINGERPRINT_BLOCK))
-    except OSError:
-        return ""
-    fp = f"v2:{size}:{h.hexdigest()}"
-    _FP_CACHE[key] = fp
-    return fp
-
-
 def _stat_fingerprint(slide_path: str | os.PathLike) -> str:
     """The older fingerprint (size and mtime), for tiles files written before ``v2``."""
     try:
@@ -318,25 +250,6 @@ def _stat_fingerprint(slide_path: str | os.PathLike) -> str:
     except OSError:
         return ""
     return f"{st.st_size}:{st.st_mtime_ns}"
-
-
-def write_tiles(dest: str | os.PathLike, coords: np.ndarray, tissue_fraction: np.ndarray,
-                attrs: dict[str, Any]) -> Path:
-    """Write a tiles file atomically (temporary name in the same folder, then ``os.replace``)."""
-    import h5py
-
-    from pathstrat.features import trident_coords_attrs
-
-    with atomic_path(dest) as tmp:
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("coords", data=np.asarray(coords, np.int64).reshape(-1, 2))
-            # TRIDENT's patch attributes, so its --coords_dir and slide encoders read our tiles
-            for k, v in trident_coords_attrs({**attrs, "slide_id": attrs.get("slide_id", Path(dest).stem)}).items():
-                f["coords"].attrs[k] = v
-            f.create_dataset("tissue_fraction", data=np.asarray(tissue_fraction, np.float32))
-            for k, v in attrs.items():
-                f.attrs[k] = v
-    return Path(dest)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -534,14 +447,6 @@ def _same_float(a: Any, b: float | None) -> bool:
     a = None if a is None or (isinstance(a, float) and math.isnan(a)) else float(a)
     return (a is None and b is None) or (a is not None and b is not None
                                          and math.isclose(a, b, rel_tol=1e-9))
-
-
-def _attr(v: Any) -> Any:
-    if isinstance(v, bytes):
-        return v.decode()
-    if isinstance(v, np.generic):
-        return v.item()
-    return v
 
 
 def _version() -> str:

@@ -13,6 +13,8 @@ user typed:
 
 Only backticked lower-case identifiers that the mapping knows are rewritten, so prose, file names
 and quoted manifest columns (``'mpp'``: columns are written in single quotes) stay as they are.
+Files written for people and other tools, where no front end is in between (``failures.csv``),
+carry the bare field names (:func:`plain`).
 Pydantic validation errors become one line through :func:`format_validation_error`, the one
 formatter used by every config schema.
 """
@@ -35,6 +37,15 @@ def translate(message: str, names: Mapping[str, str]) -> str:
         return names.get(m.group(1), m.group(0))
 
     return FIELD_REF.sub(_sub, message)
+
+
+def plain(message: str) -> str:
+    """``message`` with its `field` references as bare field names, for files that no front end
+    translates (``failures.csv``: "use a larger `tile_px`" -> "use a larger tile_px").
+
+    Only what :data:`FIELD_REF` matches loses its backticks; commands such as `pathstrat tile`
+    stay quoted."""
+    return FIELD_REF.sub(r"\1", message)
 
 
 def command_flags(command: Any) -> dict[str, str]:

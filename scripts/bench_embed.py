@@ -62,7 +62,7 @@ def _sync(enc) -> None:
 
 def _naive(enc, df, tiles_dir: Path, limit: int) -> float:
     from pathstrat.slide import open_slide
-    from pathstrat.tiling import read_tiles
+    from pathstrat.tiles import read_tiles
 
     n, t0 = 0, time.perf_counter()
     for row in df.itertuples():

@@ -65,7 +65,7 @@ def _attention_auroc(run: Path, cohort: Path, classes: tuple[str, ...],
                      dataset: str = "attention") -> float:
     """Mean over slides of the AUROC of ``dataset`` for tiles mostly made of ``classes``."""
     from pathstrat.synthetic import tile_truth, truth_path_for
-    from pathstrat.tiling import read_tiles
+    from pathstrat.tiles import read_tiles
 
     man = pd.read_csv(cohort / "manifest.csv", dtype={"slide_id": str})
     aucs = []

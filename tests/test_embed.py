@@ -38,7 +38,7 @@ def cohort(tmp_path_factory):
 
 
 def _tiles(root, sid):
-    from pathstrat.tiling import read_tiles
+    from pathstrat.tiles import read_tiles
 
     return read_tiles(root / "tiling" / "tiles" / f"{sid}.h5")
 

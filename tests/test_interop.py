@@ -91,7 +91,7 @@ def test_tissue_geojson_is_valid_for_qupath():
 
 
 def test_tiles_and_features_carry_tridents_patch_attributes(tmp_path):
-    from pathstrat.tiling import read_tiles, write_tiles
+    from pathstrat.tiles import read_tiles, write_tiles
 
     attrs = {"schema": "pathstrat.tiles/1", "slide_id": "s", "tile_px": 224, "target_mpp": 0.5,
              "slide_mpp": 0.2523, "tile_size_level0": 443.9, "level0_width": 4000,

@@ -14,8 +14,11 @@ from pathstrat.metrics import (
     binary_metrics,
     bootstrap_ci,
     harrell_c,
+    histogram,
+    histogram_quantiles,
     multiclass_metrics,
     regression_metrics,
+    score_histograms,
 )
 
 
@@ -105,3 +108,31 @@ def test_patient_bootstrap_keeps_patients_together_and_covers_point(rng):
         assert set(np.unique(counts[counts > 0] % 2)) == {0}
     res2 = bootstrap_ci(lambda idx: binary_metrics(y[idx], s[idx]), 120, groups, n_boot=200, seed=1)
     assert res2 == res  # seeded
+
+
+def test_binned_statistics_equal_numpy(rng):
+    """The counts target kinds and federated sites share (``metrics.histogram`` and friends)."""
+    edges = np.linspace(0.0, 60.0, 121)
+    t = np.r_[rng.exponential(10.0, 500), np.nan, 75.0]  # NaN dropped, 75 clipped to the last bin
+    counts = histogram(t, edges)
+    want = np.histogram(np.clip(t[np.isfinite(t)], 0, 60), edges)[0]
+    np.testing.assert_array_equal(counts, want)
+    qs = [0.25, 0.5, 0.75]
+    got = histogram_quantiles(counts, edges, qs)
+    assert np.all(np.abs(np.asarray(got) - np.quantile(t[np.isfinite(t)], qs)) <= edges[1] + 1e-9)
+    assert histogram_quantiles(np.zeros(4), np.linspace(0, 1, 5), qs) == []
+    y = rng.integers(0, 2, 300).astype(float)
+    score = rng.random(300)
+    y[0], score[1] = np.nan, np.nan
+    pos, neg = score_histograms(y, score, 20)
+    ok = np.isfinite(y) & np.isfinite(score)
+    unit = np.linspace(0, 1, 21)
+    np.testing.assert_array_equal(pos, np.histogram(score[ok & (y == 1)], unit)[0])
+    np.testing.assert_array_equal(neg, np.histogram(score[ok & (y == 0)], unit)[0])
+
+
+def test_federated_stats_share_the_metrics_helpers():
+    from pathstrat.federated import stats
+
+    assert stats.histogram is histogram and stats.score_histograms is score_histograms
+    assert stats.histogram_quantiles is histogram_quantiles

@@ -16,17 +16,20 @@ from pathstrat.mil.targets import TargetSpec, infer_target
 
 D = 8
 HEADS = {"a": 1, "b": 3}
-SMALL = {  # small hyperparameters keep the contract suite fast; defaults are tested separately
-    "meanpool": {"dim": 16}, "maxpool": {"dim": 16}, "abmil": {"dim": 16, "attn_dim": 8},
-    "abmil_gated": {"dim": 16, "attn_dim": 8}, "clam_sb": {"dim": 16, "attn_dim": 8, "k_sample": 2},
-    "clam_mb": {"dim": 16, "attn_dim": 8, "k_sample": 2}, "dsmil": {"dim": 16, "q_dim": 8},
-    "transmil": {"dim": 16, "n_heads": 2, "num_landmarks": 4},
-}
 NAMES = MODELS.names()
+
+
+def _small(name: str) -> dict:
+    """The model's registered small settings (``register_model(..., test_hparams=...)``)."""
+    hp = MODELS.get(name).test_hparams
+    assert hp, f"MIL model '{name}' has no test_hparams: register_model(..., test_hparams={{...}})"
+    return dict(hp)
+
+
 # attention modes of the ABMIL family: HEADS has two heads, so the default ("auto") is
 # per-target attention; the shared single-map mode is covered by its own cases
 VARIANTS = {f"{n}[shared]": (n, {"attention": "shared"}) for n in ("abmil", "abmil_gated")}
-# TransMIL's batched exact-attention path (bags of the suite fit 64 landmarks; SMALL's 4
+# TransMIL's batched exact-attention path (bags of the suite fit 64 landmarks; its 4 test
 # landmarks take the per-bag Nystrom path)
 VARIANTS["transmil[exact]"] = ("transmil", {"num_landmarks": 64})
 CASES = NAMES + sorted(VARIANTS)
@@ -35,7 +38,7 @@ CASES = NAMES + sorted(VARIANTS)
 def _model(case: str, seed: int = 0) -> torch.nn.Module:
     name, extra = VARIANTS.get(case, (case, {}))
     torch.manual_seed(seed)
-    return build_model(name, D, HEADS, **{**SMALL[name], **extra})
+    return build_model(name, D, HEADS, **{**_small(name), **extra})
 
 
 def _claim(case: str) -> bool:
@@ -52,12 +55,17 @@ def _batch(seed: int = 0):
 
 
 def test_every_model_has_small_settings_and_metadata():
-    assert set(NAMES) == set(SMALL), "add new models to SMALL so the contract suite covers them"
+    missing = [n for n in NAMES if not MODELS.get(n).test_hparams]
+    assert not missing, (f"MIL model(s) {missing} registered without small test settings: add "
+                         "register_model(..., test_hparams={'dim': 16, ...}) so the contract "
+                         "suite stays fast")
     for name in NAMES:
         spec = MODELS.get(name)
         assert spec.citation and spec.description
         params = inspect.signature(spec.cls.__init__).parameters
         assert set(spec.defaults) <= set(params), name
+        assert set(spec.test_hparams) <= set(params), name
+        assert "test_hparams" not in spec.defaults, name
         assert set(spec.describe()) >= {"name", "standard_mil", "permutation_invariant", "defaults"}
 
 
@@ -198,11 +206,11 @@ def test_per_target_attention_one_branch_per_head(name):
 
 
 def test_attention_mode_resolution_and_errors():
-    single = build_model("abmil", D, {"y": 1}, **SMALL["abmil"])
+    single = build_model("abmil", D, {"y": 1}, **_small("abmil"))
     assert single.attention_mode == "shared" and single.attn.w.out_features == 1
     out = single.eval()(*_batch())
     assert out.attention_branches is None and out.branch_names is None
-    forced = build_model("abmil_gated", D, {"y": 1}, attention="per_target", **SMALL["abmil"])
+    forced = build_model("abmil_gated", D, {"y": 1}, attention="per_target", **_small("abmil"))
     assert forced.attention_mode == "per_target" and forced.eval()(*_batch()).branch_names == ["y"]
     assert build_model("abmil", D, HEADS, attention="shared").attn.w.out_features == 1
     assert build_model("abmil", D, {"a": 1, "b": 1, "c": 1}).attn.w.out_features == 3
@@ -218,7 +226,7 @@ def test_standard_mil_poison_test_for_models_that_claim_it():
     assert claimers == ["maxpool"]  # see docs/mil.md for the measured table of every model
     for name in claimers:
         for seed in (0, 1):
-            res = run_poison_test(name, seed=seed, epochs=25, **SMALL[name])
+            res = run_poison_test(name, seed=seed, epochs=25, **_small(name))
             assert res["train_auroc"] > 0.95, res  # it did learn the training task
             assert res["passed"], res
 
@@ -227,7 +235,7 @@ def test_poison_test_detects_a_model_that_uses_negative_evidence():
     """The test has teeth: mean pooling (no standard-MIL claim) learns the poison and fails."""
     from pathstrat.testing import run_poison_test
 
-    res = run_poison_test("meanpool", seed=0, epochs=25, **SMALL["meanpool"])
+    res = run_poison_test("meanpool", seed=0, epochs=25, **_small("meanpool"))
     assert res["train_auroc"] > 0.95 and res["test_auroc"] < 0.75, res
 
 

@@ -21,12 +21,11 @@ from hypothesis import strategies as st
 from pathstrat.errors import ConfigError, EmptyTissueError, MissingMPPError, SchemaError
 from pathstrat.io import TMP_PREFIX, read_failures
 from pathstrat.slide import open_slide
+from pathstrat.tiles import TILES_SCHEMA, read_tiles
 from pathstrat.tiling import (
-    TILES_SCHEMA,
     TilingParams,
     compute_grid,
     grid_coords,
-    read_tiles,
     tile_cohort,
     tile_slide,
     tiles_file_reusable,

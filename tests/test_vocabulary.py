@@ -21,6 +21,25 @@ def test_translate_rewrites_known_fields_only():
         "use a larger --tile-px, fix the manifest column 'mpp' or pass --mpp; `other` stays")
 
 
+def test_failures_csv_reasons_name_fields_plainly(tmp_path):
+    """failures.csv is read by people and other tools (no front end translates it): a recorded
+    reason with `tile_px` in backticks lands as plain tile_px; commands stay quoted."""
+    import csv
+
+    from pathstrat.io import FailureLog
+
+    assert vocabulary.plain("use a larger `tile_px` or `target_mpp`") == \
+        "use a larger tile_px or target_mpp"
+    log = FailureLog(tmp_path / "failures.csv", "tile")
+    log.record("s1", "s1.svs", "ConfigError", "tiles too small: use a larger `tile_px`")
+    log.add("s2", "s2.svs", ConfigError("no tiles file; run `pathstrat tile` or lower `min_tissue`"))
+    with open(log.write(), newline="", encoding="utf-8") as fh:
+        rows = {r["slide_id"]: r for r in csv.DictReader(fh)}
+    assert rows["s1"]["reason"] == "tiles too small: use a larger tile_px"
+    assert rows["s2"]["reason"] == "no tiles file; run `pathstrat tile` or lower min_tissue"
+    assert rows["s2"]["error_type"] == "ConfigError"
+
+
 def test_command_flags_and_leaf_command():
     root = typer.main.get_command(app)
     tile = vocabulary.leaf_command(root, ["-v", "tile", "--manifest", "m.csv"])

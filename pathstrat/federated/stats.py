@@ -14,6 +14,9 @@ from typing import Any
 
 import numpy as np
 
+# the binned statistics live in pathstrat.metrics (target kinds use them too); re-exported here
+from pathstrat.metrics import histogram, histogram_quantiles, score_histograms  # noqa: F401
+
 # --- shared grids ------------------------------------------------------------------------
 
 
@@ -22,42 +25,7 @@ def time_grid(time_max: float, bins: int) -> np.ndarray:
     return np.linspace(0.0, float(time_max), int(bins) + 1)
 
 
-def histogram(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    """Counts of finite ``values`` per grid bin (values beyond the grid are clipped into the end bins)."""
-    v = np.asarray(values, float)
-    v = v[np.isfinite(v)]
-    idx = np.clip(np.searchsorted(edges, v, side="right") - 1, 0, len(edges) - 2)
-    return np.bincount(idx, minlength=len(edges) - 1).astype(np.int64)
-
-
-def histogram_quantiles(counts: np.ndarray, edges: np.ndarray, qs: Iterable[float]) -> list[float]:
-    """Quantiles of the distribution behind ``counts``, assuming values uniform inside a bin.
-
-    The error against the raw-data quantile is at most one bin width.
-    """
-    c = np.asarray(counts, float)
-    total = c.sum()
-    if total <= 0:
-        return []
-    cdf = np.r_[0.0, np.cumsum(c)] / total  # at the edges
-    out = []
-    for q in qs:
-        k = int(np.clip(np.searchsorted(cdf, q, side="left"), 1, len(edges) - 1))
-        lo, hi = cdf[k - 1], cdf[k]
-        frac = 0.0 if hi <= lo else (q - lo) / (hi - lo)
-        out.append(float(edges[k - 1] + frac * (edges[k] - edges[k - 1])))
-    return out
-
-
 # --- pooled AUROC from score histograms ------------------------------------------------------
-
-
-def score_histograms(y: np.ndarray, score: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:
-    """Counts of positive and negative bags per score bin on [0, 1]."""
-    y, s = np.asarray(y, float), np.asarray(score, float)
-    ok = np.isfinite(y) & np.isfinite(s)
-    edges = np.linspace(0.0, 1.0, int(bins) + 1)
-    return histogram(s[ok & (y == 1)], edges), histogram(s[ok & (y == 0)], edges)
 
 
 def auroc_from_histograms(pos: np.ndarray, neg: np.ndarray) -> float:

@@ -2,20 +2,28 @@
 
 ``MODELS`` is the registry of self-describing entries (:class:`ModelSpec`); ``build_model``
 creates one with the published defaults merged with user hyperparameters.
+
+Importing this package imports every module in it (not the ``kinds`` subpackage, which its
+own ``__init__`` loads), so a new model is one file here with a ``@register_model`` class;
+``tests/test_mil.py``, parametrised over ``MODELS.names()``, picks it up.
 """
 
 from __future__ import annotations
 
+import importlib
 import inspect
+import pkgutil
 from typing import Any
 
 from torch import nn
 
 from pathstrat.errors import ConfigError
-from pathstrat.mil import models as _models  # noqa: F401  (registers models)
-from pathstrat.mil import transmil as _transmil  # noqa: F401
 from pathstrat.mil.base import MODELS, MILOutput, ModelSpec, masked_softmax
 from pathstrat.mil.scaling import attach_scaler
+
+# every module of the package registers what it defines (models.py, transmil.py, a new file)
+for _mod in sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.ispkg):
+    importlib.import_module(f"{__name__}.{_mod}")
 
 __all__ = ["MODELS", "MILOutput", "ModelSpec", "build_model", "model_hparams", "masked_softmax"]
 

@@ -47,6 +47,9 @@ class ModelSpec:
     defaults: dict[str, Any] = field(default_factory=dict)
     citation: str = ""
     description: str = ""
+    #: small hyperparameters that keep the contract suite (tests/test_mil.py) fast; every
+    #: registered model needs them, the published ``defaults`` are tested separately
+    test_hparams: dict[str, Any] = field(default_factory=dict)
 
     def describe(self) -> dict[str, Any]:
         """JSON-friendly summary (used by `pathstrat train --list-models` and docs)."""
@@ -60,12 +63,18 @@ MODELS: Registry[ModelSpec] = Registry("MIL model")
 
 
 def register_model(name: str, *, standard_mil: bool, permutation_invariant: bool,
-                   citation: str, description: str, **defaults: Any):
-    """Class decorator adding a model with its metadata and default hyperparameters."""
+                   citation: str, description: str, test_hparams: dict[str, Any] | None = None,
+                   **defaults: Any):
+    """Class decorator adding a model with its metadata and default hyperparameters.
+
+    ``test_hparams`` are the small settings the test matrix builds the model with (e.g.
+    ``{"dim": 16}``); a model registered without them fails ``tests/test_mil.py``.
+    """
 
     def deco(cls: type[nn.Module]) -> type[nn.Module]:
         MODELS.add(name, ModelSpec(name, cls, standard_mil, permutation_invariant,
-                                   dict(defaults), citation, description))
+                                   dict(defaults), citation, description,
+                                   dict(test_hparams or {})))
         return cls
 
     return deco

@@ -32,7 +32,8 @@ def _full_mask(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
 @register_model("meanpool", standard_mil=False, permutation_invariant=True,
                 citation="Wang et al. 2018, Revisiting multiple instance neural networks (MI-Net, mean)",
                 description="Projection then mean over tiles; uniform attention.",
-                dim=512, dropout=0.25)
+                dim=512, dropout=0.25,
+                test_hparams={"dim": 16})
 class MeanPoolMIL(nn.Module):
     """Mean pooling baseline: every tile counts equally."""
 
@@ -52,7 +53,8 @@ class MeanPoolMIL(nn.Module):
 @register_model("maxpool", standard_mil=True, permutation_invariant=True,
                 citation="Wang et al. 2018, Revisiting multiple instance neural networks (mi-Net)",
                 description="Instance-level logits, max over tiles (a bag is positive iff one tile is).",
-                dim=512, dropout=0.25)
+                dim=512, dropout=0.25,
+                test_hparams={"dim": 16})
 class MaxPoolMIL(nn.Module):
     """mi-Net: score every tile with each head, bag logit = max over valid tiles.
 
@@ -110,7 +112,8 @@ def resolve_attention_mode(mode: str, heads: dict[str, int]) -> str:
                 citation="Ilse, Tomczak & Welling 2018, Attention-based deep multiple instance learning",
                 description="Attention-weighted sum of projected tiles (tanh attention); with several "
                             "heads one attention branch per target (attention='per_target').",
-                dim=512, attn_dim=256, dropout=0.25, gated=False, attention="auto")
+                dim=512, attn_dim=256, dropout=0.25, gated=False, attention="auto",
+                test_hparams={"dim": 16, "attn_dim": 8})
 class ABMIL(_AttentionMIL):
     """Attention MIL (Ilse et al. 2018); ``gated=True`` is the gated-attention variant.
 
@@ -147,7 +150,8 @@ class ABMIL(_AttentionMIL):
                 citation="Ilse, Tomczak & Welling 2018, Attention-based deep multiple instance learning",
                 description="ABMIL with gated attention tanh(Vh) * sigmoid(Uh); per-target branches "
                             "with several heads.",
-                dim=512, attn_dim=256, dropout=0.25, gated=True, attention="auto")
+                dim=512, attn_dim=256, dropout=0.25, gated=True, attention="auto",
+                test_hparams={"dim": 16, "attn_dim": 8})
 class GatedABMIL(ABMIL):
     """Gated-attention ABMIL (same class, different registered default)."""
 
@@ -206,7 +210,8 @@ class _CLAMBase(_AttentionMIL):
                 citation="Lu et al. 2021, Data-efficient and weakly supervised computational pathology "
                          "on whole-slide images (CLAM), Nature Biomedical Engineering",
                 description="Single-branch gated attention + instance clustering loss (top/bottom-k).",
-                dim=512, attn_dim=256, dropout=0.25, k_sample=8, aux_weight=0.3, subtyping=False)
+                dim=512, attn_dim=256, dropout=0.25, k_sample=8, aux_weight=0.3, subtyping=False,
+                test_hparams={"dim": 16, "attn_dim": 8, "k_sample": 2})
 class CLAMSB(_CLAMBase):
     """CLAM single branch: one attention map shared by all classes."""
 
@@ -233,7 +238,8 @@ class CLAMSB(_CLAMBase):
                          "on whole-slide images (CLAM), Nature Biomedical Engineering",
                 description="One gated attention branch and bag classifier per class of the first "
                             "head + instance clustering loss.",
-                dim=512, attn_dim=256, dropout=0.25, k_sample=8, aux_weight=0.3, subtyping=False)
+                dim=512, attn_dim=256, dropout=0.25, k_sample=8, aux_weight=0.3, subtyping=False,
+                test_hparams={"dim": 16, "attn_dim": 8, "k_sample": 2})
 class CLAMMB(_CLAMBase):
     """CLAM multi branch: class c is scored from its own attention-pooled embedding."""
 
@@ -267,7 +273,8 @@ class CLAMMB(_CLAMBase):
                          "for whole slide image classification with self-supervised contrastive "
                          "learning, CVPR",
                 description="Max-instance stream + attention to the critical instance by distance.",
-                dim=512, q_dim=128, dropout=0.25)
+                dim=512, q_dim=128, dropout=0.25,
+                test_hparams={"dim": 16, "q_dim": 8})
 class DSMIL(nn.Module):
     """DSMIL: instance classifier picks a critical tile per output of the first head; every tile is
     weighted by the similarity of its query to the critical tile's query; the first head averages

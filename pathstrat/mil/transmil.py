@@ -118,7 +118,8 @@ class PPEG(nn.Module):
                 citation="Shao et al. 2021, TransMIL: Transformer based correlated multiple instance "
                          "learning for whole slide image classification, NeurIPS",
                 description="Class token + two Nyström attention layers with PPEG between them.",
-                dim=512, n_heads=8, num_landmarks=256, pinv_iterations=6, dropout=0.1)
+                dim=512, n_heads=8, num_landmarks=256, pinv_iterations=6, dropout=0.1,
+                test_hparams={"dim": 16, "n_heads": 2, "num_landmarks": 4})
 class TransMIL(nn.Module):
     """TransMIL; ``attention`` is the class token's last-layer attention over tiles."""
 

@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from pathstrat.metrics import score_histograms
 from pathstrat.mil.kinds.base import (
     BinaryLabelsKind,
     _isnan,
@@ -57,7 +58,6 @@ class Binary(BinaryLabelsKind):
 
     def federated_metrics(self, spec, rows, score, y, score_bins):
         from pathstrat import metrics as M
-        from pathstrat.federated.stats import score_histograms
 
         name, nan = spec.name, float("nan")
         out: dict[str, Any] = {}

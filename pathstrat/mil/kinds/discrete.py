@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from pathstrat.metrics import histogram, histogram_quantiles
 from pathstrat.mil.kinds.base import SurvivalKind, register_kind
 
 
@@ -50,16 +51,12 @@ class Discrete(SurvivalKind):
         return discrete_nll(logits, y[:, 0], y[:, 1])
 
     def site_stats(self, spec, df, *, edges):
-        from pathstrat.federated.stats import histogram
-
         t = df[spec.time_col].to_numpy(float)
         e = df[spec.event_col].to_numpy(float)
         return {f"{spec.name}.event_hist": histogram(t[e == 1], edges).tolist(),
                 f"{spec.name}.time_hist": histogram(t, edges).tolist()}, {}
 
     def global_state(self, spec, merged, *, edges, balanced):
-        from pathstrat.federated.stats import histogram_quantiles
-
         ev = np.asarray(merged[f"{spec.name}.event_hist"], float)
         counts = ev if ev.sum() > 0 else np.asarray(merged[f"{spec.name}.time_hist"], float)
         qs = np.linspace(0, 1, spec.n_bins + 1)[1:-1]
