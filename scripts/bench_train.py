@@ -132,9 +132,8 @@ def zoo_main(args) -> None:
     """Every registry model: a folds x repeats run with defaults; plain-loop ratios."""
     import tempfile
 
-    from pathstrat.training import train_cv
-
     from pathstrat.mil import MODELS
+    from pathstrat.training import train_cv
 
     tmp = tempfile.mkdtemp(prefix="bench_zoo_")
     fdir, manifest = _cohort(tmp, args)

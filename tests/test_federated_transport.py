@@ -19,16 +19,9 @@ from pathstrat.federated.packing import PACKED_PREFIX, PackingError, is_packed, 
 from pathstrat.federated.supernode import FLOWER_IDLE_S, PollClock, patch  # noqa: E402
 from pathstrat.mil import MODELS, build_model  # noqa: E402
 
-SMALL = {"meanpool": {"dim": 16}, "maxpool": {"dim": 16}, "abmil": {"dim": 16, "attn_dim": 8},
-         "abmil_gated": {"dim": 16, "attn_dim": 8},
-         "clam_sb": {"dim": 16, "attn_dim": 8, "k_sample": 2},
-         "clam_mb": {"dim": 16, "attn_dim": 8, "k_sample": 2}, "dsmil": {"dim": 16, "q_dim": 8},
-         "transmil": {"dim": 16, "n_heads": 2, "num_landmarks": 4}}
-
 
 def _hparams(name: str) -> dict:
-    spec = MODELS.get(name)
-    return dict(getattr(spec, "test_hparams", None) or SMALL.get(name, {}))
+    return dict(MODELS.get(name).test_hparams)
 
 
 def _model(name: str, seed: int = 0):
