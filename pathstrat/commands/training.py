@@ -47,6 +47,8 @@ def register(app: typer.Typer) -> None:
         bucket: str = typer.Option("auto", "--bucket", help="auto | on | off: batch bags of similar "
                                    "length (auto: when padding would cost > 1.2x the unpadded compute)."),
         threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (default auto: 1 for small bags)."),  # noqa: UP045
+        workers: Optional[str] = typer.Option(None, "--workers", help="Folds trained at once in worker processes "  # noqa: UP045
+                                              "(default auto: on CPU with small bags, one per core; 1 = one after another)."),
         config: Optional[Path] = typer.Option(None, "--config", help="YAML with the same keys (CLI flags win)."),  # noqa: UP045
         hparam: list[str] = typer.Option([], "--hparam", help="Model hyperparameter key=value (repeatable)."),
         list_models: bool = typer.Option(False, "--list-models", help="Print the MIL model registry and exit."),
@@ -76,7 +78,8 @@ def register(app: typer.Typer) -> None:
                      max_tiles=max_tiles or None, batch_size=batch_size, lr=lr, device=device,
                      store=store, schedule=schedule, balanced_sampling=balanced_sampling,
                      input_scaling=input_scaling, val_fraction=val_fraction, patience=patience,
-                     threads=threads, bucket=bucket)
+                     threads=threads, bucket=bucket,
+                     workers=int(workers) if workers and workers.isdigit() else workers)
         # flags left at their default do not override values from --config
         cli.update({k: v for k, v in flags.items()
                     if not base or ctx.get_parameter_source(k) != ParameterSource.DEFAULT})

@@ -65,12 +65,24 @@ class TrainConfig(BaseModel):
     threads: int | None = Field(None, description="CPU threads for training; None = auto: 1 when "
                                 "a batch is small (intra-op threading costs more than it saves), "
                                 "else torch's default.")
+    workers: int | Literal["auto"] | None = Field(
+        None, description="Folds (repeat x fold units) trained at once in worker processes; "
+        "None/auto = on CPU, when folds train on one thread and the run is not a few seconds "
+        "long, min(folds, CPUs, 8) (fewer if an in-memory store's copies would not fit in half "
+        "the free memory); 1 = one after another in this process. Results do not depend on it.")
 
     @field_validator("targets")
     @classmethod
     def _non_empty(cls, v: list[str]) -> list[str]:
         if not v:
             raise ValueError("at least one target is required (`targets`)")
+        return v
+
+    @field_validator("workers")
+    @classmethod
+    def _workers(cls, v: int | str | None) -> int | str | None:
+        if isinstance(v, int) and v < 1:
+            raise ValueError("must be >= 1 (1 = folds one after another), or auto")
         return v
 
     @field_validator("folds", "repeats", "epochs", "batch_size", "n_bins")

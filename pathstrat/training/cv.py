@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +49,7 @@ from pathstrat.training.evaluation import (
     prediction_rows,
     write_attention,
 )
+from pathstrat.training.parallel import in_worker, map_folds, resolve_workers
 from pathstrat.training.splits import check_no_overlap, inner_split, make_splits, strata
 
 log = logging.getLogger(__name__)
@@ -150,73 +153,45 @@ def _run(cfg: TrainConfig, out: Path) -> Path:
     _set_threads(cfg, store, device)
     ckpt_dir = out / "checkpoints"
     ckpt_dir.mkdir(exist_ok=True)
+    tasks = _fold_tasks(cfg, folds, table, specs[0])
+    fold_threads = torch.get_num_threads()
+    workers, why = resolve_workers(
+        cfg.workers, n_units=len(tasks), device=device, fold_threads=int(cfg.threads or fold_threads),
+        tile_epochs=_tile_epochs(cfg, store, tasks), store_bytes=store.nbytes,
+        shared_store=bool(store.attrs.get("cache")))
+    if workers > 1:
+        log.info("%d folds in %d worker processes (%s), %d thread(s) each", len(tasks), workers, why,
+                 int(cfg.threads or 1))
+    elif why.startswith("device"):
+        log.info("%s", why)
+    context = FoldContext(cfg, store, specs, device)
     hist_rows: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
     train_rows: list[dict[str, Any]] = []
     fold_entries: list[dict[str, Any]] = []
     hparams: dict[str, Any] = {}
-    for (r, k), test_df in folds.groupby(["repeat", "fold"], sort=True):
-        seed = cfg.seed + 1000 * int(r) + int(k)
-        if "role" in test_df.columns:  # fixed split: the fold holds every patient with a role
-            test_df = test_df[test_df["role"] == "test"]
-        test_p = set(test_df["patient_id"].astype(str))
-        train_p, val_p = _train_val_patients(cfg, folds, table, specs[0], int(r), test_p, seed)
-        check_no_overlap(np.concatenate([train_p, val_p]), test_p, f"repeat {r}, fold {k}")
-        pid = table["patient_id"].astype(str)
-        tr_idx = np.nonzero(pid.isin(set(train_p)).to_numpy())[0]
-        va_idx = np.nonzero(pid.isin(set(val_p)).to_numpy())[0]
-        te_idx = np.nonzero(pid.isin(test_p).to_numpy())[0]
-        balanced = cfg.class_weighting == "balanced"
-        states = {s.name: s.fit_raw(table.iloc[tr_idx], balanced) for s in specs}
-        y = {s.name: s.encode(table, states[s.name]) for s in specs}
-        set_seed(seed)
-        model = build_model(cfg.model, store.dim, {s.name: s.n_outputs for s in specs}, **cfg.hparams)
-        scaling = _scaling_method(cfg, store)
-        if scaling == "standardize":  # statistics of this fold's training patients only
-            set_scaler(model, *fit_scaler((store.bags[i].features for i in tr_idx), store.dim))
-        if cfg.init_weights:  # fine-tuning keeps the package's weights and input scaling
-            start_from(model, cfg.init_weights, cfg.trainable)
-        hparams = {**model.spec.defaults, **cfg.hparams}
-        if hasattr(model, "attention_mode"):  # record the resolved mode ("auto" -> per_target/shared)
-            hparams["attention"] = model.attention_mode
-        loss_fn = make_loss(specs, states, weighting=cfg.class_weighting, ties=cfg.ties,
-                            task_weights=cfg.task_weights)
-        train_loader = make_loader(
-            BagDataset(store, tr_idx, y, max_tiles=cfg.max_tiles, train=True, seed=seed),
-            cfg.batch_size, shuffle=True, seed=seed, pin_memory=device.startswith("cuda") and not store.on_device,
-            bucket={"on": True, "off": False}.get(cfg.bucket, "auto"),
-            balance_on=(y[specs[0].name][tr_idx] if cfg.balanced_sampling
-                        and specs[0].impl.categorical else None))
-        val_loader = (make_eval_loader(BagDataset(store, va_idx, y)) if len(va_idx) else None)
-        params = TrainParams(epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                             schedule=cfg.schedule, patience=cfg.patience, grad_clip=cfg.grad_clip,
-                             device=device, amp=cfg.amp, where=f"repeat {r}, fold {k}",
-                             max_padding=None if cfg.bucket == "off" else BUCKET_AUTO_RATIO)
-        metric_name, metric_fn = epoch_metric(specs[0], y[specs[0].name], states[specs[0].name])
-        history = fit(model, train_loader, val_loader, loss_fn, params, metric_fn=metric_fn)
-        hist_rows += [{"repeat": int(r), "fold": int(k), "metric": metric_name, **h} for h in history]
-        keep_att = cfg.save_attention and int(r) == 0
-        ev = evaluate(model, make_eval_loader(BagDataset(store, te_idx, y)), device=device,
-                      amp=cfg.amp, keep_attention=keep_att)
-        scores = decode_outputs(specs, ev.outputs, states)
-        rows += prediction_rows(store, ev.index, scores, specs, fold=int(k), repeat=int(r))
-        # The fold model's scores of its own training patients: risk-group cut-offs are fitted
-        # on these (same model, same scale) and applied to the held-out fold, never on it.
-        fit_idx = np.concatenate([tr_idx, va_idx])
-        ev_fit = evaluate(model, make_eval_loader(BagDataset(store, fit_idx, y)), device=device, amp=cfg.amp)
-        train_rows += prediction_rows(store, ev_fit.index, decode_outputs(specs, ev_fit.outputs, states),
-                                      specs, fold=int(k), repeat=int(r))
-        if keep_att:
+    results = map_folds(train_fold, tasks, workers=workers, context=context,
+                        make_context=partial(FoldContext, cfg, specs=specs, device=device),
+                        store=store, threads=int(cfg.threads or 1), describe=lambda t: t.where)
+    for t, res in zip(tasks, results, strict=True):  # in fold order, whatever finished first
+        r, k = t.repeat, t.fold
+        hist_rows += res.hist_rows
+        rows += res.rows
+        train_rows += res.train_rows
+        hparams = res.hparams
+        if res.attention is not None:
+            ev = res.attention
             write_attention(out / "attention", store, ev.index, ev.attention, ev.attention_branches,
-                            {"model": cfg.model, "fold": int(k), "repeat": int(r),
+                            {"model": cfg.model, "fold": k, "repeat": r,
                              "targets": [s.name for s in specs]}, ev.branch_names)
         name = f"fold{k}" + (f"_r{r}" if cfg.repeats > 1 else "")
-        fold_entries.append(_save_checkpoint(ckpt_dir, name, model, cfg, int(r), int(k),
-                                             np.concatenate([train_p, val_p]), states, history))
-        fold_entries[-1]["validation_patient_ids"] = sorted(map(str, val_p))
-        fold_metric = metric_fn(ev.index, ev.outputs)
+        fold_entries.append(_save_checkpoint(ckpt_dir, name, res.tensors, cfg, r, k,
+                                             np.concatenate([t.train_p, t.val_p]), res.states,
+                                             res.history))
+        fold_entries[-1]["validation_patient_ids"] = sorted(map(str, t.val_p))
         log.info("repeat %d fold %d: %d train / %d val / %d test bags, %d epochs, test %s %.3f",
-                 r, k, len(tr_idx), len(va_idx), len(te_idx), len(history), metric_name, fold_metric)
+                 r, k, len(t.tr_idx), len(t.va_idx), len(t.te_idx), len(res.history),
+                 res.metric_name, res.metric)
     pred = _predictions_frame(rows)
     write_dataframe_atomic(out / "predictions.csv", pred)
     write_dataframe_atomic(out / "train_scores.csv", _predictions_frame(train_rows))
@@ -241,6 +216,127 @@ def _run(cfg: TrainConfig, out: Path) -> Path:
         Path(cache).unlink(missing_ok=True)
     log.info("run written to %s", out)
     return out
+
+
+@dataclass
+class FoldTask:
+    """One (repeat, fold) unit: its seed and its bags (indices into the store)."""
+
+    repeat: int
+    fold: int
+    seed: int
+    train_p: np.ndarray
+    val_p: np.ndarray
+    tr_idx: np.ndarray
+    va_idx: np.ndarray
+    te_idx: np.ndarray
+
+    @property
+    def where(self) -> str:
+        return f"repeat {self.repeat}, fold {self.fold}"
+
+
+@dataclass
+class FoldContext:
+    """What every fold of a run shares (built once per worker process)."""
+
+    cfg: TrainConfig
+    store: BagStore
+    specs: list[TargetSpec]
+    device: str
+
+
+@dataclass
+class FoldResult:
+    """What a fold returns to the parent, which writes it (workers write no file)."""
+
+    history: list[dict[str, Any]]
+    hist_rows: list[dict[str, Any]]
+    rows: list[dict[str, Any]]
+    train_rows: list[dict[str, Any]]
+    tensors: dict[str, np.ndarray]  # the model's state dict (CPU, as numpy: picklable)
+    states: dict[str, Any]
+    hparams: dict[str, Any]
+    metric_name: str
+    metric: float
+    attention: Any = None  # the test pass (EvalResult) when its attention is saved
+
+
+def _fold_tasks(cfg: TrainConfig, folds: pd.DataFrame, table: pd.DataFrame,
+                spec: TargetSpec) -> list[FoldTask]:
+    """Every (repeat, fold) unit in order, with its training/validation/test bags."""
+    pid = table["patient_id"].astype(str)
+    tasks = []
+    for (r, k), test_df in folds.groupby(["repeat", "fold"], sort=True):
+        seed = cfg.seed + 1000 * int(r) + int(k)
+        if "role" in test_df.columns:  # fixed split: the fold holds every patient with a role
+            test_df = test_df[test_df["role"] == "test"]
+        test_p = set(test_df["patient_id"].astype(str))
+        train_p, val_p = _train_val_patients(cfg, folds, table, spec, int(r), test_p, seed)
+        check_no_overlap(np.concatenate([train_p, val_p]), test_p, f"repeat {r}, fold {k}")
+        tasks.append(FoldTask(int(r), int(k), seed, train_p, val_p,
+                              np.nonzero(pid.isin(set(train_p)).to_numpy())[0],
+                              np.nonzero(pid.isin(set(val_p)).to_numpy())[0],
+                              np.nonzero(pid.isin(test_p).to_numpy())[0]))
+    return tasks
+
+
+def _tile_epochs(cfg: TrainConfig, store: BagStore, tasks: list[FoldTask]) -> int:
+    """Tiles trained on over the whole run (at most ``max_tiles`` per bag and epoch)."""
+    cap = cfg.max_tiles or 2**62
+    sizes = np.array([min(b.features.shape[0], cap) for b in store.bags], np.int64)
+    return int(sum(sizes[t.tr_idx].sum() for t in tasks) * cfg.epochs)
+
+
+def train_fold(ctx: FoldContext, t: FoldTask) -> FoldResult:
+    """Train and evaluate one fold (here, or in a worker process: the same computation)."""
+    cfg, store, specs, device = ctx.cfg, ctx.store, ctx.specs, ctx.device
+    table = store.table
+    r, k, seed, tr_idx, va_idx, te_idx = t.repeat, t.fold, t.seed, t.tr_idx, t.va_idx, t.te_idx
+    balanced = cfg.class_weighting == "balanced"
+    states = {s.name: s.fit_raw(table.iloc[tr_idx], balanced) for s in specs}
+    y = {s.name: s.encode(table, states[s.name]) for s in specs}
+    set_seed(seed)
+    model = build_model(cfg.model, store.dim, {s.name: s.n_outputs for s in specs}, **cfg.hparams)
+    scaling = _scaling_method(cfg, store)
+    if scaling == "standardize":  # statistics of this fold's training patients only
+        set_scaler(model, *fit_scaler((store.bags[i].features for i in tr_idx), store.dim))
+    if cfg.init_weights:  # fine-tuning keeps the package's weights and input scaling
+        start_from(model, cfg.init_weights, cfg.trainable)
+    hparams = {**model.spec.defaults, **cfg.hparams}
+    if hasattr(model, "attention_mode"):  # record the resolved mode ("auto" -> per_target/shared)
+        hparams["attention"] = model.attention_mode
+    loss_fn = make_loss(specs, states, weighting=cfg.class_weighting, ties=cfg.ties,
+                        task_weights=cfg.task_weights)
+    train_loader = make_loader(
+        BagDataset(store, tr_idx, y, max_tiles=cfg.max_tiles, train=True, seed=seed),
+        cfg.batch_size, shuffle=True, seed=seed, pin_memory=device.startswith("cuda") and not store.on_device,
+        bucket={"on": True, "off": False}.get(cfg.bucket, "auto"),
+        balance_on=(y[specs[0].name][tr_idx] if cfg.balanced_sampling
+                    and specs[0].impl.categorical else None))
+    val_loader = (make_eval_loader(BagDataset(store, va_idx, y)) if len(va_idx) else None)
+    params = TrainParams(epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                         schedule=cfg.schedule, patience=cfg.patience, grad_clip=cfg.grad_clip,
+                         device=device, amp=cfg.amp, where=t.where,
+                         max_padding=None if cfg.bucket == "off" else BUCKET_AUTO_RATIO,
+                         progress=not in_worker())
+    metric_name, metric_fn = epoch_metric(specs[0], y[specs[0].name], states[specs[0].name])
+    history = fit(model, train_loader, val_loader, loss_fn, params, metric_fn=metric_fn)
+    hist_rows = [{"repeat": r, "fold": k, "metric": metric_name, **h} for h in history]
+    keep_att = cfg.save_attention and r == 0
+    ev = evaluate(model, make_eval_loader(BagDataset(store, te_idx, y)), device=device,
+                  amp=cfg.amp, keep_attention=keep_att)
+    scores = decode_outputs(specs, ev.outputs, states)
+    rows = prediction_rows(store, ev.index, scores, specs, fold=k, repeat=r)
+    # The fold model's scores of its own training patients: risk-group cut-offs are fitted
+    # on these (same model, same scale) and applied to the held-out fold, never on it.
+    fit_idx = np.concatenate([tr_idx, va_idx])
+    ev_fit = evaluate(model, make_eval_loader(BagDataset(store, fit_idx, y)), device=device, amp=cfg.amp)
+    train_rows = prediction_rows(store, ev_fit.index, decode_outputs(specs, ev_fit.outputs, states),
+                                 specs, fold=k, repeat=r)
+    tensors = {n: v.detach().cpu().contiguous().clone().numpy() for n, v in model.state_dict().items()}
+    return FoldResult(history, hist_rows, rows, train_rows, tensors, states, hparams, metric_name,
+                      float(metric_fn(ev.index, ev.outputs)), ev if keep_att else None)
 
 
 def _training_content(store: BagStore, fold_entries: list[dict[str, Any]]) -> dict[str, list[str]]:
@@ -370,10 +466,10 @@ def _predictions_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     return pred[[c for c in BASE_COLUMNS if c in pred.columns] + extra]
 
 
-def _save_checkpoint(ckpt_dir: Path, name: str, model: torch.nn.Module, cfg: TrainConfig, r: int,
-                     k: int, training_patients: np.ndarray, states: dict[str, Any],
+def _save_checkpoint(ckpt_dir: Path, name: str, arrays: dict[str, np.ndarray], cfg: TrainConfig,
+                     r: int, k: int, training_patients: np.ndarray, states: dict[str, Any],
                      history: list[dict[str, Any]]) -> dict[str, Any]:
-    tensors = {n: t.detach().cpu().contiguous().clone() for n, t in model.state_dict().items()}
+    tensors = {n: torch.from_numpy(a) for n, a in arrays.items()}
     path = ckpt_dir / f"{name}.safetensors"
     save_checkpoint_file(path, tensors, {"model": cfg.model, "fold": str(k), "repeat": str(r)})
     return {"name": name, "file": path.name, "sha256": sha256_file(path), "repeat": r, "fold": k,

@@ -150,17 +150,20 @@ def load_bags(manifest: pd.DataFrame, features_dir: str | os.PathLike, *, level:
               [g["slide_id"].astype(str).tolist() for _, g in df.groupby("patient_id", sort=True)])
     first_row = {sid: i for i, sid in enumerate(df["slide_id"].astype(str))}
     sink.finish(int(dim))
-    bags, rows = [], []
+    bags, rows, starts = [], [], []
     for g in groups:
         first = df.iloc[first_row[g[0]]]
         key = g[0] if level == "slide" else str(first["patient_id"])
         feats, sizes = sink.bag(g)
+        starts.append(sink.spans[g[0]][0] if sink.path else 0)
         bags.append(Bag(key, str(first["patient_id"]), g, feats,
                         np.concatenate([coords[s] for s in g]), [0, *np.cumsum(sizes).tolist()]))
         rows.append(first)
     table = pd.DataFrame(rows).reset_index(drop=True)
     log.info("loaded %d bags (%s level, %d slides, dim %d, %s)", len(bags), level, len(df), dim, store)
     return BagStore(bags, table, int(dim), enc, level, {"cache": str(sink.path) if sink.path else None,
+                                                         # first cache row of each bag (mmap store)
+                                                         "cache_rows": starts if sink.path else None,
                                                          "fingerprints": prints,
                                                          "features_normalized": normalised})
 

@@ -257,8 +257,13 @@ def _dataset_order(loader, index: np.ndarray) -> np.ndarray | None:
 
 
 def make_optimizer(model: nn.Module, params: TrainParams, steps_per_epoch: int):
-    """AdamW plus a per-step scheduler (cosine annealing, one-cycle or none)."""
-    opt = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
+    """AdamW plus a per-step scheduler (cosine annealing, one-cycle or none).
+
+    ``foreach``: torch picks the per-tensor Python loop on CPU; the multi-tensor kernels give
+    bit-identical weights and cut a TransMIL (2.2M parameters, 25 tensors) step from 17 to 12 ms
+    on one CPU thread (docs/mil.md)."""
+    opt = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay,
+                            foreach=True)
     total = max(1, params.epochs * max(1, steps_per_epoch))
     if params.schedule == "cosine":
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total, eta_min=params.lr * 0.01)

@@ -10,7 +10,6 @@ from collections.abc import Iterable
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedGroupKFold
 
 from pathstrat.errors import ConfigError, LeakageError, ManifestError
 
@@ -62,6 +61,8 @@ def make_splits(df: pd.DataFrame, *, folds: int = 5, repeats: int = 1, seed: int
         counts = np.bincount(y - y.min()) if len(y) else np.array([0])
         if counts[counts > 0].min() < folds:  # rare stratum: fall back to fewer strata
             y_use = np.zeros_like(y)
+        from sklearn.model_selection import StratifiedGroupKFold  # heavy: not at import
+
         sgkf = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed + 1000 * r)
         for k, (_, test) in enumerate(sgkf.split(np.zeros(n_pat), y_use, groups=pat["patient_id"])):
             rows += [{"patient_id": p, "repeat": r, "fold": k} for p in pat["patient_id"].iloc[test]]
