@@ -36,13 +36,15 @@ def register(app: typer.Typer) -> None:
         lr: float = typer.Option(2e-4, "--lr"),
         device: str = typer.Option("auto", "--device"),
         store: str = typer.Option("memory", "--store", help="memory | mmap (features read once either way)."),
-        schedule: str = typer.Option("cosine", "--schedule", help="cosine | onecycle | constant."),
+        schedule: str = typer.Option("constant", "--schedule", help="constant | cosine | onecycle (lr over the epochs of a fold)."),
         balanced_sampling: bool = typer.Option(False, "--balanced-sampling", help="Draw bags inversely to class frequency."),
         input_scaling: str = typer.Option("auto", "--input-scaling", help="auto | standardize | none: per-feature "
                                           "z-scoring fitted on each training fold, saved in the checkpoint "
                                           "(auto: on unless the encoder/feature files declare normalised features)."),
         val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help="Training-fold patients held out for "  # noqa: UP045
-                                                     "early stopping (default auto: 0.2 from early_stop_min_patients training patients (default 0), else 0)."),
+                                                     "early stopping (default auto: 0.2 when the training fold has >= --early-stop-min-patients patients, else 0 = fixed epochs)."),
+        early_stop_min_patients: int = typer.Option(300, "--early-stop-min-patients", help="Training-fold patients from "
+                                                    "which auto --val-fraction holds out 0.2 for early stopping."),
         patience: int = typer.Option(8, "--patience", help="Early-stopping patience (epochs)."),
         bucket: str = typer.Option("auto", "--bucket", help="auto | on | off: batch bags of similar "
                                    "length (auto: when padding would cost > 1.2x the unpadded compute)."),
@@ -78,6 +80,7 @@ def register(app: typer.Typer) -> None:
                      max_tiles=max_tiles or None, batch_size=batch_size, lr=lr, device=device,
                      store=store, schedule=schedule, balanced_sampling=balanced_sampling,
                      input_scaling=input_scaling, val_fraction=val_fraction, patience=patience,
+                     early_stop_min_patients=early_stop_min_patients,
                      threads=threads, bucket=bucket,
                      workers=int(workers) if workers and workers.isdigit() else workers)
         # flags left at their default do not override values from --config

@@ -34,13 +34,17 @@ class TrainConfig(BaseModel):
     batch_size: int = 8
     lr: float = 2e-4
     weight_decay: float = 1e-2
-    schedule: Literal["cosine", "onecycle", "constant"] = "cosine"
+    schedule: Literal["cosine", "onecycle", "constant"] = Field(
+        "constant", description="Learning rate over the epochs of a fold; constant = AdamW at lr "
+        "throughout (measured best on small cohorts, docs/mil.md).")
     patience: int = 8
     val_fraction: float | None = Field(None, description="Patients of each training fold held out "
                                        "for early stopping; None = auto: 0.2 when the training "
                                        "fold has >= early_stop_min_patients patients, else 0 "
                                        "(fixed epochs; docs/mil.md).")
-    early_stop_min_patients: int = 0
+    early_stop_min_patients: int = Field(
+        300, description="Training-fold patients from which auto val_fraction holds out 0.2 for "
+        "early stopping; below, fixed epochs on every training patient (docs/mil.md).")
     class_weighting: Literal["balanced", "none"] = "balanced"
     balanced_sampling: bool = False
     grad_clip: float | None = 1.0

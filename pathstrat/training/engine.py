@@ -34,7 +34,7 @@ class TrainParams:
     epochs: int = 30
     lr: float = 2e-4
     weight_decay: float = 1e-2
-    schedule: str = "cosine"  # cosine | onecycle | constant
+    schedule: str = "constant"  # constant | cosine | onecycle
     patience: int = 8
     grad_clip: float | None = 1.0
     device: str = "cpu"
