@@ -367,3 +367,30 @@ def test_cli_config_file_and_flags(tmp_path):
     assert used["epochs"] == 2 and used["folds"] == 2 and used["hparams"] == {"dim": 8}
     assert main(["train", "--features", str(fdir), "--manifest", str(manifest), "--target",
                  "responder", "--model", "abmill", "--out", str(tmp_path / "r2")]) == 2
+
+
+def test_default_policy_fixed_epochs_below_threshold_early_stopping_above(cohort, tmp_path):
+    """Defaults (docs/mil.md, "Defaults chosen on four datasets"): a training fold below
+    ``early_stop_min_patients`` (300) trains the fixed epochs on every training patient with a
+    constant lr; at or above it, 0.2 of the training patients are held out for early stopping."""
+    from pathstrat.training.cv import _val_fraction
+
+    cfg = TrainConfig(features="f", manifest="m", targets=["y"], out="o")
+    assert (cfg.schedule, cfg.early_stop_min_patients, cfg.val_fraction) == ("constant", 300, None)
+    assert _val_fraction(cfg, 299) == 0.0 and _val_fraction(cfg, 300) == 0.2
+    assert _val_fraction(cfg.model_copy(update={"val_fraction": 0.1}), 10) == 0.1
+
+    fdir, manifest = cohort
+    small = {**FAST, "epochs": 3, "patience": 1, "save_attention": False, "workers": 1}
+    fixed = train_cv(features=str(fdir), manifest=str(manifest), targets=["responder"], folds=3,
+                     seed=0, out=str(tmp_path / "fixed"), **small)
+    h = pd.read_csv(fixed / "history.csv")
+    assert h.groupby(["repeat", "fold"]).size().tolist() == [3, 3, 3]  # every epoch, no stopping
+    assert h["val_loss"].isna().all()
+    early = train_cv(features=str(fdir), manifest=str(manifest), targets=["responder"], folds=3,
+                     seed=0, out=str(tmp_path / "early"), early_stop_min_patients=10, **small)
+    assert pd.read_csv(early / "history.csv")["val_loss"].notna().all()
+    import yaml
+
+    used = yaml.safe_load((fixed / "config.yaml").read_text())  # the run records what it used
+    assert (used["schedule"], used["early_stop_min_patients"]) == ("constant", 300)
