@@ -19,6 +19,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from _federated_refs import external_auroc, pooled_weights
 
 pytest.importorskip("flwr", reason="needs the [federated] extra (pip install 'pathstrat[federated]')")
 pytest.importorskip("cryptography", reason="needs cryptography (a flwr dependency) for the test CA")
@@ -98,43 +99,9 @@ def test_tls_authenticated_deployment_with_dropout_equals_simulation(tmp_path):
 
     # the deployed model is within 0.03 AUROC of pooled training on an external split (sklearn)
     state = GlobalState.from_dict(summary["agreed"])
-    fed_auc = _external_auroc(a, fed, state, fdir, tmp_path / "external.csv")
-    pooled_auc = _external_auroc(_pooled_weights(fed, state, fdir, tmp_path / "pooled.csv"), fed,
+    fed_auc = external_auroc(a, fed, state, fdir, tmp_path / "external.csv")
+    pooled_auc = external_auroc(pooled_weights(fed, state, fdir, tmp_path / "pooled.csv"), fed,
                                  state, fdir, tmp_path / "external.csv")
     print(f"external AUROC: deployed {fed_auc:.3f}, pooled {pooled_auc:.3f}")
     assert pooled_auc > 0.8
     assert fed_auc >= pooled_auc - 0.03
-
-
-def _external_auroc(weights, fed, state, fdir, external) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    from pathstrat.federated import SiteConfig
-    from pathstrat.federated.site import LocalSite
-
-    ext = LocalSite(SiteConfig(name="external", manifest=external, features_dir=fdir),
-                    fed.model_copy(update={"holdout_fraction": 0.0}))
-    _, scores, labels, _ = ext.predict(weights, state, "train")
-    return float(roc_auc_score(labels["responder"], scores["responder"]))
-
-
-def _pooled_weights(fed, state, fdir, pooled_manifest):
-    """The same model trained on every site's patients in one place (early-stopped on their
-    held-out patients), with the federation's epochs budget."""
-    from pathstrat.federated import SiteConfig
-    from pathstrat.federated.site import LocalSite, build_global_model, resolved_specs
-    from pathstrat.mil.losses import make_loss
-    from pathstrat.training.data import BagDataset, make_loader
-    from pathstrat.training.engine import TrainParams, fit
-
-    pooled = LocalSite(SiteConfig(name="pooled", manifest=pooled_manifest, features_dir=fdir), fed)
-    specs = resolved_specs(fed, state)
-    targets = pooled._targets(specs, state)
-    model = build_global_model(fed, state)
-    fit(model, make_loader(BagDataset(pooled.store, pooled.train_idx, targets, train=True, seed=0),
-                           1, shuffle=True, seed=0),
-        make_loader(BagDataset(pooled.store, pooled.eval_idx, targets), 1),
-        make_loss(specs, state.target_states),
-        TrainParams(epochs=fed.rounds * fed.local_epochs, lr=fed.lr, weight_decay=fed.weight_decay,
-                    patience=8))
-    return model.state_dict()

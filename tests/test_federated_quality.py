@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from _federated_refs import external_auroc, pooled_weights
 
 from pathstrat.federated import FederationConfig, SiteConfig
 
@@ -47,18 +48,6 @@ def quality_config(**kw) -> FederationConfig:
     return FederationConfig(**{**base, **kw})
 
 
-def _external_auroc(weights, fed, state, fdir, external: Path) -> float:
-    """AUROC on the external patients, computed with sklearn (independent of pathstrat.metrics)."""
-    from sklearn.metrics import roc_auc_score
-
-    from pathstrat.federated.site import LocalSite
-
-    ext = LocalSite(SiteConfig(name="external", manifest=external, features_dir=fdir),
-                    fed.model_copy(update={"holdout_fraction": 0.0}))
-    _, scores, labels, _ = ext.predict(weights, state, "train")
-    return float(roc_auc_score(labels["responder"], scores["responder"]))
-
-
 @pytest.fixture(scope="module")
 def default_run(ext_cohort):
     from pathstrat.federated import simulate, split_sites
@@ -75,29 +64,15 @@ def test_federated_within_003_auroc_of_pooled_training_on_external_split(ext_coh
     held-out patients with pathstrat.training.engine.fit)."""
     from safetensors.torch import load_file
 
-    from pathstrat.federated.site import GlobalState, LocalSite, build_global_model, resolved_specs
-    from pathstrat.mil.losses import make_loss
-    from pathstrat.training.data import BagDataset, make_loader
-    from pathstrat.training.engine import TrainParams, fit
+    from pathstrat.federated.site import GlobalState
 
     fdir, train, external, _ = ext_cohort
     summary, run, _ = default_run
     fed = quality_config()
     state = GlobalState.from_dict(summary["agreed"])
-    fed_auc = _external_auroc(load_file(str(run / "checkpoints" / "fold0.safetensors")), fed, state,
-                              fdir, external)
-
-    pooled = LocalSite(SiteConfig(name="pooled", manifest=train, features_dir=fdir), fed)
-    specs = resolved_specs(fed, state)
-    targets = pooled._targets(specs, state)
-    model = build_global_model(fed, state)
-    fit(model, make_loader(BagDataset(pooled.store, pooled.train_idx, targets, train=True, seed=0),
-                           1, shuffle=True, seed=0),
-        make_loader(BagDataset(pooled.store, pooled.eval_idx, targets), 1),
-        make_loss(specs, state.target_states),
-        TrainParams(epochs=fed.rounds * fed.local_epochs, lr=fed.lr, weight_decay=fed.weight_decay,
-                    patience=8))
-    pooled_auc = _external_auroc(model.state_dict(), fed, state, fdir, external)
+    fed_auc = external_auroc(load_file(str(run / "checkpoints" / "fold0.safetensors")), fed, state,
+                             fdir, external)
+    pooled_auc = external_auroc(pooled_weights(fed, state, fdir, train), fed, state, fdir, external)
     print(f"external AUROC: federated {fed_auc:.3f} (kept round {summary['selection']['kept_round']}),"
           f" pooled {pooled_auc:.3f}")
     assert pooled_auc > 0.8
