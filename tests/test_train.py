@@ -379,6 +379,10 @@ def test_default_policy_fixed_epochs_below_threshold_early_stopping_above(cohort
     assert (cfg.schedule, cfg.early_stop_min_patients, cfg.val_fraction) == ("constant", 300, None)
     assert _val_fraction(cfg, 299) == 0.0 and _val_fraction(cfg, 300) == 0.2
     assert _val_fraction(cfg.model_copy(update={"val_fraction": 0.1}), 10) == 0.1
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="early_stop_min_patients"):
+        TrainConfig(features="f", manifest="m", targets=["y"], out="o", early_stop_min_patients=-1)
 
     fdir, manifest = cohort
     small = {**FAST, "epochs": 3, "patience": 1, "save_attention": False, "workers": 1}

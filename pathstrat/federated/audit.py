@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from pathstrat.federated.packing import PACKED_PREFIX, packed_sizes
+from pathstrat.federated.packing import is_packed, packed_sizes
 
 log = logging.getLogger(__name__)
 
@@ -122,11 +122,10 @@ def check_egress(summaries: Iterable[Mapping[str, Any]], model_shapes: Mapping[s
             if f in blob:
                 problems.append(f"{where}: contains forbidden string '{f}'")
         for rec in s.get("records", []):
-            if rec["kind"] == "array" and rec["entries"] and all(
-                    n.startswith(PACKED_PREFIX) for n in rec["entries"]):  # packing.py
+            if rec["kind"] == "array" and is_packed(rec["entries"]):  # packing.py
                 shapes = [tuple(m["shape"]) for m in rec["entries"].values()]
-                total = sum(s[0] for s in shapes if len(s) == 1)
-                if any(len(s) != 1 for s in shapes) or total != packed_sizes(model_shapes):
+                total = sum(shp[0] for shp in shapes if len(shp) == 1)
+                if any(len(shp) != 1 for shp in shapes) or total != packed_sizes(model_shapes):
                     problems.append(f"{where}: packed arrays {shapes} are not the model's "
                                     f"{packed_sizes(model_shapes)} parameter values")
             elif rec["kind"] == "array":

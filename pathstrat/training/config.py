@@ -43,7 +43,7 @@ class TrainConfig(BaseModel):
                                        "fold has >= early_stop_min_patients patients, else 0 "
                                        "(fixed epochs; docs/mil.md).")
     early_stop_min_patients: int = Field(
-        300, description="Training-fold patients from which auto val_fraction holds out 0.2 for "
+        300, ge=0, description="Training-fold patients from which auto val_fraction holds out 0.2 for "
         "early stopping; below, fixed epochs on every training patient (docs/mil.md).")
     class_weighting: Literal["balanced", "none"] = "balanced"
     balanced_sampling: bool = False

@@ -215,6 +215,21 @@ def _truthy(v: Any) -> bool:
     return bool(v) if v is not None else False
 
 
+def map_feature_cache(path: str | os.PathLike, rows: int, dim: int) -> np.memmap:
+    """The ``store="mmap"`` cache file read-only: ``rows`` x ``dim`` float16, row-major, the bags'
+    tiles one after another (the one definition of the format; fold workers map it too)."""
+    return np.memmap(path, dtype=np.float16, mode="r", shape=(rows, dim))
+
+
+def cache_rows(mm: np.memmap, start: int, n: int) -> torch.Tensor:
+    """Rows ``start .. start + n`` of a mapped cache as a tensor (no copy)."""
+    import warnings
+
+    with warnings.catch_warnings():  # read-only memmap: tensors are never written in place
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(mm[start:start + n])
+
+
 class _Sink:
     """Holds slide features in RAM (file dtype) or appends them to one float16 cache file that is
     memory-mapped read-only afterwards (cohorts larger than RAM never sit in memory at once)."""
@@ -251,7 +266,7 @@ class _Sink:
     def finish(self, dim: int) -> None:
         if self._fh is not None:
             self._fh.close()
-            self._mm = np.memmap(self.path, dtype=np.float16, mode="r", shape=(self._rows, dim))
+            self._mm = map_feature_cache(self.path, self._rows, dim)
 
     def bag(self, slide_ids: list[str]) -> tuple[torch.Tensor, list[int]]:
         if self._mm is None:
@@ -259,11 +274,7 @@ class _Sink:
             arr = parts[0] if len(parts) == 1 else np.concatenate(parts)
             return torch.from_numpy(arr), [len(p) for p in parts]
         start, sizes = self.spans[slide_ids[0]][0], [self.spans[s][1] for s in slide_ids]
-        import warnings
-
-        with warnings.catch_warnings():  # read-only memmap: tensors are never written in place
-            warnings.simplefilter("ignore", UserWarning)
-            return torch.from_numpy(self._mm[start:start + sum(sizes)]), sizes
+        return cache_rows(self._mm, start, sum(sizes)), sizes
 
 
 class BagDataset(Dataset):

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from pathstrat.errors import PathstratError
-from pathstrat.training.data import Bag, BagStore
+from pathstrat.training.data import Bag, BagStore, cache_rows, map_feature_cache
 
 log = logging.getLogger(__name__)
 
@@ -123,14 +123,9 @@ class StorePayload:
         if self.arrays is not None:
             feats = [torch.from_numpy(a) for a in self.arrays]
         else:
-            import warnings
-
-            n_rows = sum(b.offsets[-1] for b in self.meta)
-            mm = np.memmap(self.cache, dtype=np.float16, mode="r", shape=(n_rows, self.dim))
-            with warnings.catch_warnings():  # read-only memmap: tensors are never written in place
-                warnings.simplefilter("ignore", UserWarning)
-                feats = [torch.from_numpy(mm[s:s + b.offsets[-1]])
-                         for s, b in zip(self.attrs["cache_rows"], self.meta, strict=True)]
+            mm = map_feature_cache(self.cache, sum(b.offsets[-1] for b in self.meta), self.dim)
+            feats = [cache_rows(mm, s, b.offsets[-1])
+                     for s, b in zip(self.attrs["cache_rows"], self.meta, strict=True)]
         bags = [replace(b, features=f) for b, f in zip(self.meta, feats, strict=True)]
         return BagStore(bags, self.table, self.dim, self.encoder_id, self.level, self.attrs)
 
