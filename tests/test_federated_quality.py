@@ -239,8 +239,9 @@ def test_site_with_nonfinite_features_is_refused(small_sites, tmp_path):
     assert all(bool(np.isfinite(v.numpy()).all()) for v in w.values())
 
 
-def _corrupt_mod(site_index: int, from_round: int):
-    """A ClientApp mod that replaces one site's training update by NaN (a broken or hostile site)."""
+def _corrupt_mod(site_index: int, from_round: int, how: str = "nan"):
+    """A ClientApp mod that replaces one site's training update by NaN, or (``how="shorter"``)
+    drops the last value of every array (a broken or hostile site, another model)."""
     import torch
 
     def mod(msg, context, call_next):
@@ -252,12 +253,30 @@ def _corrupt_mod(site_index: int, from_round: int):
             from flwr.app import ArrayRecord
 
             arrays = reply.content["arrays"].to_torch_state_dict()
-            arrays = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
-                      for k, v in arrays.items()}
+            if how == "shorter":
+                arrays = {k: v.reshape(-1)[:-1].clone() for k, v in arrays.items()}
+            else:
+                arrays = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
+                          for k, v in arrays.items()}
             reply.content["arrays"] = ArrayRecord(arrays)
         return reply
 
     return mod
+
+
+def test_server_rejects_an_update_that_does_not_fit_the_global_model(small_sites, tmp_path):
+    """A reply one value short (packed weights of another model) is refused before aggregation
+    with a reason naming the sizes, never broadcast or reshaped; the federation goes on."""
+    from pathstrat.federated import simulate
+
+    sites, _, _ = small_sites
+    summary = simulate(small_config(selection="last", rounds=2), sites, tmp_path / "run",
+                       backend="inprocess",
+                       extra_client_mods=[_corrupt_mod(site_index=1, from_round=1, how="shorter")])
+    assert [(r["round"], r["site"]) for r in summary["rejected_updates"]] == [(1, "B"), (2, "B")]
+    reason = summary["rejected_updates"][0]["reason"]
+    assert "does not fit the global model" in reason and "expected" in reason
+    assert all(r["aggregated"] for r in summary["rounds"])  # A and C still aggregated
 
 
 def test_server_rejects_nonfinite_update_and_records_the_site_as_failed(small_sites, tmp_path):

@@ -5,8 +5,9 @@ configure_evaluate -> send -> aggregate_evaluate), with four additions:
 
 * the round's learning rate (:func:`pathstrat.federated.selection.lr_for_round`) travels in the
   train config as ``lr``;
-* every training reply is checked before aggregation: an update with a non-finite array or a
-  non-finite training loss is rejected and the site recorded as failed for that round;
+* every training reply is checked before aggregation: an update whose arrays do not fit the
+  global model (names, shapes), with a non-finite value or a non-finite training loss is
+  rejected and the site recorded as failed for that round;
 * the global model of every round is scored on the sites' aggregated held-out metrics and the
   best one kept (:class:`~pathstrat.federated.selection.RoundSelector`);
 * optional early stopping after ``patience`` rounds without improvement.
@@ -66,11 +67,21 @@ def exchange(grid, messages, timeout: float | None, poll_s: float = PULL_INTERVA
     return replies
 
 
-def nonfinite_reason(content, array_key: str = "arrays") -> str | None:
-    """Why a training reply's content may not be aggregated (None when it may)."""
+def nonfinite_reason(content, array_key: str = "arrays", reference=None) -> str | None:
+    """Why a training reply's content may not be aggregated (None when it may): arrays that do
+    not fit ``reference`` (the global model the round sent: other names, shapes or sizes), or
+    non-finite values or training loss."""
     arrays = content.array_records.get(array_key)
     if arrays is None and content.array_records:
         arrays = next(iter(content.array_records.values()))
+    if reference is not None and arrays is not None:
+        want = {k: tuple(v.shape) for k, v in reference.items()}
+        got = {k: tuple(v.shape) for k, v in arrays.items()}
+        if got != want:
+            diff = sorted(set(want) ^ set(got)) or [k for k in want if want[k] != got[k]]
+            return (f"model update does not fit the global model (arrays {diff[:3]}: sent "
+                    f"{[got.get(k) for k in diff[:3]]}, expected {[want.get(k) for k in diff[:3]]}); "
+                    "the site runs another model or pathstrat version")
     bad = []
     for name, arr in (arrays or {}).items():
         a = np.asarray(arr.numpy())
@@ -145,7 +156,7 @@ def run_rounds(strategy, grid, initial_arrays, fed: FederationConfig,
                 break
         kept_replies = []
         for r in replies:
-            reason = None if r.has_error() else nonfinite_reason(r.content, key)
+            reason = None if r.has_error() else nonfinite_reason(r.content, key, arrays)
             if reason is None:
                 kept_replies.append(r)
                 continue
