@@ -302,3 +302,27 @@ def test_discrete_bins_come_from_training_rows_only():
     test = pd.DataFrame({"t": [100.0, 0.5], "e": [0, 1]})
     enc = spec.encode(test, spec.fit_raw(train))
     assert enc[:, 0].tolist() == [1.0, 0.0]
+
+
+@pytest.mark.parametrize("name", ["clam_sb", "clam_mb"])
+def test_clam_batched_instance_loss_equals_the_per_bag_loop(name):
+    """The batched instance loss (no subtyping, the default) equals the per-bag reference in
+    value and in every gradient, with bags too small for k_sample and unlabelled bags."""
+    torch.manual_seed(3)
+    model = build_model(name, 12, {"y": 3}, dim=16, attn_dim=8, k_sample=4).double().eval()  # eval: no dropout between the two passes
+    lengths = [1, 2, 3, 7, 9, 20]
+    x = torch.randn(len(lengths), max(lengths), 12, dtype=torch.float64)
+    mask = torch.arange(max(lengths))[None] < torch.tensor(lengths)[:, None]
+    classes = torch.tensor([0, 2, 1, 2, 0, 1])
+    values, grads = [], []
+    for fn in ("_instance_loss_batched", "_instance_loss_loop"):
+        model.zero_grad()
+        h, a, _ = model.pool(x, mask)
+        loss = getattr(model, fn)(h, a, mask, classes)
+        loss.backward()
+        values.append(float(loss))
+        grads.append({k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None})
+    assert values[0] == pytest.approx(values[1], rel=1e-6)  # both score in float32
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for k in grads[0]:
+        assert torch.allclose(grads[0][k], grads[1][k], rtol=1e-5, atol=1e-8), k

@@ -180,7 +180,17 @@ class _CLAMBase(_AttentionMIL):
         return torch.where(lab >= 0, lab, pred.detach())
 
     def instance_loss(self, h, a, mask, classes) -> torch.Tensor:
-        """Mean CE of instance classifiers on pseudo-labelled top-k (1) and bottom-k (0) tiles."""
+        """Mean CE of instance classifiers on pseudo-labelled top-k (1) and bottom-k (0) tiles.
+
+        Without ``subtyping`` (the default) every bag contributes its own class only, and the
+        whole batch is scored at once (:meth:`_instance_loss_batched`, the same value as the
+        per-bag loop below up to the order of tied attention scores)."""
+        if not self.subtyping:
+            return self._instance_loss_batched(h, a, mask, classes)
+        return self._instance_loss_loop(h, a, mask, classes)
+
+    def _instance_loss_loop(self, h, a, mask, classes) -> torch.Tensor:
+        """The per-bag reference (and the subtyping path: out-of-class bags add label-0 tiles)."""
         losses = []
         for b in range(h.shape[0]):
             valid = mask[b].nonzero().squeeze(1)
@@ -204,6 +214,36 @@ class _CLAMBase(_AttentionMIL):
         if not losses:
             return zero_loss(h).float() + 0.0 * sum(p.sum() for p in self.instance_classifiers.parameters())
         return torch.stack(losses).mean()
+
+    def _instance_loss_batched(self, h, a, mask, classes) -> torch.Tensor:
+        """:meth:`instance_loss` without subtyping for all bags at once: per bag b of class c,
+        the mean CE of classifier c on its top-k (label 1) and bottom-k (label 0) tiles by
+        branch c's attention (k = min(k_sample, tiles // 2)), averaged over bags with k >= 1.
+        One top-k, one gather and one batched product instead of a loop over the bags: the loop
+        was ~10% of a CLAM training step on small bags."""
+        n = mask.sum(1)
+        k = torch.clamp(n // 2, max=self.k_sample)  # (B,)
+        used = k >= 1
+        if not bool(used.any()):
+            return zero_loss(h).float() + 0.0 * sum(p.sum() for p in self.instance_classifiers.parameters())
+        kmax = int(k.max())
+        classes = classes.long().view(-1)
+        branch = classes if a.shape[1] > 1 else torch.zeros_like(classes)
+        scores = a.gather(1, branch[:, None, None].expand(-1, 1, a.shape[2]))[:, 0].float()
+        inf = torch.tensor(float("inf"), device=a.device)
+        top = torch.topk(scores.masked_fill(~mask, -inf), kmax, dim=1).indices
+        bottom = torch.topk(scores.masked_fill(~mask, inf), kmax, dim=1, largest=False).indices
+        idx = torch.cat([top, bottom], dim=1)  # (B, 2 kmax)
+        feats = h.gather(1, idx[..., None].expand(-1, -1, h.shape[2]))  # (B, 2 kmax, E)
+        weight = torch.stack([c.weight for c in self.instance_classifiers])[classes]  # (B, 2, E)
+        bias = torch.stack([c.bias for c in self.instance_classifiers])[classes]  # (B, 2)
+        logits = (torch.bmm(feats, weight.transpose(1, 2)) + bias[:, None]).float()
+        target = torch.cat([torch.ones_like(top), torch.zeros_like(bottom)], dim=1)
+        ce = F.cross_entropy(logits.reshape(-1, 2), target.reshape(-1), reduction="none").view_as(target)
+        slot = torch.arange(kmax, device=h.device)[None]
+        keep = torch.cat([slot < k[:, None]] * 2, dim=1) & used[:, None]
+        per_bag = (ce * keep).sum(1) / (2 * k).clamp_min(1)
+        return per_bag[used].mean()
 
 
 @register_model("clam_sb", standard_mil=False, permutation_invariant=True,
