@@ -307,7 +307,8 @@ def test_discrete_bins_come_from_training_rows_only():
 @pytest.mark.parametrize("name", ["clam_sb", "clam_mb"])
 def test_clam_batched_instance_loss_equals_the_per_bag_loop(name):
     """The batched instance loss (no subtyping, the default) equals the per-bag reference in
-    value and in every gradient, with bags too small for k_sample and unlabelled bags."""
+    value and in every gradient, with bags smaller than 2 x k_sample and a bag of one tile (no
+    pair: left out); a batch of one-tile bags gives zero in both."""
     torch.manual_seed(3)
     model = build_model(name, 12, {"y": 3}, dim=16, attn_dim=8, k_sample=4).double().eval()  # eval: no dropout between the two passes
     lengths = [1, 2, 3, 7, 9, 20]
@@ -326,3 +327,7 @@ def test_clam_batched_instance_loss_equals_the_per_bag_loop(name):
     assert grads[0].keys() == grads[1].keys() and grads[0]
     for k in grads[0]:
         assert torch.allclose(grads[0][k], grads[1][k], rtol=1e-5, atol=1e-8), k
+    one = torch.ones(2, 1, dtype=torch.bool)
+    h, a, _ = model.pool(x[:2, :1], one)
+    assert [float(getattr(model, fn)(h, a, one, classes[:2]))
+            for fn in ("_instance_loss_batched", "_instance_loss_loop")] == [0.0, 0.0]

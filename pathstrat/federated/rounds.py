@@ -67,7 +67,7 @@ def exchange(grid, messages, timeout: float | None, poll_s: float = PULL_INTERVA
     return replies
 
 
-def nonfinite_reason(content, array_key: str = "arrays", reference=None) -> str | None:
+def rejection_reason(content, array_key: str = "arrays", reference=None) -> str | None:
     """Why a training reply's content may not be aggregated (None when it may): arrays that do
     not fit ``reference`` (the global model the round sent: other names, shapes or sizes), or
     non-finite values or training loss."""
@@ -156,7 +156,7 @@ def run_rounds(strategy, grid, initial_arrays, fed: FederationConfig,
                 break
         kept_replies = []
         for r in replies:
-            reason = None if r.has_error() else nonfinite_reason(r.content, key, arrays)
+            reason = None if r.has_error() else rejection_reason(r.content, key, arrays)
             if reason is None:
                 kept_replies.append(r)
                 continue
@@ -197,4 +197,4 @@ def run_rounds(strategy, grid, initial_arrays, fed: FederationConfig,
     return result
 
 
-__all__ = ["RoundsResult", "nonfinite_reason", "run_rounds"]
+__all__ = ["RoundsResult", "rejection_reason", "run_rounds"]

@@ -212,8 +212,12 @@ class _CLAMBase(_AttentionMIL):
                     feats, target = h[b, top], torch.zeros(k, dtype=torch.long, device=h.device)
                 losses.append(F.cross_entropy(clf(feats).float(), target))
         if not losses:
-            return zero_loss(h).float() + 0.0 * sum(p.sum() for p in self.instance_classifiers.parameters())
+            return self._no_instance_loss(h)
         return torch.stack(losses).mean()
+
+    def _no_instance_loss(self, h) -> torch.Tensor:
+        """Zero, still connected to the instance classifiers (no bag has two tiles)."""
+        return zero_loss(h).float() + 0.0 * sum(p.sum() for p in self.instance_classifiers.parameters())
 
     def _instance_loss_batched(self, h, a, mask, classes) -> torch.Tensor:
         """:meth:`instance_loss` without subtyping for all bags at once: per bag b of class c,
@@ -225,14 +229,13 @@ class _CLAMBase(_AttentionMIL):
         k = torch.clamp(n // 2, max=self.k_sample)  # (B,)
         used = k >= 1
         if not bool(used.any()):
-            return zero_loss(h).float() + 0.0 * sum(p.sum() for p in self.instance_classifiers.parameters())
+            return self._no_instance_loss(h)
         kmax = int(k.max())
         classes = classes.long().view(-1)
         branch = classes if a.shape[1] > 1 else torch.zeros_like(classes)
         scores = a.gather(1, branch[:, None, None].expand(-1, 1, a.shape[2]))[:, 0].float()
-        inf = torch.tensor(float("inf"), device=a.device)
-        top = torch.topk(scores.masked_fill(~mask, -inf), kmax, dim=1).indices
-        bottom = torch.topk(scores.masked_fill(~mask, inf), kmax, dim=1, largest=False).indices
+        top = torch.topk(scores.masked_fill(~mask, float("-inf")), kmax, dim=1).indices
+        bottom = torch.topk(scores.masked_fill(~mask, float("inf")), kmax, dim=1, largest=False).indices
         idx = torch.cat([top, bottom], dim=1)  # (B, 2 kmax)
         feats = h.gather(1, idx[..., None].expand(-1, -1, h.shape[2]))  # (B, 2 kmax, E)
         weight = torch.stack([c.weight for c in self.instance_classifiers])[classes]  # (B, 2, E)
@@ -241,7 +244,7 @@ class _CLAMBase(_AttentionMIL):
         target = torch.cat([torch.ones_like(top), torch.zeros_like(bottom)], dim=1)
         ce = F.cross_entropy(logits.reshape(-1, 2), target.reshape(-1), reduction="none").view_as(target)
         slot = torch.arange(kmax, device=h.device)[None]
-        keep = torch.cat([slot < k[:, None]] * 2, dim=1) & used[:, None]
+        keep = torch.cat([slot < k[:, None]] * 2, dim=1)  # a bag's first k of its kmax slots
         per_bag = (ce * keep).sum(1) / (2 * k).clamp_min(1)
         return per_bag[used].mean()
 
